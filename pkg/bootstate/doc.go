@@ -1,0 +1,2 @@
+// Package bootstate is part of cpinit; see ../../shared/DESIGN.md.
+package bootstate

@@ -1,0 +1,2 @@
+// Package dmsnap is part of cpinit; see ../../shared/DESIGN.md.
+package dmsnap

@@ -1,0 +1,2 @@
+// Package fiemap is part of cpinit; see ../../shared/DESIGN.md.
+package fiemap
