@@ -1,0 +1,69 @@
+// Package testutil holds the gates shared by cpinit's tests: which tests need
+// root, which need the QEMU guest, and how CI makes sure none of them is
+// silently skipped.
+package testutil
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// EnvInVM is set to "1" by the test init in the QEMU guest (qemu-tests). Tests
+// that need the real device-mapper kernel check it; the host never sets it.
+const EnvInVM = "CPINIT_IN_VM"
+
+// EnvTestDisks lists the scratch virtio disks the harness attached for an
+// in-guest test run, comma separated (e.g. "/dev/vda,/dev/vdb").
+const EnvTestDisks = "CPINIT_TEST_DISKS"
+
+// InVM reports whether this test binary runs inside the cpinit QEMU guest.
+func InVM() bool { return os.Getenv(EnvInVM) == "1" }
+
+// InCI reports whether we run under CI (which sets CI=true). In CI a test that
+// cannot get what it needs must fail, not skip: a skip there would be reported
+// as a pass.
+func InCI() bool {
+	v := strings.ToLower(os.Getenv("CI"))
+	return v == "true" || v == "1"
+}
+
+// RequireRoot skips the test with the reason when not root, except in CI,
+// where it fails: CI runs as root, so not being root there is a broken setup.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if InCI() {
+		t.Fatalf("test needs root (loop devices, mounts, ioctls) but euid=%d under CI", os.Geteuid())
+	}
+	t.Skipf("test needs root (loop devices, mounts, ioctls); run as root to exercise it")
+}
+
+// RequireVM skips the test on the host with the reason: it needs the real
+// device-mapper kernel in the QEMU guest. It is not an error on the host,
+// even in CI, because qemu-tests runs this same test binary inside the guest
+// and fails if any test skips there (see qemu-tests/guest_test.go).
+func RequireVM(t testing.TB) {
+	t.Helper()
+	if !InVM() {
+		t.Skipf("needs the device-mapper kernel in the QEMU guest (%s=1); qemu-tests runs it there", EnvInVM)
+	}
+}
+
+// TestDisks returns the scratch disks the harness attached in the guest, and
+// fails the test if fewer than n are present.
+func TestDisks(t testing.TB, n int) []string {
+	t.Helper()
+	var disks []string
+	for _, d := range strings.Split(os.Getenv(EnvTestDisks), ",") {
+		if d != "" {
+			disks = append(disks, d)
+		}
+	}
+	if len(disks) < n {
+		t.Fatalf("test needs %d scratch disks, %s=%q", n, EnvTestDisks, os.Getenv(EnvTestDisks))
+	}
+	return disks[:n]
+}
