@@ -5,6 +5,7 @@ package testutil
 
 import (
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -66,4 +67,20 @@ func TestDisks(t testing.TB, n int) []string {
 		t.Fatalf("test needs %d scratch disks, %s=%q", n, EnvTestDisks, os.Getenv(EnvTestDisks))
 	}
 	return disks[:n]
+}
+
+// LookPath returns the path of a tool a test needs. Without it the test skips
+// with the reason, except in CI, where .ci/run installs every tool the suite
+// uses, so a missing one is a broken setup and fails.
+func LookPath(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if InCI() {
+		t.Fatalf("test needs %s, which CI must install: %v", name, err)
+	}
+	t.Skipf("test needs %s (not installed): %v", name, err)
+	return ""
 }

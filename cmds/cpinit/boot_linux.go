@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	"github.com/cpinit/cpinit/internal/devspec"
+	"github.com/cpinit/cpinit/internal/pid1"
+	"github.com/u-root/u-root/pkg/mount"
+	"golang.org/x/sys/unix"
+)
+
+// cmdlinePath is read by PID 1; a variable so tests can point it elsewhere.
+var cmdlinePath = "/proc/cmdline"
+
+func readCmdline() (string, error) {
+	b, err := os.ReadFile(cmdlinePath)
+	if err != nil {
+		return "", fmt.Errorf("read kernel command line: %w", err)
+	}
+	return string(b), nil
+}
+
+// newRoot is where cpinit.root is mounted before switch_root.
+const newRoot = "/newroot"
+
+var log = pid1.NewLogger("cpinit: ")
+
+// pid1Main runs the boot and never returns.
+func pid1Main() {
+	onFatal := pid1.Halt
+	defer func() {
+		// A panic unwinding out of PID 1 would panic the kernel and lose
+		// the message; report it like any other fatal error.
+		if r := recover(); r != nil {
+			fatal(onFatal, fmt.Errorf("panic: %v\n%s", r, debug.Stack()))
+		}
+	}()
+	next, err := boot(&onFatal)
+	if err != nil {
+		fatal(onFatal, err)
+	}
+	if next == "" {
+		log.Printf("no next init to run: powering off")
+		pid1.Stop(pid1.PowerOff)
+	}
+	log.Printf("switch_root to %s, exec %s", newRoot, next)
+	// SwitchRoot moves /dev, /proc, /sys and /run into the new root, frees
+	// the initramfs and execs the next init as PID 1. It only returns on
+	// failure.
+	err = mount.SwitchRoot(newRoot, next)
+	fatal(onFatal, fmt.Errorf("switch_root to %s, init %s: %w", newRoot, next, err))
+}
+
+func fatal(a pid1.StopAction, err error) {
+	log.Errorf("FATAL: %v", err)
+	log.Errorf("stopping the machine (%s; set cpinit.on_fatal= to change)", a)
+	pid1.Stop(a)
+}
+
+// boot does the PID 1 work up to the point of handing over. It returns the
+// next init to exec inside newRoot, or "" when there is none.
+func boot(onFatal *pid1.StopAction) (string, error) {
+	if err := pid1.MountAll(pid1.EarlyMounts); err != nil {
+		return "", err
+	}
+	log.Reopen()
+	cmdline, err := readCmdline()
+	if err != nil {
+		return "", err
+	}
+	p, warnings, perr := ParseParams(cmdline)
+	*onFatal = p.OnFatal
+	for _, w := range warnings {
+		log.Errorf("warning: %s", w)
+	}
+	if perr != nil {
+		return "", perr
+	}
+	mods, err := pid1.LoadModuleList(pid1.ModuleListPath)
+	if err != nil {
+		return "", err
+	}
+	log.Printf("loaded kernel modules: %v", mods)
+
+	ctx, cancel := context.WithTimeoutCause(context.Background(), p.RootWait,
+		fmt.Errorf("device did not appear within cpinit.rootwait=%s", p.RootWait))
+	defer cancel()
+
+	dataDir := p.DataDir
+	if p.Root != nil {
+		rootDev, err := devspec.WaitResolve(ctx, *p.Root, pollInterval)
+		if err != nil {
+			return "", fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
+		}
+		if err := mountDev(rootDev, newRoot, p.RootFSType, unix.MS_RDONLY, ""); err != nil {
+			return "", fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
+		}
+		dataDir = filepath.Join(newRoot, p.DataDir)
+	}
+
+	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
+	if err != nil {
+		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+	}
+	if err := mountDev(dev, dataDir, p.FSType, unix.MS_NODEV|unix.MS_NOSUID, p.MountOpts); err != nil {
+		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+	}
+	// The one machine-readable line per boot: tests and people grep for it.
+	log.Printf("state=fresh userdata=%s mounted=%s", dev, dataDir)
+
+	if p.Root == nil {
+		return "", nil
+	}
+	if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			log.Printf("next init %s not found in cpinit.root=%s", p.Init, p.Root)
+			return "", unmountForPowerOff(dataDir)
+		}
+		return "", err
+	}
+	return p.Init, nil
+}
+
+// pollInterval is how often to look again for a block device that has not
+// appeared yet.
+const pollInterval = 50 * time.Millisecond
+
+// mountDev mounts a block device, creating the mount point.
+func mountDev(dev, target, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, target, fstype, flags, data); err != nil {
+		return &os.PathError{Op: "mount", Path: target,
+			Err: fmt.Errorf("from device %s (fs type %s, flags %#x, options %q): %w", dev, fstype, flags, data, err)}
+	}
+	return nil
+}
+
+// unmountForPowerOff unmounts userdata so the filesystem is clean when the
+// machine powers off with nothing left to run.
+func unmountForPowerOff(dataDir string) error {
+	if err := unix.Unmount(dataDir, 0); err != nil {
+		return &os.PathError{Op: "umount", Path: dataDir, Err: err}
+	}
+	unix.Sync()
+	return nil
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+const usage = `usage: cpinit COMMAND [ARGS]
+
+cpinit checkpoints userdata across A/B updates. As PID 1 in an initramfs it
+maps and mounts userdata; otherwise it is this command line tool.
+
+commands:
+  params [CMDLINE]   parse cpinit.* kernel parameters (default: /proc/cmdline)
+                     and print what PID 1 would use
+  help               this text
+`
+
+var errUsage = errors.New("bad usage (see cpinit help)")
+
+func runCLI(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "params":
+		return cmdParams(args[1:], stdout)
+	}
+	return fmt.Errorf("unknown command %q (see cpinit help)", args[0])
+}
+
+func cmdParams(args []string, stdout io.Writer) error {
+	var cmdline string
+	switch len(args) {
+	case 0:
+		b, err := readCmdline()
+		if err != nil {
+			return err
+		}
+		cmdline = b
+	case 1:
+		cmdline = args[0]
+	default:
+		return errUsage
+	}
+	p, warnings, err := ParseParams(cmdline)
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	if err != nil {
+		return err
+	}
+	root := "(none)"
+	if p.Root != nil {
+		root = p.Root.String()
+	}
+	fmt.Fprintf(stdout, "userdata=%s fstype=%s mountopts=%q root=%s rootfstype=%s datadir=%s init=%s rootwait=%s on_fatal=%s\n",
+		p.Userdata, p.FSType, p.MountOpts, root, p.RootFSType, p.DataDir, p.Init, p.RootWait, p.OnFatal)
+	return nil
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cpinit/cpinit/internal/devspec"
+	"github.com/cpinit/cpinit/internal/pid1"
+)
+
+func TestSplitCmdline(t *testing.T) {
+	got := SplitCmdline(` console=ttyS0  cpinit.userdata="LABEL=my data" quiet` + "\n")
+	want := []string{"console=ttyS0", "cpinit.userdata=LABEL=my data", "quiet"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+func TestParseParamsDefaults(t *testing.T) {
+	p, warn, err := ParseParams("BOOT_IMAGE=/vmlinuz root=/dev/sda1 cpinit.userdata=/dev/vda quiet")
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("err %v, warnings %q", err, warn)
+	}
+	want := DefaultParams()
+	want.Userdata = devspec.Spec{Kind: devspec.Path, Value: "/dev/vda"}
+	if !reflect.DeepEqual(p, want) {
+		t.Fatalf("got %+v\nwant %+v", p, want)
+	}
+}
+
+func TestParseParamsAll(t *testing.T) {
+	p, warn, err := ParseParams("cpinit.userdata=PARTLABEL=userdata cpinit.root=LABEL=system_a " +
+		"cpinit.fstype=f2fs cpinit.rootfstype=ext2 cpinit.mountopts=noatime cpinit.datadir=/var/data " +
+		"cpinit.init=/lib/systemd/systemd cpinit.rootwait=3 cpinit.on_fatal=reboot")
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("err %v, warnings %q", err, warn)
+	}
+	want := Params{
+		Userdata:   devspec.Spec{Kind: devspec.PartLabel, Value: "userdata"},
+		Root:       &devspec.Spec{Kind: devspec.Label, Value: "system_a"},
+		FSType:     "f2fs",
+		RootFSType: "ext2",
+		MountOpts:  "noatime",
+		DataDir:    "/var/data",
+		Init:       "/lib/systemd/systemd",
+		RootWait:   3 * time.Second,
+		OnFatal:    pid1.Reboot,
+	}
+	if !reflect.DeepEqual(p, want) {
+		t.Fatalf("got %+v\nwant %+v", p, want)
+	}
+	if p, _, _ := ParseParams("cpinit.userdata=/dev/vda cpinit.rootwait=1500ms"); p.RootWait != 1500*time.Millisecond {
+		t.Fatalf("rootwait 1500ms parsed as %v", p.RootWait)
+	}
+}
+
+func TestParseParamsErrors(t *testing.T) {
+	for _, tc := range []struct{ cmdline, wantInErr string }{
+		{"quiet", "cpinit.userdata= is missing"},
+		{"cpinit.userdata=", "kernel parameter cpinit.userdata=: needs a value"},
+		{"cpinit.userdata=vda", `"vda"`},
+		{"cpinit.userdata=FOO=bar", `unknown key "FOO"`},
+		{"cpinit.userdata=/dev/vda cpinit.rootwait=soon", "cpinit.rootwait=soon"},
+		{"cpinit.userdata=/dev/vda cpinit.rootwait=-1s", "cpinit.rootwait=-1s"},
+		{"cpinit.userdata=/dev/vda cpinit.on_fatal=explode", "cpinit.on_fatal=explode"},
+		{"cpinit.userdata=/dev/vda cpinit.init=sbin/init", "absolute path"},
+	} {
+		_, _, err := ParseParams(tc.cmdline)
+		if err == nil || !strings.Contains(err.Error(), tc.wantInErr) {
+			t.Errorf("ParseParams(%q) error = %v, want it to contain %q", tc.cmdline, err, tc.wantInErr)
+		}
+	}
+}
+
+// A bad value elsewhere must not lose the on_fatal choice: PID 1 uses it to
+// report that very error.
+func TestParseParamsKeepsOnFatalOnError(t *testing.T) {
+	p, _, err := ParseParams("cpinit.on_fatal=reboot cpinit.userdata=bogus")
+	if err == nil || p.OnFatal != pid1.Reboot {
+		t.Fatalf("err %v, OnFatal %q", err, p.OnFatal)
+	}
+}
+
+func TestParseParamsWarnsOnUnknownKey(t *testing.T) {
+	_, warn, err := ParseParams("cpinit.userdata=/dev/vda cpinit.usrdata=/dev/vdb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warn) != 1 || !strings.Contains(warn[0], "cpinit.usrdata=/dev/vdb") {
+		t.Fatalf("warnings %q", warn)
+	}
+}

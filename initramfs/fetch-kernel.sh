@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Fetch the pinned Debian kernel package (initramfs/kernel.env) with
+# `apt-get download`, check its sha256, unpack it with `dpkg-deb -x` into the
+# git-ignored cache, and print where the kernel and modules are.
+#
+# Idempotent: when the unpacked tree is there and its stamp names the pinned
+# sha256, it does nothing but print the paths.
+#
+# Output (stdout, shell-sourceable):
+#   KERNEL_RELEASE=6.1.0-50-cloud-amd64
+#   KERNEL_VMLINUZ=/abs/.cache/kernel/.../boot/vmlinuz-...
+#   KERNEL_MODULES=/abs/.cache/kernel/.../lib/modules/6.1.0-50-cloud-amd64
+#
+# --print-sha256: download the pinned package and print its sha256 (for
+# updating the pin), without checking it.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+# shellcheck source=kernel.env
+. "$here/kernel.env"
+
+cache=${CPINIT_CACHE:-$top/.cache}
+dir=$cache/kernel/${KERNEL_PKG}_${KERNEL_VERSION}
+release=${KERNEL_PKG#linux-image-}
+deb=$dir/${KERNEL_PKG}_${KERNEL_VERSION}_amd64.deb
+
+say() { echo "fetch-kernel: $*" >&2; }
+
+print_paths() {
+	echo "KERNEL_RELEASE=$release"
+	echo "KERNEL_VMLINUZ=$dir/root/boot/vmlinuz-$release"
+	echo "KERNEL_MODULES=$dir/root/lib/modules/$release"
+}
+
+if [[ ${1:-} != --print-sha256 && -f $dir/stamp && $(cat "$dir/stamp") == "$KERNEL_SHA256" ]]; then
+	print_paths
+	exit 0
+fi
+
+for tool in apt-get dpkg-deb sha256sum; do
+	command -v "$tool" >/dev/null || { say "$tool not found: this needs a Debian host"; exit 1; }
+done
+
+mkdir -p "$dir"
+if [[ ! -f $deb ]]; then
+	say "downloading $KERNEL_PKG=$KERNEL_VERSION"
+	tmp=$(mktemp -d "$dir/dl.XXXXXX")
+	# apt-get download writes into the current directory. It runs as the
+	# _apt user when it can; the warning about an unsandboxed download as
+	# root is harmless here.
+	if ! (cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2); then
+		say "apt-get download failed. If apt says the version is unknown, run 'apt-get update';"
+		say "if Debian no longer serves $KERNEL_VERSION, pick a current one"
+		say "('apt-cache madison $KERNEL_PKG' or 'apt-cache search cloud-amd64') and update initramfs/kernel.env."
+		rm -rf "$tmp"
+		exit 1
+	fi
+	mv "$tmp"/*.deb "$deb.part"
+	rm -rf "$tmp"
+	mv "$deb.part" "$deb"
+fi
+
+sum=$(sha256sum "$deb" | cut -d' ' -f1)
+if [[ ${1:-} == --print-sha256 ]]; then
+	echo "KERNEL_SHA256=$sum"
+	exit 0
+fi
+if [[ $sum != "$KERNEL_SHA256" ]]; then
+	say "sha256 mismatch for $deb: got $sum, pinned $KERNEL_SHA256 (initramfs/kernel.env)"
+	say "refusing to use it; the file is removed so the next run downloads it again"
+	rm -f "$deb"
+	exit 1
+fi
+
+rm -rf "$dir/root" "$dir/root.part"
+dpkg-deb -x "$deb" "$dir/root.part"
+mv "$dir/root.part" "$dir/root"
+echo "$KERNEL_SHA256" >"$dir/stamp"
+say "unpacked into $dir/root"
+print_paths
