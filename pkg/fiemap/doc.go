@@ -1,2 +1,57 @@
-// Package fiemap is part of cpinit; see ../../shared/DESIGN.md.
+// Package fiemap finds where a file's bytes live on its block device, so
+// cpinit can use a preallocated file inside userdata as the COW store of a
+// dm-snapshot through a table of dm `linear` targets (see
+// ../../shared/DESIGN.md). A wrong map means writing over other data, so every
+// step refuses rather than guesses.
+//
+//   - MapFile reads the extents with FS_IOC_FIEMAP (FIEMAP_FLAG_SYNC, paged
+//     until FIEMAP_EXTENT_LAST, like lvm2's _stats_get_extents_for_file),
+//     checks the filesystem (ext4, f2fs only, by statfs magic), resolves
+//     st_dev to the block device in /sys/dev/block and checks its superblock
+//     is this filesystem's, rejects holes, unaligned extents and unsafe flags
+//     (Validate), coalesces contiguous neighbours (Coalesce) and translates
+//     them into 512-byte sector Segments with a Fingerprint.
+//   - Map.DMTable renders the dmsetup table; Map marshals to JSON. Both are
+//     what `cpinit extents [--json] FILE` prints.
+//   - Allocate creates, fallocates and pins the file; Release undoes it;
+//     Verify re-reads a pinned file and compares fingerprints.
+//
+// # UNWRITTEN extents are accepted (policy)
+//
+// Allocate uses fallocate alone, so on ext4 every extent of a fresh COW file
+// is UNWRITTEN, and Validate accepts that flag. AOSP libfiemap instead
+// rejects UNWRITTEN and zero-fills the file on ext4 (fiemap_writer.cpp). We
+// don't, because:
+//
+//   - The flag only says the filesystem will return zeros when the range is
+//     read through it; the blocks are allocated to the inode, counted in the
+//     bitmaps and the extent tree, exactly like written ones. fiemap.rst:
+//     "the space is allocated on disk, but not written to".
+//   - The COW file is never read or written through the filesystem: dm-snapshot
+//     writes it through dm-linear on the raw device, and pkg/dmsnap zeroes the
+//     header chunk through that device before the first snapshot load. The
+//     filesystem's view of the contents does not matter.
+//   - An unwritten extent is converted only by a write through the
+//     filesystem (ext4_convert_unwritten_extents on I/O completion), which
+//     FS_IMMUTABLE_FL forbids; e2fsck checks unwritten extents like any
+//     other and does not free or move them. The tests check the map survives
+//     unmount, e2fsck -f, remount and heavy churn of other files.
+//   - It keeps the old contents of the blocks (other users' deleted data)
+//     unreadable through the filesystem, whereas a zero-fill makes the
+//     contents readable by design; and it is fast (no multi-GiB write, no
+//     flash wear) — see docs/BENCHMARKS.md.
+//
+// The prototype in DESIGN.md ran a full checkpoint/rollback on exactly such a
+// file. UNWRITTEN is part of the fingerprint (a file that got written through
+// the filesystem has changed), MERGED and LAST are not.
+//
+// # Stability across the checkpoint's life
+//
+// On ext4 FS_IMMUTABLE_FL stops writes, truncation, fallocate, unlink and
+// EXT4_IOC_MOVE_EXT (e4defrag). Offline tools can still move blocks:
+// resize2fs shrinking the fs, or e2fsck fixing a fs that is already corrupt.
+// Never run them while a checkpoint lives; Verify before any merge catches a
+// map that moved. On f2fs, Allocate pins the file before allocating
+// (F2FS_IOC_SET_PIN_FILE) so the cleaner never migrates it, and sets the
+// immutable flag as well.
 package fiemap
