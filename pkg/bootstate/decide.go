@@ -1,0 +1,311 @@
+package bootstate
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ActionKind is what init must do this boot. Every kind except
+// StopForRecovery and MountPlain uses the COW geometry in Action.Map.
+type ActionKind uint8
+
+const (
+	// MountPlain: no checkpoint. Map userdata directly and mount it. If
+	// Action.RemoveLeftover is set, delete that file after mounting (clear
+	// its immutable/pin flag first): it is a COW file that no record needs
+	// any more (left by an interrupted cleanup after a merge). If
+	// Action.FormatStore is set the store was blank: write
+	// NewFreshRecord() with Store.Format so later saves have a valid copy
+	// to fall back on.
+	MountPlain ActionKind = iota + 1
+
+	// CreateSnapshot: first trial boot. Persist Before (boot-attempt),
+	// build cp-cow from Map, zero its first chunk through cp-cow (stale
+	// blocks could look like a COW header), load the snapshot and
+	// snapshot-origin, then persist After (activate) and only then mount
+	// the origin read-write. A power cut before After is harmless: nothing
+	// was written through the origin, and the next boot zeroes again.
+	CreateSnapshot
+
+	// ReattachSnapshot: a later trial boot. Persist Before (boot-attempt),
+	// build cp-cow and load the snapshot with the existing COW (never
+	// zero it), then snapshot-origin, mount the origin. If the kernel
+	// reports the snapshot Invalid (COW overflow), persist
+	// Step{Event: EventOverflow}, tear the devices down and call Decide
+	// again: rollback is impossible and the current data is kept.
+	ReattachSnapshot
+
+	// VerifyExtents: a merge is next. Persist Before if set (rollback: the
+	// point of no return). Then re-derive the COW file's extent map through
+	// a read-only dm view (never the raw origin: even a read-only ext4
+	// mount replays the journal), compute ExtentMap.Fingerprint of it, and
+	// call Decide again with DecideInput.Verified set. Decide compares it
+	// with the record; a mismatch stops for recovery.
+	VerifyExtents
+
+	// StartOrResumeMerge: persist Before (merge-attempt), load
+	// snapshot-merge on the origin with cp-cow from Map, wait until
+	// allocated == metadata sectors (snapshot.rst), remove the devices,
+	// persist After (merge-done: fresh, with the COW path kept as a
+	// leftover), then delete the COW file from the now-merged userdata (as
+	// MountPlain with RemoveLeftover). Reloading after a power cut resumes
+	// the merge. If the kernel refuses because the snapshot is Invalid,
+	// persist EventOverflow instead and call Decide again.
+	StartOrResumeMerge
+
+	// FinishCommitCleanup: the current data is authoritative. No snapshot
+	// is loaded; mount userdata directly, clear the immutable/pin flag of
+	// COWPath, delete it (a missing file is success: a previous attempt
+	// got that far), then persist After (cleanup-done). If Before is set
+	// (cancel: the snapshot was never created), persist it first. If
+	// Reason is ReasonOverflow, show Message as a warning: the checkpoint
+	// was lost, the update's data was kept.
+	FinishCommitCleanup
+
+	// StopForRecovery: the state is ambiguous, unreadable or a cap was hit.
+	// Do not map userdata, do not touch the COW file. Print Message and
+	// Command on the console and kmsg and halt (or enter recovery).
+	StopForRecovery
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case MountPlain:
+		return "mount-plain"
+	case CreateSnapshot:
+		return "create-snapshot"
+	case ReattachSnapshot:
+		return "reattach-snapshot"
+	case VerifyExtents:
+		return "verify-extents"
+	case StartOrResumeMerge:
+		return "start-or-resume-merge"
+	case FinishCommitCleanup:
+		return "finish-commit-cleanup"
+	case StopForRecovery:
+		return "stop-for-recovery"
+	}
+	return fmt.Sprintf("action(%d)", uint8(k))
+}
+
+// Recovery commands named in StopForRecovery actions. cmds/cpinit
+// implements them.
+const (
+	// CmdStatus shows both store copies, the boot control block and the
+	// decision inputs.
+	CmdStatus = "cpinit status"
+	// CmdKeepCurrent declares the current userdata authoritative: writes a
+	// committed record (Store.Format with RecoveryKeepCurrent), so the next
+	// boot tears the checkpoint down. Only an operator may decide this.
+	CmdKeepCurrent = "cpinit recover keep-current"
+)
+
+// Action is Decide's answer. Before and After are FSM steps: apply them
+// with Apply and persist the result with Store.Save at the points the Kind
+// documents, Before ahead of any side effect. Steps are idempotent with
+// respect to power cuts: if power is lost anywhere, the next boot's Decide
+// on the stored record redoes or continues the same work.
+type Action struct {
+	Kind    ActionKind
+	Before  *Step
+	After   *Step
+	COWPath string     // the COW file (cleanup, merge, leftover)
+	Map     *ExtentMap // COW geometry for create/reattach/verify/merge
+	Reason  Reason     // why this action (rollback cause, overflow...)
+	// RemoveLeftover: MountPlain only, a COW file nothing needs any more.
+	RemoveLeftover string
+	// FormatStore: MountPlain only, the store was blank.
+	FormatStore bool
+	// Message is one line for the console, always set.
+	Message string
+	// Command: StopForRecovery only, what to run in recovery mode.
+	Command string
+}
+
+// DeviceID identifies the userdata device cpinit found from the
+// cpinit.userdata kernel parameter.
+type DeviceID struct {
+	Major, Minor uint32
+	Sectors      uint64
+}
+
+// Params are the kernel parameters that bear on the decision.
+type Params struct {
+	// Abort is cpinit.abort=1: the operator asks to roll back now (e.g.
+	// chosen from a bootloader menu).
+	Abort bool
+	// Userdata is the device named by cpinit.userdata. If set (Sectors
+	// != 0), it must match the record's map, or Decide stops: a map
+	// applied to another device writes over unrelated blocks.
+	Userdata DeviceID
+}
+
+// DecideInput is everything Decide looks at. Decide does no I/O.
+type DecideInput struct {
+	// Record is the stored record, nil if RecordErr is set.
+	Record *Record
+	// RecordErr is Store.Load's error: ErrNoRecord (blank store) or any
+	// other error (unreadable: stop).
+	RecordErr error
+	// BootedSlot is the slot this kernel was booted from, from the kernel
+	// command line (SlotFromCmdline). "" if none given.
+	BootedSlot string
+	// BootControl is the misc block if readable; BootControlErr why not.
+	// See the corruption policy in the package doc: a bad block is never a
+	// reason for a merge or a deletion on its own.
+	BootControl    *BootControl
+	BootControlErr error
+	Params         Params
+	// Verified is the fingerprint of the extent map re-derived this boot
+	// (after a VerifyExtents action); nil before that.
+	Verified *[32]byte
+}
+
+// Decide returns the next action. It is pure and total: every input gives
+// an action, and anything it cannot vouch for gives StopForRecovery.
+func Decide(in DecideInput) Action {
+	if in.RecordErr != nil || in.Record == nil {
+		err := in.RecordErr
+		if err == nil {
+			err = errors.New("no record and no error")
+		}
+		if errors.Is(err, ErrNoRecord) {
+			return Action{Kind: MountPlain, FormatStore: true,
+				Message: "metadata store is blank: no checkpoint, initialising it"}
+		}
+		return stop(fmt.Sprintf("metadata store unreadable (%v); refusing to merge or delete anything", err))
+	}
+	r := *in.Record
+	if err := r.validate(); err != nil {
+		return stop(fmt.Sprintf("metadata record invalid (%v)", err))
+	}
+	mp := &r.Map
+	switch r.State {
+	case StateFresh:
+		a := Action{Kind: MountPlain, Message: "no checkpoint"}
+		if r.COWPath != "" {
+			a.RemoveLeftover = r.COWPath
+			a.Message = "no checkpoint; removing leftover COW file " + r.COWPath
+		}
+		return a
+	case StateCommitted:
+		a := Action{Kind: FinishCommitCleanup, After: &Step{Event: EventCleanupDone},
+			COWPath: r.COWPath, Reason: r.Reason,
+			Message: fmt.Sprintf("checkpoint %s: deleting %s", r.Reason, r.COWPath)}
+		if r.Reason == ReasonOverflow {
+			a.Message = fmt.Sprintf("WARNING: the COW store %s overflowed; rollback is impossible, keeping the current data and deleting the checkpoint", r.COWPath)
+		}
+		return a
+	case StateCheckpointing:
+		if a, bad := checkDevice(&r, in.Params); bad {
+			return a
+		}
+		booted := in.BootedSlot
+		if booted == "" && in.BootControl != nil {
+			booted = in.BootControl.Suffix()
+		}
+		why := ReasonNone
+		switch {
+		case in.Params.Abort:
+			why = ReasonAbort
+		case r.TargetSlot != "" && booted == "":
+			return stop(fmt.Sprintf("checkpoint for slot %s pending but the booted slot is unknown (no cpinit.slot / androidboot.slot_suffix, no readable misc)", r.TargetSlot))
+		case r.TargetSlot != "" && !SameSlot(booted, r.TargetSlot):
+			why = ReasonSlotFallback
+		case r.Counter == CounterNative && r.TriesLeft == 0:
+			why = ReasonTriesExhausted
+		case r.Attempts >= MaxBootAttempts:
+			why = ReasonAttemptCap
+		}
+		if why != ReasonNone {
+			if !r.Active {
+				// The snapshot never existed: the trial never wrote
+				// userdata, so there is nothing to merge.
+				return Action{Kind: FinishCommitCleanup, Before: &Step{Event: EventCancel},
+					After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: why,
+					Message: fmt.Sprintf("update abandoned before first use (%s): dropping the unused checkpoint", why)}
+			}
+			return Action{Kind: VerifyExtents, Before: &Step{Event: EventRollback, Reason: why},
+				COWPath: r.COWPath, Map: mp, Reason: why,
+				Message: fmt.Sprintf("rolling back userdata (%s, booted %q, target %q)", why, booted, r.TargetSlot)}
+		}
+		if !r.Active {
+			return Action{Kind: CreateSnapshot, Before: &Step{Event: EventBootAttempt},
+				After: &Step{Event: EventActivate}, COWPath: r.COWPath, Map: mp,
+				Message: fmt.Sprintf("first boot of slot %q: creating the checkpoint", r.TargetSlot)}
+		}
+		return Action{Kind: ReattachSnapshot, Before: &Step{Event: EventBootAttempt},
+			COWPath: r.COWPath, Map: mp,
+			Message: fmt.Sprintf("trial boot %d of slot %q: reattaching the checkpoint", r.Attempts+1, r.TargetSlot)}
+	case StateRollbackPending:
+		if a, bad := checkDevice(&r, in.Params); bad {
+			return a
+		}
+		if r.MergeTries >= MaxMergeAttempts {
+			return stop(fmt.Sprintf("merge attempted %d times without finishing", r.MergeTries))
+		}
+		if in.Verified == nil {
+			return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: r.Reason,
+				Message: "verifying the COW extent map before merging"}
+		}
+		if *in.Verified != r.Fingerprint {
+			return stop(fmt.Sprintf("the extents of %s no longer match the recorded map; merging would write to the wrong blocks", r.COWPath))
+		}
+		return Action{Kind: StartOrResumeMerge, Before: &Step{Event: EventMergeAttempt},
+			After: &Step{Event: EventMergeDone}, COWPath: r.COWPath, Map: mp, Reason: r.Reason,
+			Message: fmt.Sprintf("merging the checkpoint back into userdata (%s), attempt %d", r.Reason, r.MergeTries+1)}
+	}
+	return stop(fmt.Sprintf("unknown state %v", r.State))
+}
+
+func stop(msg string) Action {
+	return Action{Kind: StopForRecovery, Message: msg,
+		Command: fmt.Sprintf("boot recovery, inspect with `%s`, then fix the cause or run `%s` to keep the current data", CmdStatus, CmdKeepCurrent)}
+}
+
+func checkDevice(r *Record, p Params) (Action, bool) {
+	u, m := p.Userdata, r.Map
+	if u.Sectors == 0 {
+		return Action{}, false
+	}
+	if u.Major != m.DevMajor || u.Minor != m.DevMinor || u.Sectors != m.DevSectors {
+		return stop(fmt.Sprintf("userdata device is %d:%d (%d sectors) but the checkpoint was taken on %d:%d (%d sectors)",
+			u.Major, u.Minor, u.Sectors, m.DevMajor, m.DevMinor, m.DevSectors)), true
+	}
+	return Action{}, false
+}
+
+// SameSlot compares slot names, accepting "_a" and "a" as equal (newer
+// bootloaders pass androidboot.slot=a, older androidboot.slot_suffix=_a).
+func SameSlot(a, b string) bool {
+	return strings.TrimPrefix(a, "_") == strings.TrimPrefix(b, "_")
+}
+
+// SlotFromCmdline returns the booted slot from a kernel command line:
+// cpinit.slot=, else androidboot.slot_suffix=, else androidboot.slot=.
+// The last occurrence of a key wins, as in the kernel's own parsing.
+func SlotFromCmdline(cmdline string) string {
+	vals := map[string]string{}
+	for _, f := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(f, "=")
+		if ok {
+			vals[k] = v
+		}
+	}
+	for _, k := range []string{"cpinit.slot", "androidboot.slot_suffix", "androidboot.slot"} {
+		if v, ok := vals[k]; ok && v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// RecoveryKeepCurrent is the record `cpinit recover keep-current` writes
+// with Store.Format: committed by the operator, so the next boot deletes
+// cowPath and returns to fresh. It discards any checkpoint.
+func RecoveryKeepCurrent(cowPath string) Record {
+	r := NewFreshRecord()
+	r.State, r.Reason, r.COWPath = StateCommitted, ReasonOperator, cowPath
+	return r
+}
