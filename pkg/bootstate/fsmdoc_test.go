@@ -1,8 +1,8 @@
 package bootstate
 
 import (
-	"fmt"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
