@@ -47,8 +47,9 @@
 //
 // # Stability across the checkpoint's life
 //
-// On ext4 FS_IMMUTABLE_FL stops writes, truncation, fallocate, unlink and
-// EXT4_IOC_MOVE_EXT (e4defrag). Offline tools can still move blocks:
+// On ext4 FS_IMMUTABLE_FL stops opening for write, truncation, fallocate,
+// unlink and so EXT4_IOC_MOVE_EXT (e4defrag, which needs a writable
+// descriptor). Offline tools can still move blocks:
 // resize2fs shrinking the fs, or e2fsck fixing a fs that is already corrupt.
 // Never run them while a checkpoint lives; Verify before any merge catches a
 // map that moved. On f2fs, Allocate pins the file before allocating

@@ -27,9 +27,14 @@ const (
 )
 
 // FS_IMMUTABLE_FL (include/uapi/linux/fs.h): "Immutable file". The kernel
-// refuses writes, truncation, unlink, rename, fallocate and, on ext4,
-// EXT4_IOC_MOVE_EXT (fs/ext4/move_extent.c: mext_check_arguments returns
-// EPERM for IS_IMMUTABLE) on such an inode.
+// refuses to open such an inode for writing (inode_permission: EPERM for
+// MAY_WRITE on IS_IMMUTABLE), to truncate, unlink, rename or fallocate it. On
+// ext4 that also rules out EXT4_IOC_MOVE_EXT (e4defrag) in both roles: the
+// ioctl wants the original and the donor open for writing (fs/ext4/ioctl.c,
+// EBADF otherwise) and mext_check_arguments refuses an immutable donor.
+// A descriptor opened for writing *before* the flag was set keeps working,
+// which is why Allocate creates the file O_EXCL in a root-only directory and
+// closes its own descriptor.
 const fsImmutableFl = 0x00000010
 
 // FS_NOCOW_FL (include/uapi/linux/fs.h). f2fs reports a pinned file

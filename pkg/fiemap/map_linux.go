@@ -25,9 +25,10 @@ var devDir = "/dev"
 // fsKind says which filesystems we map and why the others are refused.
 //
 //   - ext4: blocks of an immutable regular file are never moved by the kernel
-//     (EXT4_IOC_MOVE_EXT, used by e4defrag, returns EPERM for immutable
-//     inodes), ext4 has no reflink/dedupe, and e2fsck does not relocate data
-//     blocks of a consistent fs. AOSP libfiemap relies on the same.
+//     (EXT4_IOC_MOVE_EXT, used by e4defrag, needs the file open for writing,
+//     which an immutable inode never is; see fsImmutableFl), ext4 has no
+//     reflink/dedupe, and e2fsck does not relocate data blocks of a
+//     consistent fs. AOSP libfiemap relies on the same (without the flag).
 //   - f2fs: the segment cleaner (GC) moves data unless the file is pinned
 //     with F2FS_IOC_SET_PIN_FILE, which Allocate does; MapFile reports the
 //     pin state (FS_NOCOW_FL) and Verify requires it.
