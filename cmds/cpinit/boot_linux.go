@@ -70,6 +70,7 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 		return "", err
 	}
 	log.Reopen()
+	log.Printf("starting as PID %d", os.Getpid())
 	cmdline, err := readCmdline()
 	if err != nil {
 		return "", err
@@ -115,7 +116,7 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 	log.Printf("state=fresh userdata=%s mounted=%s", dev, dataDir)
 
 	if p.Root == nil {
-		return "", nil
+		return "", unmountForPowerOff(dataDir)
 	}
 	if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -1,0 +1,186 @@
+package qemutests
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cpinit/cpinit/internal/testutil"
+)
+
+// needQEMU gates every VM test: skip with the reason on a laptop without
+// QEMU, fail in CI.
+func needQEMU(t *testing.T) Kernel {
+	t.Helper()
+	testutil.LookPath(t, "qemu-system-x86_64")
+	testutil.LookPath(t, "mkfs.ext4")
+	k, err := FetchKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func cpinitImage(t *testing.T) string {
+	t.Helper()
+	p, err := CpinitInitramfs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// systemImage builds a system slot: an ext4 image whose /sbin/init is
+// qemu-tests/sysinit.
+func systemImage(t *testing.T, dir, label string) string {
+	t.Helper()
+	root := filepath.Join(dir, label+".root")
+	// switch_root moves /dev, /proc, /sys and /run into the new root: a
+	// system image has those mount points, and /data for userdata.
+	for _, d := range []string{"data", "dev", "proc", "sys", "run", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := GoBuild(filepath.Join(root, "sbin", "init"), "./qemu-tests/sysinit"); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, label+".img")
+	if err := MakeExt4(img, 32<<20, label, root); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestBootSwitchRoot is the walking skeleton end to end: cpinit boots as
+// PID 1, loads its modules, finds userdata by label, mounts it under the
+// system root it found by label, and switch_roots to the system's init,
+// which reads back a file the host put in userdata.
+func TestBootSwitchRoot(t *testing.T) {
+	k := needQEMU(t)
+	initrd := cpinitImage(t)
+	dir := t.TempDir()
+
+	secret := make([]byte, 8)
+	rand.Read(secret)
+	want := hex.EncodeToString(secret)
+	ud := filepath.Join(dir, "userdata")
+	if err := os.MkdirAll(ud, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ud, "hello.txt"), []byte(want+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	udImg := filepath.Join(dir, "userdata.img")
+	if err := MakeExt4(udImg, 64<<20, "userdata", ud); err != nil {
+		t.Fatal(err)
+	}
+	sysImg := systemImage(t, dir, "system_a")
+
+	start := time.Now()
+	vm := StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{initrd},
+		Disks:  []string{sysImg, udImg},
+		Append: "cpinit.root=LABEL=system_a cpinit.userdata=LABEL=userdata",
+	})
+	vm.ExpectT(t, `cpinit: starting as PID 1\b`, BootTimeout)
+	vm.ExpectT(t, `cpinit: loaded kernel modules: \[.*dm-snapshot.*\]`, BootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdb mounted=/newroot/data`, BootTimeout)
+	vm.ExpectT(t, `cpinit: switch_root to /newroot, exec /sbin/init`, BootTimeout)
+	vm.ExpectT(t, `sysinit: pid=1\b`, BootTimeout)
+	m := vm.ExpectT(t, `sysinit: hello.txt="([0-9a-f]*)"`, BootTimeout)
+	if m[1] != want {
+		t.Fatalf("system read %q from userdata, host wrote %q", m[1], want)
+	}
+	if err := vm.Wait(BootTimeout); err != nil {
+		t.Fatalf("VM did not power off cleanly: %v", err)
+	}
+	t.Logf("boot to switch_root and power off took %v", time.Since(start))
+}
+
+// TestBootNoNextInit: with no cpinit.root there is no next init, and cpinit
+// unmounts userdata and powers off cleanly instead of exiting (which would
+// panic the kernel).
+func TestBootNoNextInit(t *testing.T) {
+	k := needQEMU(t)
+	initrd := cpinitImage(t)
+	udImg := filepath.Join(t.TempDir(), "userdata.img")
+	if err := MakeExt4(udImg, 64<<20, "userdata", ""); err != nil {
+		t.Fatal(err)
+	}
+	vm := StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{initrd},
+		Disks:  []string{udImg},
+		Append: "cpinit.userdata=/dev/vda",
+	})
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vda mounted=/data`, BootTimeout)
+	vm.ExpectT(t, `cpinit: no next init to run: powering off`, BootTimeout)
+	vm.ExpectT(t, `reboot: Power down`, BootTimeout)
+	if err := vm.Wait(BootTimeout); err != nil {
+		t.Fatalf("VM did not power off cleanly: %v", err)
+	}
+	assertNoPanic(t, vm)
+}
+
+// TestBootMissingUserdata: a userdata device that never appears is a clear
+// fatal error naming it, then a halt, never a kernel panic.
+func TestBootMissingUserdata(t *testing.T) {
+	k := needQEMU(t)
+	initrd := cpinitImage(t)
+	vm := StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{initrd},
+		Append: "cpinit.userdata=/dev/vdz cpinit.rootwait=2s",
+	})
+	vm.ExpectT(t, `cpinit: FATAL: userdata device \(cpinit.userdata=/dev/vdz\): userdata device /dev/vdz: no such block device`, BootTimeout)
+	vm.ExpectT(t, `cpinit: stopping the machine \(halt`, BootTimeout)
+	vm.ExpectT(t, `reboot: System halted`, BootTimeout)
+	assertNoPanic(t, vm)
+}
+
+// TestBootBadParameter: an unusable kernel parameter stops the boot with a
+// message naming it, and cpinit.on_fatal=reboot is honoured even then.
+func TestBootBadParameter(t *testing.T) {
+	k := needQEMU(t)
+	initrd := cpinitImage(t)
+	vm := StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{initrd},
+		Append: "cpinit.on_fatal=reboot cpinit.userdata=vda",
+	})
+	vm.ExpectT(t, `cpinit: FATAL: kernel parameter cpinit.userdata=vda: device specification "vda"`, BootTimeout)
+	vm.ExpectT(t, `reboot: Restarting system`, BootTimeout)
+	if err := vm.Wait(BootTimeout); err != nil {
+		t.Fatalf("VM did not exit on reboot: %v", err)
+	}
+	assertNoPanic(t, vm)
+}
+
+func assertNoPanic(t *testing.T, vm *VM) {
+	t.Helper()
+	if err := vm.ExpectString("Kernel panic", 0); err == nil {
+		t.Fatalf("kernel panicked:\n%s", tail(vm.Output(), 40))
+	}
+}
+
+// TestGuestDeviceMapper runs an in-guest Go test that opens
+// /dev/mapper/control and reads the dm version: the path pkg/dmsnap's tests
+// take.
+func TestGuestDeviceMapper(t *testing.T) {
+	needQEMU(t)
+	out := RunGuestTests(t, GuestRun{
+		Pkg:  "./qemu-tests/guestsmoke",
+		Args: []string{"-test.run=^TestVM"},
+	})
+	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "device-mapper interface version 4."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("guest output lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package qemutests
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+// GuestTools are host binaries copied into the test-only initramfs (u-root
+// adds their shared libraries): dmsetup is the oracle the dm tests compare
+// our ioctls with; the e2fsprogs tools make and check filesystems in the
+// guest.
+var GuestTools = []string{"/usr/sbin/dmsetup", "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck", "/usr/bin/cmp", "/usr/bin/sha256sum"}
+
+var (
+	guestOnce sync.Once
+	guestPath string
+	guestErr  error
+)
+
+// GuestInitramfs builds the test-only initramfs (guestinit as /init, with
+// GuestTools) once per process.
+func GuestInitramfs() (string, error) {
+	guestOnce.Do(func() {
+		guestPath = filepath.Join(OutDir(), "guest.cpio")
+		var files []string
+		for _, f := range GuestTools {
+			if _, err := os.Stat(f); err != nil {
+				guestErr = fmt.Errorf("guest tool %s missing on the host (install dmsetup, e2fsprogs, coreutils): %w", f, err)
+				return
+			}
+			files = append(files, f+":"+strings.TrimPrefix(f, "/"))
+		}
+		guestErr = BuildInitramfs(guestPath, "guestinit", files, "./qemu-tests/guestinit")
+	})
+	return guestPath, guestErr
+}
+
+// GuestRun is one run of a test binary in the guest.
+type GuestRun struct {
+	Pkg   string   // Go package to test, e.g. "./pkg/dmsnap"
+	Args  []string // test binary arguments, e.g. -test.run=^TestVM
+	Disks []string // disk images attached as /dev/vda, ...; created (256 MiB) if missing
+	// Timeout for the whole run; default 5 minutes.
+	Timeout time.Duration
+}
+
+// BuildTestBinary compiles a package's tests as a static binary for the guest.
+func BuildTestBinary(pkg, out string) error {
+	cmd := exec.Command("go", "test", "-c", "-trimpath", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go test -c %s: %w\n%s", pkg, err, b)
+	}
+	if _, err := os.Stat(out); err != nil {
+		return fmt.Errorf("go test -c %s wrote no binary (no test files?): %w", pkg, err)
+	}
+	return nil
+}
+
+// TestOverlay writes a cpio archive holding /vmtest/test and /vmtest/args,
+// to be concatenated after the guest initramfs.
+func TestOverlay(out, testBinary string, args []string) error {
+	bin, err := os.ReadFile(testBinary)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	w := cpio.Newc.Writer(f)
+	recs := []cpio.Record{
+		cpio.Directory("vmtest", 0o755),
+		cpio.StaticFile("vmtest/test", string(bin), 0o755),
+		cpio.StaticFile("vmtest/args", strings.Join(args, "\n")+"\n", 0o644),
+	}
+	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
+		f.Close()
+		return err
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
+
+// RunGuestTests runs a package's tests inside the guest and fails t if the
+// binary fails, if any test skips (everything in the guest must run), or if
+// no test ran at all. It returns the console output.
+func RunGuestTests(t testing.TB, r GuestRun) string {
+	t.Helper()
+	k, err := FetchKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := GuestInitramfs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "pkg.test")
+	if err := BuildTestBinary(r.Pkg, bin); err != nil {
+		t.Fatal(err)
+	}
+	overlay := filepath.Join(dir, "overlay.cpio")
+	args := append([]string{"-test.v"}, r.Args...)
+	if err := TestOverlay(overlay, bin, args); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range r.Disks {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			if err := MakeDisk(d, 256<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if r.Timeout == 0 {
+		r.Timeout = 5 * time.Minute
+	}
+	vm := StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{base, overlay},
+		Append: fmt.Sprintf("vmtest.disks=%d", len(r.Disks)),
+		Disks:  r.Disks,
+	})
+	m, err := vm.Expect(exitRe, r.Timeout)
+	out := vm.Output()
+	t.Logf("guest output of %s %s:\n%s", r.Pkg, strings.Join(args, " "), guestTestLines(out))
+	if err != nil {
+		t.Fatalf("guest tests of %s: %v", r.Pkg, err)
+	}
+	if code, _ := strconv.Atoi(m[1]); code != 0 {
+		t.Fatalf("guest tests of %s failed (exit %d)", r.Pkg, code)
+	}
+	if bytes.Contains([]byte(out), []byte("--- SKIP")) {
+		t.Fatalf("guest tests of %s: a test skipped inside the VM, where everything must run", r.Pkg)
+	}
+	if !strings.Contains(out, "--- PASS") {
+		t.Fatalf("guest tests of %s: no test ran (check -test.run)", r.Pkg)
+	}
+	return out
+}
+
+// guestTestLines drops kernel and init noise from the console output.
+func guestTestLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimRight(l, "\r")
+		if strings.HasPrefix(l, "[") && strings.Contains(l, "]") {
+			continue // kernel printk
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}

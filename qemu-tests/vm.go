@@ -1,0 +1,292 @@
+package qemutests
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options describe one boot.
+type Options struct {
+	Kernel string   // vmlinuz
+	Initrd []string // cpio archives, concatenated in order (the kernel unpacks each)
+	// Append is added to the kernel command line after the harness's own
+	// console parameters.
+	Append string
+	// Disks are raw image files attached as virtio-blk disks, in order:
+	// /dev/vda, /dev/vdb, ...
+	Disks    []string
+	MemoryMB int // default 512
+	// Log receives the serial console as it arrives (in addition to the
+	// in-memory copy Expect searches).
+	Log io.Writer
+}
+
+// VM is one running QEMU.
+type VM struct {
+	Cmdline string // the QEMU command line, shell-quoted, for reproduction
+
+	cmd    *exec.Cmd
+	initrd string // temporary concatenation, removed at exit
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	out    bytes.Buffer // whole console output
+	cursor int          // Expect searches from here
+	exited bool
+	err    error // QEMU's exit status once exited
+}
+
+func qemuBinary() string {
+	if q := os.Getenv("CPINIT_QEMU"); q != "" {
+		return q
+	}
+	return "qemu-system-x86_64"
+}
+
+// accelArgs picks TCG unless CPINIT_QEMU_ACCEL=kvm: nested KVM hangs or
+// aborts on this project's machines, so the mere presence of /dev/kvm must
+// not switch it on.
+func accelArgs() []string {
+	if os.Getenv("CPINIT_QEMU_ACCEL") == "kvm" {
+		return []string{"-accel", "kvm", "-cpu", "host"}
+	}
+	return []string{"-accel", "tcg", "-cpu", "qemu64"}
+}
+
+// Start boots a VM. Stop it with Kill, or wait for it with Wait.
+func Start(o Options) (*VM, error) {
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 512
+	}
+	initrd, err := concatInitrd(o.Initrd)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{
+		"-machine", "q35", "-smp", "1", "-m", fmt.Sprint(o.MemoryMB),
+		"-display", "none", "-monitor", "none", "-serial", "stdio",
+		"-no-reboot", "-nodefaults",
+		"-kernel", o.Kernel, "-initrd", initrd,
+		// panic=-1: a kernel panic reboots at once, which -no-reboot turns
+		// into a QEMU exit instead of a hang; tests look for "Kernel panic".
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + o.Append),
+	}
+	args = append(args, accelArgs()...)
+	for i, d := range o.Disks {
+		// cache=writeback: guest flushes reach the image file; SIGKILL
+		// loses only what the guest never flushed, like a power cut on a
+		// disk that honours flushes.
+		args = append(args, "-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=d%d,cache=writeback", d, i),
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
+	}
+	cmd := exec.Command(qemuBinary(), args...)
+	vm := &VM{cmd: cmd, initrd: initrd, Cmdline: shellQuote(append([]string{qemuBinary()}, args...))}
+	vm.cond = sync.NewCond(&vm.mu)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		os.Remove(initrd)
+		return nil, fmt.Errorf("start %s: %w", qemuBinary(), err)
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := pr.Read(buf)
+			if n > 0 {
+				vm.mu.Lock()
+				vm.out.Write(buf[:n])
+				vm.mu.Unlock()
+				if o.Log != nil {
+					o.Log.Write(buf[:n])
+				}
+				vm.cond.Broadcast()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		os.Remove(initrd)
+		vm.mu.Lock()
+		vm.exited, vm.err = true, err
+		vm.mu.Unlock()
+		vm.cond.Broadcast()
+	}()
+	return vm, nil
+}
+
+func concatInitrd(parts []string) (string, error) {
+	f, err := os.CreateTemp("", "cpinit-initrd-*.cpio")
+	if err != nil {
+		return "", err
+	}
+	for _, p := range parts {
+		in, err := os.Open(p)
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "", err
+		}
+		_, err = io.Copy(f, in)
+		in.Close()
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "", err
+		}
+	}
+	return f.Name(), f.Close()
+}
+
+// ErrExited is returned by Expect when QEMU exits before the line appears.
+var ErrExited = errors.New("VM exited")
+
+// stoppedMarkers are console lines after which a guest prints nothing more.
+var stoppedMarkers = []string{"reboot: System halted", "Kernel panic - not syncing"}
+
+// Expect waits until the console shows a match of re after the previous
+// match, and returns the submatches. The search consumes the output up to the
+// end of the match.
+func (vm *VM) Expect(re *regexp.Regexp, timeout time.Duration) ([]string, error) {
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, vm.cond.Broadcast)
+	defer timer.Stop()
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	for {
+		rest := vm.out.Bytes()[vm.cursor:]
+		if loc := re.FindSubmatchIndex(rest); loc != nil {
+			var subs []string
+			for i := 0; i+1 < len(loc); i += 2 {
+				if loc[i] < 0 {
+					subs = append(subs, "")
+				} else {
+					subs = append(subs, string(rest[loc[i]:loc[i+1]]))
+				}
+			}
+			vm.cursor += loc[1]
+			return subs, nil
+		}
+		if vm.exited {
+			return nil, fmt.Errorf("waiting for %q: %w (%v)", re, ErrExited, vm.err)
+		}
+		// A halted or panicked guest prints nothing more: fail now rather
+		// than at the timeout.
+		for _, stop := range stoppedMarkers {
+			if bytes.Contains(rest, []byte(stop)) {
+				return nil, fmt.Errorf("waiting for %q: the guest stopped (%q)", re, stop)
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("waiting for %q: timed out after %v", re, timeout)
+		}
+		vm.cond.Wait()
+	}
+}
+
+// ExpectString is Expect for a literal string.
+func (vm *VM) ExpectString(s string, timeout time.Duration) error {
+	_, err := vm.Expect(regexp.MustCompile(regexp.QuoteMeta(s)), timeout)
+	return err
+}
+
+// Output returns everything the console printed so far.
+func (vm *VM) Output() string {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.out.String()
+}
+
+// Wait waits for QEMU to exit (the guest powered off, rebooted or
+// panicked; -no-reboot turns the last two into an exit).
+func (vm *VM) Wait(timeout time.Duration) error {
+	timer := time.AfterFunc(timeout, vm.cond.Broadcast)
+	defer timer.Stop()
+	deadline := time.Now().Add(timeout)
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	for !vm.exited {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("VM still running after %v", timeout)
+		}
+		vm.cond.Wait()
+	}
+	return vm.err
+}
+
+// Kill cuts the power: SIGKILL to QEMU. Whatever the guest had written to
+// its virtual disks and flushed is in the image files; nothing else is.
+func (vm *VM) Kill() {
+	vm.mu.Lock()
+	exited := vm.exited
+	vm.mu.Unlock()
+	if !exited && vm.cmd.Process != nil {
+		_ = syscall.Kill(-vm.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	_ = vm.Wait(30 * time.Second)
+}
+
+func shellQuote(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
+		}) < 0 {
+			b.WriteString(a)
+		} else {
+			b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
+		}
+	}
+	return b.String()
+}
+
+// MakeDisk creates a sparse raw image of the given size.
+func MakeDisk(path string, size int64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// MakeExt4 creates a raw ext4 image of size bytes with the given label,
+// populated from dir if dir is not empty (mkfs.ext4 -d: no loop device or
+// root needed).
+func MakeExt4(path string, size int64, label, dir string) error {
+	if err := MakeDisk(path, size); err != nil {
+		return err
+	}
+	args := []string{"-q", "-F", "-L", label}
+	if dir != "" {
+		args = append(args, "-d", dir)
+	}
+	args = append(args, path)
+	if out, err := exec.Command("mkfs.ext4", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
