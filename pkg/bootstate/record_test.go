@@ -149,7 +149,11 @@ func TestMapValidate(t *testing.T) {
 		"chunk not pow2":    func(m *ExtentMap) { m.ChunkSector = 12 },
 		"chunk zero":        func(m *ExtentMap) { m.ChunkSector = 0 },
 		"too small for COW": func(m *ExtentMap) { m.ChunkSector = 128 },
-		"huge segment":      func(m *ExtentMap) { m.Segments = m.Segments[:1]; m.Segments[0].Length = 1 << 33; m.DevSectors = 1 << 40 },
+		"huge segment": func(m *ExtentMap) {
+			m.Segments = m.Segments[:1]
+			m.Segments[0].Length = 1 << 33
+			m.DevSectors = 1 << 40
+		},
 	}
 	if err := base.Validate(); err != nil {
 		t.Fatal(err)
