@@ -1,0 +1,166 @@
+package initramfs
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+)
+
+// RepoRoot is the root of the cpinit module (the directory holding go.mod).
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// Kernel is the pinned kernel, fetched and unpacked by fetch-kernel.sh.
+type Kernel struct {
+	Release string // uname -r of the guest
+	Vmlinuz string
+	Modules string // /lib/modules/<release> of the unpacked package
+}
+
+var (
+	kernelOnce sync.Once
+	kernel     Kernel
+	kernelErr  error
+)
+
+// FetchKernel runs initramfs/fetch-kernel.sh once per process (the script is
+// itself idempotent) and returns where the kernel is.
+func FetchKernel() (Kernel, error) {
+	kernelOnce.Do(func() {
+		cmd := exec.Command(filepath.Join(RepoRoot(), "initramfs", "fetch-kernel.sh"))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			kernelErr = fmt.Errorf("initramfs/fetch-kernel.sh: %w\n%s", err, stderr.Bytes())
+			return
+		}
+		vars := map[string]string{}
+		s := bufio.NewScanner(bytes.NewReader(out))
+		for s.Scan() {
+			if k, v, ok := strings.Cut(s.Text(), "="); ok {
+				vars[k] = v
+			}
+		}
+		kernel = Kernel{Release: vars["KERNEL_RELEASE"], Vmlinuz: vars["KERNEL_VMLINUZ"], Modules: vars["KERNEL_MODULES"]}
+		if kernel.Vmlinuz == "" || kernel.Modules == "" {
+			kernelErr = fmt.Errorf("initramfs/fetch-kernel.sh printed no kernel paths:\n%s", out)
+		}
+	})
+	return kernel, kernelErr
+}
+
+// BuildOptions describe one initramfs.
+type BuildOptions struct {
+	Modules string   // the kernel's /lib/modules/<release> directory
+	List    string   // module list; default initramfs/modules.list
+	Out     string   // output cpio
+	InitCmd string   // command run as /init (basename of one of Pkgs)
+	Files   []string // extra u-root -files host:guest entries
+	Pkgs    []string // Go command packages, relative to the module root
+	Log     io.Writer
+}
+
+// Build makes an initramfs: u-root with InitCmd as /init (-initcmd, not
+// uinit: cpinit must be PID 1 itself to switch_root), the listed modules of
+// the kernel with a modules.dep that u-root's kmodule resolves dependencies
+// from, and the list itself at /etc/cpinit/modules for PID 1 to load.
+//
+// Same inputs give byte-identical output: u-root writes cpio records with
+// zero mtimes and owners and builds with -trimpath; the modules and
+// modules.dep are staged in a fixed order.
+func Build(o BuildOptions) error {
+	if o.List == "" {
+		o.List = filepath.Join(RepoRoot(), "initramfs", "modules.list")
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	release := filepath.Base(filepath.Clean(o.Modules))
+	names, err := ReadList(o.List)
+	if err != nil {
+		return err
+	}
+	mods, err := Resolve(o.Modules, names)
+	if err != nil {
+		return err
+	}
+	stage, err := os.MkdirTemp("", "mkinitramfs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	modStage := filepath.Join(stage, "modules", release)
+	for _, m := range mods {
+		if err := copyFile(filepath.Join(o.Modules, m.RelPath), filepath.Join(modStage, m.RelPath)); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(modStage, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
+		return err
+	}
+	out, err := filepath.Abs(o.Out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	list, err := filepath.Abs(o.List)
+	if err != nil {
+		return err
+	}
+	tmpOut := out + ".tmp"
+	args := []string{"tool", "u-root",
+		"-defaultsh=",
+		"-initcmd=" + o.InitCmd,
+		"-o", tmpOut,
+		"-files", filepath.Join(stage, "modules") + ":lib/modules",
+		"-files", list + ":etc/cpinit/modules",
+	}
+	for _, f := range o.Files {
+		args = append(args, "-files", f)
+	}
+	args = append(args, o.Pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = RepoRoot()
+	// CGO off: the image has no libc for our Go binaries. GOAMD64=v1 so it
+	// runs on QEMU's default CPU models.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(&output, o.Log), io.MultiWriter(&output, o.Log)
+	if err := cmd.Run(); err != nil {
+		os.Remove(tmpOut)
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, output.Bytes())
+	}
+	return os.Rename(tmpOut, out)
+}
+
+func copyFile(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	o, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(o, in); err != nil {
+		o.Close()
+		return err
+	}
+	return o.Close()
+}
