@@ -20,3 +20,6 @@ func closeFD(int) error                         { return nil }
 func makeBlockNode(string, Dev) error           { return errNotLinux }
 func DeviceNumber(path string) (Dev, error)     { return Dev{}, errNotLinux }
 func DeviceSectors(path string) (uint64, error) { return 0, errNotLinux }
+
+func readDirect(string, int) ([]byte, error) { return nil, errNotLinux }
+func zeroDirect(string, int64) error         { return errNotLinux }
