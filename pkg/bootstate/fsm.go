@@ -25,7 +25,7 @@ const (
 	EventOverflow     Event = "overflow"      // checkpointing|rollback-pending (active) → committed: COW Invalid
 	EventMergeAttempt Event = "merge-attempt" // rollback-pending → rollback-pending, counts a merge boot
 	EventMergeDone    Event = "merge-done"    // rollback-pending → fresh
-	EventCleanupDone  Event = "cleanup-done"  // committed → fresh
+	EventCleanupDone  Event = "cleanup-done"  // committed → fresh; fresh → fresh drops a leftover path
 )
 
 // Limits that keep every loop finite.
@@ -60,6 +60,7 @@ var (
 	ErrMergeCap        = errors.New("merge attempt cap reached")
 	ErrBadBegin        = errors.New("invalid begin arguments")
 	ErrBadReason       = errors.New("reason not valid for this event")
+	ErrNothingToClean  = errors.New("no leftover COW file recorded")
 )
 
 // TransitionError is returned when an event is impossible in the current
@@ -95,7 +96,7 @@ var fsmEvents = fsm.Events{
 	{Name: string(EventOverflow), Src: []string{"checkpointing", "rollback-pending"}, Dst: "committed"},
 	{Name: string(EventMergeAttempt), Src: []string{"rollback-pending"}, Dst: "rollback-pending"},
 	{Name: string(EventMergeDone), Src: []string{"rollback-pending"}, Dst: "fresh"},
-	{Name: string(EventCleanupDone), Src: []string{"committed"}, Dst: "fresh"},
+	{Name: string(EventCleanupDone), Src: []string{"committed", "fresh"}, Dst: "fresh"},
 }
 
 // Events lists all events in table order.
@@ -233,6 +234,10 @@ func guard(r *Record, s *Step) error {
 		if !r.Active {
 			return terr(ErrNotActive, "")
 		}
+	case EventCleanupDone:
+		if r.State == StateFresh && r.COWPath == "" {
+			return terr(ErrNothingToClean, "")
+		}
 	case EventMergeAttempt:
 		if r.MergeTries >= MaxMergeAttempts {
 			return terr(ErrMergeCap, fmt.Sprintf("%d attempts", r.MergeTries))
@@ -258,6 +263,7 @@ func guard(r *Record, s *Step) error {
 
 // mutate applies the field changes of an allowed step.
 func mutate(r Record, s Step, dst State) Record {
+	src := r.State
 	r.State = dst
 	switch s.Event {
 	case EventBegin:
@@ -302,7 +308,11 @@ func mutate(r Record, s Step, dst State) Record {
 		// nothing can need it any more.
 		r = freshWithLeftover(r, r.COWPath, ReasonMerged)
 	case EventCleanupDone:
-		r = freshWithLeftover(r, "", ReasonCleaned)
+		why := ReasonCleaned
+		if src == StateFresh {
+			why = r.Reason // keep "merged" visible in status
+		}
+		r = freshWithLeftover(r, "", why)
 	}
 	return r
 }

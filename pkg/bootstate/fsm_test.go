@@ -44,6 +44,10 @@ func TestTransitionTable(t *testing.T) {
 				if !sameRecord(&n, &r) {
 					t.Errorf("%v --%v-->: refused event changed the record", st, ev)
 				}
+			case ev == EventCleanupDone && st == StateFresh:
+				if !errors.Is(err, ErrNothingToClean) {
+					t.Errorf("cleanup-done on fresh without leftover: %v", err)
+				}
 			case ev == EventActivate || ev == EventCancel:
 				// Guarded: the checkpointing record here is active.
 				if !errors.Is(err, ErrAlreadyActive) {
@@ -141,6 +145,10 @@ func TestMergeDoneKeepsLeftoverCleanupDoesNot(t *testing.T) {
 	c := mustApply(t, mustApply(t, r, Step{Event: EventCommit}), Step{Event: EventCleanupDone})
 	if c.COWPath != "" || c.Reason != ReasonCleaned {
 		t.Fatalf("cleanup-done: %+v", c)
+	}
+	m2 := mustApply(t, m, Step{Event: EventCleanupDone})
+	if m2.COWPath != "" || m2.Reason != ReasonMerged || m2.State != StateFresh {
+		t.Fatalf("cleanup-done from fresh: %+v", m2)
 	}
 	// A new checkpoint can begin from either.
 	mustApply(t, m, Step{Event: EventBegin, Begin: testBegin(CounterNative, "")})

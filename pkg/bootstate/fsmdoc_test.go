@@ -45,7 +45,7 @@ userdata). Entering ` + "`rollback-pending`" + ` is the point of no return.
 		EventOverflow:     "active only; the kernel reported the snapshot Invalid",
 		EventMergeAttempt: fmt.Sprintf("merge attempts < MaxMergeAttempts (%d)", MaxMergeAttempts),
 		EventMergeDone:    "none; the COW path is kept as a leftover to delete",
-		EventCleanupDone:  "none; the COW file is already deleted",
+		EventCleanupDone:  "from fresh: a leftover COW path is recorded; the COW file is already deleted",
 	}
 	for _, e := range fsmEvents {
 		b.WriteString("| " + e.Name + " | " + strings.Join(e.Src, ", ") + " | " + e.Dst + " | " + guards[Event(e.Name)] + " |\n")

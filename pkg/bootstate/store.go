@@ -34,8 +34,9 @@ var copyNames = [2]string{"A", "B"}
 
 // Store errors.
 var (
-	// ErrNoRecord: both copies are blank (every header byte zero): the
-	// store was never written. Decide treats this as fresh.
+	// ErrNoRecord: both copies are blank (every header byte zero), or
+	// copy B is blank and copy A invalid (a torn first write, see pick):
+	// the store never held a durable record. Decide treats this as fresh.
 	ErrNoRecord = errors.New("metadata store is blank")
 	// ErrStoreCorrupt: no copy is valid and they are not both blank.
 	ErrStoreCorrupt = errors.New("metadata store has no valid copy")
@@ -174,6 +175,16 @@ func (l *loaded) pick(name string) (int, error) {
 	case b != nil:
 		return 1, nil
 	case l.status[0].Blank && l.status[1].Blank:
+		return -1, &StoreError{name, "load", ErrNoRecord, l.status}
+	case l.status[1].Blank:
+		// Copy A is invalid and copy B was never written. From a blank
+		// store, Save and Format write A first and B only once A is
+		// flushed, and RunBoot acts on a record only after Save returned,
+		// i.e. after both copies are complete. So this is a first write
+		// torn inside copy A: no record was ever durable, nothing was
+		// done on its strength, and the store is as good as blank. (The
+		// mirror case, A blank and B invalid, cannot come from our writes
+		// and stays ErrStoreCorrupt.)
 		return -1, &StoreError{name, "load", ErrNoRecord, l.status}
 	}
 	return -1, &StoreError{name, "load", ErrStoreCorrupt, l.status}

@@ -343,3 +343,30 @@ func TestStoreFlushBetweenCopies(t *testing.T) {
 		t.Fatalf("writes %d syncs %d, want 2/2", d.writes, d.syncs)
 	}
 }
+
+// The very first write to a blank store, cut anywhere, leaves a store that
+// loads as blank (ErrNoRecord) or as the new record, never as corrupt.
+func TestTornFirstWrite(t *testing.T) {
+	r := NewFreshRecord()
+	size := len(encodeT(t, &r, 1))
+	for _, garbage := range []bool{false, true} {
+		for cut := 0; cut <= 2*size; cut++ {
+			d := newMemDev()
+			d.budget, d.garbage = cut, garbage
+			NewStore(d, "mem").Format(&r)
+			got, _, err := NewStore(d.reboot(), "mem").Load()
+			switch {
+			case err == nil && sameRecord(got, &r):
+			case errors.Is(err, ErrNoRecord) && cut < size:
+			default:
+				t.Fatalf("cut %d garbage=%v: %v %v", cut, garbage, got, err)
+			}
+		}
+	}
+	// A blank, B invalid cannot come from our writes: corrupt.
+	d := newMemDev()
+	d.WriteAt([]byte("junk"), CopyStride)
+	if _, _, err := NewStore(d, "mem").Load(); !errors.Is(err, ErrStoreCorrupt) {
+		t.Fatalf("A blank, B junk: %v", err)
+	}
+}
