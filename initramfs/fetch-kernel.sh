@@ -49,7 +49,11 @@ if [[ ! -f $deb ]]; then
 	# apt-get download writes into the current directory. It runs as the
 	# _apt user when it can; the warning about an unsandboxed download as
 	# root is harmless here.
-	if ! (cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2); then
+	# A new machine may have no (or stale) package lists: update once and
+	# retry before giving up.
+	if ! (cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2) &&
+		! { [[ $(id -u) == 0 ]] && say "retrying after apt-get update" && apt-get update -qq >&2 &&
+			(cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2); }; then
 		say "apt-get download failed. If apt says the version is unknown, run 'apt-get update';"
 		say "if Debian no longer serves $KERNEL_VERSION, pick a current one"
 		say "('apt-cache madison $KERNEL_PKG' or 'apt-cache search cloud-amd64') and update initramfs/kernel.env."

@@ -59,3 +59,21 @@ func GoBuild(out, pkg string) error {
 	}
 	return nil
 }
+
+// MakeSystemImage builds a system slot in dir: an ext4 image labelled label
+// whose /sbin/init is qemu-tests/sysinit.
+func MakeSystemImage(dir, label string) (string, error) {
+	root := filepath.Join(dir, label+".root")
+	// switch_root moves /dev, /proc, /sys and /run into the new root: a
+	// system image has those mount points, and /data for userdata.
+	for _, d := range []string{"data", "dev", "proc", "sys", "run", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := GoBuild(filepath.Join(root, "sbin", "init"), "./qemu-tests/sysinit"); err != nil {
+		return "", err
+	}
+	img := filepath.Join(dir, label+".img")
+	return img, MakeExt4(img, 32<<20, label, root)
+}

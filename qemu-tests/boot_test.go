@@ -34,23 +34,10 @@ func cpinitImage(t *testing.T) string {
 	return p
 }
 
-// systemImage builds a system slot: an ext4 image whose /sbin/init is
-// qemu-tests/sysinit.
 func systemImage(t *testing.T, dir, label string) string {
 	t.Helper()
-	root := filepath.Join(dir, label+".root")
-	// switch_root moves /dev, /proc, /sys and /run into the new root: a
-	// system image has those mount points, and /data for userdata.
-	for _, d := range []string{"data", "dev", "proc", "sys", "run", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := GoBuild(filepath.Join(root, "sbin", "init"), "./qemu-tests/sysinit"); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, label+".img")
-	if err := MakeExt4(img, 32<<20, label, root); err != nil {
+	img, err := MakeSystemImage(dir, label)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return img

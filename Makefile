@@ -1,0 +1,57 @@
+# cpinit: the two commands a newcomer runs (see README.md).
+#
+#   make demo   the main job: boot cpinit in QEMU and show what it does
+#   make test   every test: unit tests on the host, then the QEMU suite
+#
+# Both install missing Debian packages (when run as root) and fetch the
+# pinned kernel first. Go 1.26 must be on PATH (/usr/local/go/bin is added).
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+
+# Debian packages the build and tests use:
+#   qemu-system-x86  the VM that runs every device-mapper path (TCG)
+#   e2fsprogs        mkfs.ext4, e2fsck, filefrag (FIEMAP oracle)
+#   dmsetup          the oracle our dm ioctls are compared with, in the guest
+#   xfsprogs         reflinked files for the SHARED-extent test
+#   util-linux       losetup, for the loop-mounted ext4 tests
+#   cpio             to look inside initramfs images by hand
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio
+
+# The whole suite runs within this bound (CI allows 90 minutes in all).
+TEST_TIMEOUT ?= 45m
+
+.PHONY: all demo test unit vmtest deps kernel initramfs clean
+
+all: test
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "missing Debian packages:$$missing (run make as root, or apt-get install them)"; exit 1; \
+		fi; \
+	fi
+
+kernel: deps
+	@initramfs/fetch-kernel.sh >/dev/null
+
+initramfs: kernel
+	$(GO) run ./initramfs/mkinitramfs -o out/cpinit.cpio ./cmds/cpinit
+
+demo: kernel
+	$(GO) run ./qemu-tests/demo
+
+# Unit tests, root-only host tests (loop-mounted ext4) and the QEMU suite
+# (qemu-tests/, which also runs the in-guest tests of pkg/dmsnap).
+test: kernel
+	$(GO) vet ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+clean:
+	rm -rf out
