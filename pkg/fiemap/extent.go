@@ -1,8 +1,10 @@
 package fiemap
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -204,7 +206,7 @@ func checkPhysicalOverlap(path string, size uint64, extents []Extent) error {
 		}
 		rs = append(rs, r{e.Physical, e.Physical + l, e.Logical})
 	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].start < rs[j].start })
+	slices.SortFunc(rs, func(a, b r) int { return cmp.Compare(a.start, b.start) })
 	for i := 1; i < len(rs); i++ {
 		if rs[i].start < rs[i-1].end {
 			return &ExtentError{Path: path, Offset: rs[i].logical, Reason: fmt.Sprintf("physical range overlaps the extent at offset %d", rs[i-1].logical)}
@@ -270,10 +272,15 @@ func Segments(extents []Extent, size uint64) []Segment {
 // DMTable renders segments as a device-mapper table in dmsetup's format, one
 // `<start> <length> linear <major>:<minor> <offset>` line per segment.
 func DMTable(segs []Segment, major, minor uint32) string {
-	var b strings.Builder
-	b.Grow(len(segs) * 40)
+	dev := fmt.Sprintf(" linear %d:%d ", major, minor)
+	b := make([]byte, 0, len(segs)*(len(dev)+30))
 	for _, s := range segs {
-		fmt.Fprintf(&b, "%d %d linear %d:%d %d\n", s.Start, s.Length, major, minor, s.Offset)
+		b = strconv.AppendUint(b, s.Start, 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, s.Length, 10)
+		b = append(b, dev...)
+		b = strconv.AppendUint(b, s.Offset, 10)
+		b = append(b, '\n')
 	}
-	return b.String()
+	return string(b)
 }
