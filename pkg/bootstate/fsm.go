@@ -16,6 +16,7 @@ type Event string
 // Events. See the package documentation for who fires each one and what
 // must already be true on disk when it is persisted.
 const (
+	EventPrepare      Event = "prepare"       // fresh → fresh: record the COW path before allocating it
 	EventBegin        Event = "begin"         // fresh → checkpointing (armed)
 	EventBootAttempt  Event = "boot-attempt"  // checkpointing → checkpointing, counts a trial boot
 	EventActivate     Event = "activate"      // checkpointing armed → active: snapshot created
@@ -87,6 +88,7 @@ func (e *TransitionError) Unwrap() error { return e.Err }
 // overflow events added. Guards that depend on record fields (armed vs
 // active, counters) are in guard below; looplab/fsm enforces the rest.
 var fsmEvents = fsm.Events{
+	{Name: string(EventPrepare), Src: []string{"fresh"}, Dst: "fresh"},
 	{Name: string(EventBegin), Src: []string{"fresh"}, Dst: "checkpointing"},
 	{Name: string(EventBootAttempt), Src: []string{"checkpointing"}, Dst: "checkpointing"},
 	{Name: string(EventActivate), Src: []string{"checkpointing"}, Dst: "checkpointing"},
@@ -124,9 +126,13 @@ type Step struct {
 	Event  Event
 	Reason Reason     // rollback: abort, tries-exhausted, slot-fallback, attempt-cap
 	Begin  *BeginArgs // begin only
+	Path   string     // prepare only: the COW file about to be allocated
 }
 
 func (s Step) String() string {
+	if s.Path != "" {
+		return fmt.Sprintf("%s(%s)", s.Event, s.Path)
+	}
 	if s.Reason != ReasonNone {
 		return fmt.Sprintf("%s(%s)", s.Event, s.Reason)
 	}
@@ -196,10 +202,20 @@ func guard(r *Record, s *Step) error {
 		return &TransitionError{From: r.State, Event: s.Event, Err: err, Note: note}
 	}
 	switch s.Event {
+	case EventPrepare:
+		if !path.IsAbs(s.Path) || path.Clean(s.Path) != s.Path {
+			return terr(ErrBadBegin, fmt.Sprintf("COW path %q must be absolute and clean", s.Path))
+		}
+		if r.COWPath != "" && r.COWPath != s.Path {
+			return terr(ErrBadBegin, fmt.Sprintf("leftover COW file %s is not cleaned up yet", r.COWPath))
+		}
 	case EventBegin:
 		b := s.Begin
 		if b == nil {
 			return terr(ErrBadBegin, "missing arguments")
+		}
+		if r.COWPath != "" && r.COWPath != b.COWPath {
+			return terr(ErrBadBegin, fmt.Sprintf("leftover COW file %s is not cleaned up yet", r.COWPath))
 		}
 		if len(b.Map.Segments) == 0 {
 			return terr(ErrBadBegin, "empty extent map")
@@ -255,7 +271,7 @@ func guard(r *Record, s *Step) error {
 			return terr(ErrBadReason, s.Reason.String())
 		}
 	}
-	if s.Event != EventBegin && s.Begin != nil {
+	if (s.Event != EventBegin && s.Begin != nil) || (s.Event != EventPrepare && s.Path != "") {
 		return terr(ErrBadBegin, "arguments given to "+string(s.Event))
 	}
 	return nil
@@ -266,6 +282,11 @@ func mutate(r Record, s Step, dst State) Record {
 	src := r.State
 	r.State = dst
 	switch s.Event {
+	case EventPrepare:
+		// Written before the file is allocated, so that a crash between
+		// allocation and begin leaves a fresh record naming the file, and
+		// the next boot deletes it instead of leaking it.
+		r.COWPath = s.Path
 	case EventBegin:
 		b := s.Begin
 		tries := b.Tries

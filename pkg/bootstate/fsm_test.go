@@ -27,6 +27,8 @@ func TestTransitionTable(t *testing.T) {
 			switch ev {
 			case EventBegin:
 				s.Begin = testBegin(CounterNative, "")
+			case EventPrepare:
+				s.Path = "/data/.cpinit/cow"
 			case EventRollback:
 				s.Reason = ReasonAbort
 			}
@@ -153,4 +155,31 @@ func TestMergeDoneKeepsLeftoverCleanupDoesNot(t *testing.T) {
 	// A new checkpoint can begin from either.
 	mustApply(t, m, Step{Event: EventBegin, Begin: testBegin(CounterNative, "")})
 	mustApply(t, c, Step{Event: EventBegin, Begin: testBegin(CounterNative, "")})
+}
+
+func TestPrepare(t *testing.T) {
+	p := mustApply(t, NewFreshRecord(), Step{Event: EventPrepare, Path: "/data/.cpinit/cow"})
+	if p.State != StateFresh || p.COWPath != "/data/.cpinit/cow" {
+		t.Fatalf("%+v", p)
+	}
+	// Idempotent, and a leftover under another name blocks it.
+	mustApply(t, p, Step{Event: EventPrepare, Path: "/data/.cpinit/cow"})
+	if _, err := Apply(p, Step{Event: EventPrepare, Path: "/data/other"}); !errors.Is(err, ErrBadBegin) {
+		t.Fatalf("other path: %v", err)
+	}
+	if _, err := Apply(p, Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "/data/other", Map: testMap(2), Counter: CounterNative}}); !errors.Is(err, ErrBadBegin) {
+		t.Fatalf("begin with other leftover: %v", err)
+	}
+	if _, err := Apply(NewFreshRecord(), Step{Event: EventPrepare, Path: "rel"}); !errors.Is(err, ErrBadBegin) {
+		t.Fatalf("relative: %v", err)
+	}
+	// Decide removes a prepared-but-never-begun file on the next boot.
+	a := Decide(DecideInput{Record: &p})
+	if a.Kind != MountPlain || a.RemoveLeftover != p.COWPath {
+		t.Fatalf("%+v", a)
+	}
+	b := mustApply(t, p, Step{Event: EventBegin, Begin: testBegin(CounterNative, "")})
+	if b.State != StateCheckpointing {
+		t.Fatalf("%+v", b)
+	}
 }

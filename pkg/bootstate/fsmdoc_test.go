@@ -36,7 +36,8 @@ userdata). Entering ` + "`rollback-pending`" + ` is the point of no return.
 	b.WriteString(d)
 	b.WriteString("```\n\n| event | from | to | guard |\n|---|---|---|---|\n")
 	guards := map[Event]string{
-		EventBegin:        "valid, non-empty extent map; absolute COW path; android counter needs a target slot",
+		EventPrepare:      "absolute path; no other leftover COW file recorded",
+		EventBegin:        "no other leftover COW file; valid, non-empty extent map; absolute COW path; android counter needs a target slot",
 		EventBootAttempt:  fmt.Sprintf("native counter: tries left > 0; attempts < MaxBootAttempts (%d)", MaxBootAttempts),
 		EventActivate:     "armed (not active)",
 		EventCommit:       "none; leaves tries >= 1",
