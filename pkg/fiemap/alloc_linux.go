@@ -49,6 +49,9 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 		return nil, err
 	}
 	defer d.Close()
+	if err := lockDir(d); err != nil {
+		return nil, err
+	}
 
 	// statfs through the directory: the file's filesystem.
 	var sfs unix.Statfs_t
@@ -217,6 +220,17 @@ func openPrivateDir(dir string, create bool) (*os.File, error) {
 	return d, nil
 }
 
+// lockDir takes an exclusive flock on the directory for as long as d is
+// open. Allocate removes a leftover file that is not pinned yet, assuming a
+// crashed earlier call made it; the lock makes sure it is not the file of a
+// concurrent Allocate still in progress.
+func lockDir(d *os.File) error {
+	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+		return &os.PathError{Op: "flock", Path: d.Name(), Err: err}
+	}
+	return nil
+}
+
 func fsyncPath(p string) error {
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -261,6 +275,9 @@ func Release(path string) error {
 		return err
 	}
 	defer d.Close()
+	if err := lockDir(d); err != nil {
+		return err
+	}
 	return releaseAt(path, d, base)
 }
 

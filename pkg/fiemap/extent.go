@@ -2,6 +2,7 @@ package fiemap
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -95,6 +96,17 @@ type Extent struct {
 	Physical uint64 `json:"physical"`
 	Length   uint64 `json:"length"`
 	Flags    uint32 `json:"flags"`
+}
+
+// MarshalJSON adds the flag names ("flag_names") for
+// people reading `cpinit extents --json` ("LAST|UNWRITTEN"); decoding
+// ignores them.
+func (e Extent) MarshalJSON() ([]byte, error) {
+	type plain Extent
+	return json.Marshal(struct {
+		plain
+		FlagNames string `json:"flag_names"`
+	}{plain(e), FlagString(e.Flags)})
 }
 
 func (e Extent) String() string {

@@ -418,7 +418,7 @@ func TestMapCheckAndJSON(t *testing.T) {
 	if back.Fingerprint != m.Fingerprint || back.DMTable() != m.DMTable() {
 		t.Error("JSON round trip changed the map")
 	}
-	for _, s := range []string{`"segments"`, `"fingerprint"`, `"flags":2048`, `"major":7`} {
+	for _, s := range []string{`"segments"`, `"fingerprint"`, `"flags":2048`, `"flag_names":"UNWRITTEN"`, `"flag_names":"LAST|UNWRITTEN"`, `"major":7`} {
 		if !strings.Contains(string(b), s) {
 			t.Errorf("JSON lacks %s: %s", s, b)
 		}
@@ -437,6 +437,25 @@ func TestMapCheckAndJSON(t *testing.T) {
 		if err := m.Check(); err == nil {
 			t.Errorf("%s: Check passed", name)
 		}
+	}
+
+	other := Device{Major: 254, Minor: 1, Sectors: m.Device.Sectors}
+	moved, err := m.OnDevice(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Fingerprint == m.Fingerprint || moved.Device != other || !strings.Contains(moved.DMTable(), "linear 254:1 ") {
+		t.Errorf("OnDevice: %+v", moved)
+	}
+	if err := m.SameLayout(moved); err != nil {
+		t.Errorf("OnDevice changed the layout: %v", err)
+	}
+	if m.Device.Major != 7 {
+		t.Error("OnDevice modified the original")
+	}
+	other.Sectors++
+	if _, err := m.OnDevice(other); err == nil {
+		t.Error("OnDevice accepted a device of another size")
 	}
 
 	o := testMap()

@@ -26,7 +26,7 @@ func TestAllocateContiguous(t *testing.T) {
 		t.Fatal(err)
 	}
 	maj, min := fs.devNum()
-	if m.Device.Major != maj || m.Device.Minor != min || m.Device.Path != fs.loop {
+	if m.Device.Major != maj || m.Device.Minor != min || m.Device.Path != fs.loop || m.Device.DMName != "" {
 		t.Errorf("device %+v, want %d:%d %s", m.Device, maj, min, fs.loop)
 	}
 	if m.Device.Sectors != 128<<20/512 || m.FSType != "ext4" || m.BlockSize != 4096 || m.Size != 32<<20 {

@@ -18,6 +18,11 @@ type Device struct {
 	// Path is the /dev node (from the uevent's DEVNAME), informational only:
 	// tables refer to MAJ:MIN because without udev names are not reliable.
 	Path string `json:"path,omitempty"`
+	// DMName is set when the filesystem sits on a device-mapper device
+	// (/sys/dev/block/MAJ:MIN/dm/name), e.g. cp-origin while a checkpoint
+	// is active. Offsets are then relative to that dm device, not to the
+	// disk below it: a COW table must not be built on cp-origin.
+	DMName string `json:"dm_name,omitempty"`
 }
 
 // String returns "MAJ:MIN", the form dm tables use.
@@ -95,6 +100,22 @@ func Fingerprint(dev Device, size uint64, extents []Extent) string {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// OnDevice returns a copy of m whose segments refer to dev instead, with the
+// fingerprint recomputed, for when the same partition has another MAJ:MIN
+// (e.g. in first-stage init, or through a dm view of it). dev must have the
+// same size. The caller vouches that dev holds the same bytes.
+func (m *Map) OnDevice(dev Device) (*Map, error) {
+	if dev.Sectors != m.Device.Sectors {
+		return nil, fmt.Errorf("fiemap %s: device %s has %d sectors, the map's %s has %d", m.Path, dev, dev.Sectors, m.Device, m.Device.Sectors)
+	}
+	c := *m
+	c.Device = dev
+	c.Extents = append([]Extent(nil), m.Extents...)
+	c.Segments = append([]Segment(nil), m.Segments...)
+	c.Fingerprint = Fingerprint(dev, c.Size, c.Extents)
+	return &c, c.Check()
 }
 
 // SameLayout reports (as an error describing the first difference) whether o

@@ -115,6 +115,9 @@ func resolveDevice(path string, dev uint64) (Device, error) {
 	if d.Path == "" {
 		return d, &os.PathError{Op: "fiemap", Path: path, Err: fmt.Errorf("block device %s: no DEVNAME in uevent", d)}
 	}
+	if name, err := os.ReadFile(filepath.Join(sys, "dm", "name")); err == nil {
+		d.DMName = strings.TrimSpace(string(name))
+	}
 	return d, nil
 }
 
