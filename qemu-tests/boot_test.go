@@ -163,7 +163,7 @@ func TestGuestDeviceMapper(t *testing.T) {
 	needQEMU(t)
 	out := RunGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",
-		Args: []string{"-test.run=^TestVM"},
+		Args: []string{"-test.run=^TestVMDeviceMapperVersion$"},
 	})
 	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "device-mapper interface version 4."} {
 		if !strings.Contains(out, want) {
@@ -200,5 +200,20 @@ func TestPowerCutAndReboot(t *testing.T) {
 	vm.ExpectT(t, `sysinit: cut.txt="survived"`, BootTimeout)
 	if err := vm.Wait(BootTimeout); err != nil {
 		t.Fatalf("second boot did not power off cleanly: %v", err)
+	}
+}
+
+// TestGuestRunnerCatchesSkip is the negative twin of every in-guest run: a
+// test that skips inside the VM must fail the run, or a broken gate would
+// report untested code as passing.
+func TestGuestRunnerCatchesSkip(t *testing.T) {
+	needQEMU(t)
+	_, err := runGuestTests(t, GuestRun{
+		Pkg:  "./qemu-tests/guestsmoke",
+		Args: []string{"-test.run=^TestVMSkipTwin$"},
+		Env:  []string{"GUESTSMOKE_SKIP=1"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "skipped inside the VM") {
+		t.Fatalf("runner accepted a skipped in-guest test: err = %v", err)
 	}
 }

@@ -50,6 +50,7 @@ func GuestInitramfs() (string, error) {
 type GuestRun struct {
 	Pkg   string   // Go package to test, e.g. "./pkg/dmsnap"
 	Args  []string // test binary arguments, e.g. -test.run=^TestVM
+	Env   []string // extra KEY=value for the test binary
 	Disks []string // disk images attached as /dev/vda, ...; created (256 MiB) if missing
 	// Timeout for the whole run; default 5 minutes.
 	Timeout time.Duration
@@ -71,7 +72,7 @@ func BuildTestBinary(pkg, out string) error {
 
 // TestOverlay writes a cpio archive holding /vmtest/test and /vmtest/args,
 // to be concatenated after the guest initramfs.
-func TestOverlay(out, testBinary string, args []string) error {
+func TestOverlay(out, testBinary string, args, env []string) error {
 	bin, err := os.ReadFile(testBinary)
 	if err != nil {
 		return err
@@ -85,6 +86,7 @@ func TestOverlay(out, testBinary string, args []string) error {
 		cpio.Directory("vmtest", 0o755),
 		cpio.StaticFile("vmtest/test", string(bin), 0o755),
 		cpio.StaticFile("vmtest/args", strings.Join(args, "\n")+"\n", 0o644),
+		cpio.StaticFile("vmtest/env", strings.Join(env, "\n")+"\n", 0o644),
 	}
 	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
 		f.Close()
@@ -104,28 +106,37 @@ var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
 // no test ran at all. It returns the console output.
 func RunGuestTests(t testing.TB, r GuestRun) string {
 	t.Helper()
-	k, err := FetchKernel()
+	out, err := runGuestTests(t, r)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+func runGuestTests(t testing.TB, r GuestRun) (string, error) {
+	t.Helper()
+	k, err := FetchKernel()
+	if err != nil {
+		return "", err
+	}
 	base, err := GuestInitramfs()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "pkg.test")
 	if err := BuildTestBinary(r.Pkg, bin); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	overlay := filepath.Join(dir, "overlay.cpio")
 	args := append([]string{"-test.v"}, r.Args...)
-	if err := TestOverlay(overlay, bin, args); err != nil {
-		t.Fatal(err)
+	if err := TestOverlay(overlay, bin, args, r.Env); err != nil {
+		return "", err
 	}
 	for _, d := range r.Disks {
 		if _, err := os.Stat(d); os.IsNotExist(err) {
 			if err := MakeDisk(d, 256<<20); err != nil {
-				t.Fatal(err)
+				return "", err
 			}
 		}
 	}
@@ -142,18 +153,18 @@ func RunGuestTests(t testing.TB, r GuestRun) string {
 	out := vm.Output()
 	t.Logf("guest output of %s %s:\n%s", r.Pkg, strings.Join(args, " "), guestTestLines(out))
 	if err != nil {
-		t.Fatalf("guest tests of %s: %v", r.Pkg, err)
+		return out, fmt.Errorf("guest tests of %s: %v", r.Pkg, err)
 	}
 	if code, _ := strconv.Atoi(m[1]); code != 0 {
-		t.Fatalf("guest tests of %s failed (exit %d)", r.Pkg, code)
+		return out, fmt.Errorf("guest tests of %s failed (exit %d)", r.Pkg, code)
 	}
 	if bytes.Contains([]byte(out), []byte("--- SKIP")) {
-		t.Fatalf("guest tests of %s: a test skipped inside the VM, where everything must run", r.Pkg)
+		return out, fmt.Errorf("guest tests of %s: a test skipped inside the VM, where everything must run", r.Pkg)
 	}
 	if !strings.Contains(out, "--- PASS") {
-		t.Fatalf("guest tests of %s: no test ran (check -test.run)", r.Pkg)
+		return out, fmt.Errorf("guest tests of %s: no test ran (check -test.run)", r.Pkg)
 	}
-	return out
+	return out, nil
 }
 
 // guestTestLines drops kernel and init noise from the console output.

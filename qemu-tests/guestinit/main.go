@@ -5,7 +5,8 @@
 // It mounts /proc, /sys, /dev, /run and /tmp, loads the kernel modules of
 // /etc/cpinit/modules, waits for the scratch disks the host attached
 // (vmtest.disks=N on the kernel command line), then runs /vmtest/test with
-// the arguments in /vmtest/args (one per line) and CPINIT_IN_VM=1,
+// the arguments in /vmtest/args and the extra environment in /vmtest/env (one
+// per line), and CPINIT_IN_VM=1,
 // CPINIT_TEST_DISKS=/dev/vda,... in its environment. Its output goes to the
 // console; the last line is "VMTEST: exit=N", then the machine powers off.
 package main
@@ -63,7 +64,11 @@ func run() (int, error) {
 		}
 		disks = append(disks, d)
 	}
-	args, err := readArgs("/vmtest/args")
+	args, err := readLines("/vmtest/args")
+	if err != nil {
+		return 0, err
+	}
+	env, err := readLines("/vmtest/env")
 	if err != nil {
 		return 0, err
 	}
@@ -76,6 +81,7 @@ func run() (int, error) {
 		"TMPDIR=/tmp",
 		"HOME=/tmp",
 	)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = log.Console(), log.Console()
 	err = cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -99,7 +105,7 @@ func waitFor(path string, d time.Duration) error {
 	}
 }
 
-func readArgs(path string) ([]string, error) {
+func readLines(path string) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -108,7 +114,9 @@ func readArgs(path string) ([]string, error) {
 	var args []string
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		args = append(args, s.Text())
+		if s.Text() != "" {
+			args = append(args, s.Text())
+		}
 	}
 	return args, s.Err()
 }

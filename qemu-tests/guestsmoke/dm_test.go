@@ -34,3 +34,13 @@ func TestVMDeviceMapperVersion(t *testing.T) {
 		t.Fatalf("dm interface major version %d, want 4", io.Version[0])
 	}
 }
+
+// TestVMSkipTwin exists to be skipped: qemu-tests runs it with
+// GUESTSMOKE_SKIP=1 and checks the runner reports the skip as a failure
+// (the negative twin of every in-guest run).
+func TestVMSkipTwin(t *testing.T) {
+	testutil.RequireVM(t)
+	if os.Getenv("GUESTSMOKE_SKIP") == "1" {
+		t.Skip("asked to skip: the runner must treat this as a failure")
+	}
+}
