@@ -1,9 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+
+	"github.com/cpinit/cpinit/pkg/fiemap"
 )
 
 const usage = `usage: cpinit COMMAND [ARGS]
@@ -14,6 +18,10 @@ maps and mounts userdata; otherwise it is this command line tool.
 commands:
   params [CMDLINE]   parse cpinit.* kernel parameters (default: /proc/cmdline)
                      and print what PID 1 would use
+  extents [--json] FILE
+                     print the dm table (dmsetup format) that maps FILE's
+                     blocks on its device, after checking the extents are
+                     safe to map; --json adds extents, flags and fingerprint
   help               this text
 `
 
@@ -30,6 +38,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return nil
 	case "params":
 		return cmdParams(args[1:], stdout)
+	case "extents":
+		return cmdExtents(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q (see cpinit help)", args[0])
 }
@@ -62,4 +72,24 @@ func cmdParams(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "userdata=%s fstype=%s mountopts=%q root=%s rootfstype=%s datadir=%s init=%s rootwait=%s on_fatal=%s\n",
 		p.Userdata, p.FSType, p.MountOpts, root, p.RootFSType, p.DataDir, p.Init, p.RootWait, p.OnFatal)
 	return nil
+}
+
+func cmdExtents(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("extents", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	asJSON := fs.Bool("json", false, "print the extent map as JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		return fmt.Errorf("usage: cpinit extents [--json] FILE")
+	}
+	m, err := fiemap.MapFile(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	}
+	_, err = io.WriteString(stdout, m.DMTable())
+	return err
 }
