@@ -137,7 +137,7 @@ func TestMapPointsAtFileBytes(t *testing.T) {
 		if err := os.Remove(fs.path("filler")); err != nil {
 			t.Fatal(err)
 		}
-		run(t, "sync")
+		syncFS(t, fs.mnt)
 		out, _ := exec.Command("e4defrag", p).CombinedOutput()
 		moved, err := MapFile(p)
 		if err != nil {
@@ -175,13 +175,13 @@ func TestAllocateFragmented(t *testing.T) {
 		}
 		names = append(names, n)
 	}
-	run(t, "sync")
+	syncFS(t, fs.mnt)
 	for i := 0; i < len(names); i += 2 {
 		if err := os.Remove(names[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	run(t, "sync")
+	syncFS(t, fs.mnt)
 	sums := snapshotFiles(t, small)
 
 	var sfs unix.Statfs_t
@@ -508,7 +508,7 @@ func TestExtentsStable(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		run(t, "sync")
+		syncFS(t, fs.mnt)
 		ents, _ := os.ReadDir(churn)
 		for i, e := range ents {
 			if i%3 != 0 {

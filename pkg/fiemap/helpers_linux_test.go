@@ -357,5 +357,19 @@ func fragment(t testing.TB, dir string, n int) {
 	}
 }
 
+// syncFS flushes only the filesystem at dir (syncfs(2)); sync(1) would
+// also wait for everything else the host has dirty.
+func syncFS(t testing.TB, dir string) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // isErrno reports whether err wraps errno.
 func isErrno(err error, errno unix.Errno) bool { return errors.Is(err, errno) }
