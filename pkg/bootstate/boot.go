@@ -97,7 +97,7 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			}
 			if a.RemoveLeftover != "" {
 				if err := env.RemoveCOW(a.RemoveLeftover); err != nil {
-					return fail("remove leftover", err)
+					return nonFatal(env, a, err)
 				}
 				if err := persist(&Step{Event: EventCleanupDone}); err != nil {
 					return fail("persist", err)
@@ -177,7 +177,7 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 				return fail("mount", err)
 			}
 			if err := env.RemoveCOW(a.COWPath); err != nil {
-				return fail("remove COW", err)
+				return nonFatal(env, a, err)
 			}
 			if err := persist(&Step{Event: EventCleanupDone}); err != nil {
 				return fail("persist", err)
@@ -192,7 +192,7 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 				return fail("mount", err)
 			}
 			if err := env.RemoveCOW(a.COWPath); err != nil {
-				return fail("remove COW", err)
+				return nonFatal(env, a, err)
 			}
 			if err := persist(a.After); err != nil {
 				return fail("persist", err)
@@ -204,4 +204,14 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 		}
 	}
 	return Action{}, fmt.Errorf("cpinit: no final action after %d decisions", maxDecisions)
+}
+
+// nonFatal handles a failure to delete a COW file that no rollback needs
+// any more (committed, or fresh with a leftover). Userdata is already
+// mounted with the data to keep, so failing the boot would only turn a
+// stuck file into a boot loop with no counter to end it. The record is
+// left as it is, so the next boot tries again, and status shows it.
+func nonFatal(env Env, a Action, err error) (Action, error) {
+	env.Log(fmt.Sprintf("WARNING: could not delete the COW file (%v); continuing, will retry next boot", err))
+	return a, nil
 }

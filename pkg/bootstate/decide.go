@@ -13,8 +13,9 @@ type ActionKind uint8
 const (
 	// MountPlain: no checkpoint. Map userdata directly and mount it. If
 	// Action.RemoveLeftover is set, delete that file after mounting (clear
-	// its immutable/pin flag first): it is a COW file that no record needs
-	// any more (left by an interrupted cleanup after a merge). If
+	// its immutable/pin flag first), then persist cleanup-done: it is a COW
+	// file that no record needs any more (left by a merge whose cleanup was
+	// cut, or by a begin cut after prepare). If
 	// Action.FormatStore is set the store was blank: write
 	// NewFreshRecord() with Store.Format so later saves have a valid copy
 	// to fall back on.
@@ -48,9 +49,8 @@ const (
 	// snapshot-merge on the origin with cp-cow from Map, wait until
 	// allocated == metadata sectors (snapshot.rst), remove the devices,
 	// persist After (merge-done: fresh, with the COW path kept as a
-	// leftover), then delete the COW file from the now-merged userdata (as
-	// MountPlain with RemoveLeftover). Reloading after a power cut resumes
-	// the merge. If the kernel refuses because the snapshot is Invalid,
+	// leftover), then mount userdata directly, delete the COW file and
+	// persist cleanup-done. Reloading after a power cut resumes the merge. If the kernel refuses because the snapshot is Invalid,
 	// persist EventOverflow instead and call Decide again.
 	StartOrResumeMerge
 
