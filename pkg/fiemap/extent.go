@@ -143,15 +143,18 @@ func (e *ExtentError) Error() string {
 // cover [0, size) of the file exactly once with no hole, with no flag that
 // makes the extent's location unstable or shared, aligned to sectors, and
 // without two extents claiming the same physical bytes. size must be a
-// positive multiple of SectorSize. Extents that run past size are accepted
-// (the last block of a file is usually only partly used) but only [0, size)
-// is ever mapped; extents that start at or after size are rejected because a
-// file built by Allocate has none.
+// positive multiple of SectorSize.
+//
+// Extents that reach past size are accepted and checked like the others:
+// the last block of a file is often only partly used, and f2fs allocates
+// whole sections to a pinned file and ext4 keeps FALLOC_FL_KEEP_SIZE
+// preallocations, both reported past EOF. Only [0, size) is ever mapped
+// (see Trim); holes past size do not matter.
 func Validate(path string, size uint64, extents []Extent) error {
 	if size == 0 || size%SectorSize != 0 {
 		return &ExtentError{Path: path, Reason: fmt.Sprintf("file size %d is not a positive multiple of %d", size, SectorSize)}
 	}
-	var next uint64 // next logical byte we expect
+	var next uint64 // end of the previous extent
 	for i, e := range extents {
 		if bad := e.Flags &^ knownFlags; bad != 0 {
 			return &ExtentError{Path: path, Offset: e.Logical, Flags: bad, Reason: "unknown extent flag"}
@@ -171,11 +174,8 @@ func Validate(path string, size uint64, extents []Extent) error {
 		if e.Logical < next {
 			return &ExtentError{Path: path, Offset: e.Logical, Reason: fmt.Sprintf("extent overlaps or is out of order with the previous one (expected offset >= %d)", next)}
 		}
-		if e.Logical > next {
-			return &ExtentError{Path: path, Offset: next, Reason: fmt.Sprintf("hole of %d bytes (next extent at %d)", e.Logical-next, e.Logical)}
-		}
-		if e.Logical >= size {
-			return &ExtentError{Path: path, Offset: e.Logical, Reason: fmt.Sprintf("extent beyond end of file (size %d)", size)}
+		if e.Logical > next && next < size {
+			return &ExtentError{Path: path, Offset: next, Reason: fmt.Sprintf("hole of %d bytes (next extent at %d)", min(e.Logical, size)-next, e.Logical)}
 		}
 		if i == len(extents)-1 && e.Flags&FlagLast == 0 {
 			return &ExtentError{Path: path, Offset: e.Logical, Reason: "extent list does not end with FIEMAP_EXTENT_LAST"}
@@ -185,10 +185,28 @@ func Validate(path string, size uint64, extents []Extent) error {
 	if next < size {
 		return &ExtentError{Path: path, Offset: next, Reason: fmt.Sprintf("hole of %d bytes at end of file (size %d)", size-next, size)}
 	}
-	if err := checkPhysicalOverlap(path, size, extents); err != nil {
-		return err
+	return checkPhysicalOverlap(path, extents)
+}
+
+// Trim returns the part of validated extents that maps [0, size): extents
+// starting at or after size are dropped and the one straddling size is cut
+// there. The last extent returned carries FlagLast.
+func Trim(extents []Extent, size uint64) []Extent {
+	out := make([]Extent, 0, len(extents))
+	for _, e := range extents {
+		if e.Logical >= size {
+			break
+		}
+		if e.Logical+e.Length > size {
+			e.Length = size - e.Logical
+		}
+		e.Flags &^= FlagLast
+		out = append(out, e)
 	}
-	return nil
+	if n := len(out); n > 0 {
+		out[n-1].Flags |= FlagLast
+	}
+	return out
 }
 
 func rejectReason(flags uint32) string {
@@ -206,17 +224,13 @@ func rejectReason(flags uint32) string {
 }
 
 // checkPhysicalOverlap rejects two extents of the file that claim the same
-// physical bytes (within [0,size)). A sane filesystem never reports that for
-// an unshared file, but if it did, two parts of the COW store would alias.
-func checkPhysicalOverlap(path string, size uint64, extents []Extent) error {
+// physical bytes. A sane filesystem never reports that for an unshared file,
+// but if it did, two parts of the COW store would alias.
+func checkPhysicalOverlap(path string, extents []Extent) error {
 	type r struct{ start, end, logical uint64 }
 	rs := make([]r, 0, len(extents))
 	for _, e := range extents {
-		l := e.Length
-		if e.Logical+l > size {
-			l = size - e.Logical
-		}
-		rs = append(rs, r{e.Physical, e.Physical + l, e.Logical})
+		rs = append(rs, r{e.Physical, e.Physical + e.Length, e.Logical})
 	}
 	slices.SortFunc(rs, func(a, b r) int { return cmp.Compare(a.start, b.start) })
 	for i := 1; i < len(rs); i++ {

@@ -27,6 +27,24 @@ func TestValidateRejects(t *testing.T) {
 	if err := Validate(path, 20480-512, ok()); err != nil {
 		t.Fatalf("partial last block rejected: %v", err)
 	}
+	// Extents wholly past EOF (f2fs pinned sections, KEEP_SIZE
+	// preallocation), even after a hole, are accepted and trimmed away.
+	e0 := append(ok(), Extent{Logical: 65536, Physical: 8 << 20, Length: 4096, Flags: FlagLast})
+	e0[2].Flags = 0
+	if err := Validate(path, 16384, e0); err != nil {
+		t.Fatalf("extents past EOF rejected: %v", err)
+	}
+	if tr := Trim(e0, 16384); len(tr) != 2 || tr[1].Flags != FlagUnwritten|FlagLast || tr[1].Length != 8192 {
+		t.Errorf("Trim = %v", tr)
+	}
+	if tr := Trim(e0, 12288); len(tr) != 2 || tr[1].Length != 4096 {
+		t.Errorf("Trim inside an extent = %v", tr)
+	}
+	// ...but still checked: a SHARED block past EOF is rejected.
+	e0[3].Flags |= FlagShared
+	if err := Validate(path, 16384, e0); err == nil {
+		t.Error("SHARED extent past EOF accepted")
+	}
 	// UNWRITTEN and MERGED are accepted.
 	e := ok()
 	e[0].Flags = FlagUnwritten | FlagMerged
@@ -81,7 +99,6 @@ func TestValidateRejects(t *testing.T) {
 		{"unaligned physical", 20480, func(e []Extent) []Extent { e[1].Physical += 100; return e }, 8192, "aligned"},
 		{"unaligned length", 20480, func(e []Extent) []Extent { e[2].Length = 4000; return e }, 16384, "aligned"},
 		{"zero length", 20480, func(e []Extent) []Extent { e[2].Length = 0; return e }, 16384, "zero-length"},
-		{"beyond EOF", 16384, func(e []Extent) []Extent { return e }, 16384, "beyond end of file"},
 		{"no LAST", 20480, func(e []Extent) []Extent { e[2].Flags = 0; return e }, 16384, "LAST"},
 		{"physical alias", 20480, func(e []Extent) []Extent { e[2].Physical = e[0].Physical + 4096; return e }, 16384, "physical range overlaps"},
 		{"size not sectors", 20000, func(e []Extent) []Extent { return e }, 0, "multiple of 512"},
@@ -188,12 +205,21 @@ func genLayout(t *rapid.T) layout {
 		logical += length
 		prevEnd = phys + length
 	}
-	l.runs[len(l.runs)-1].Flags |= FlagLast
-	l.pieces[len(l.pieces)-1].Flags |= FlagLast
 	// The file may end inside the last piece.
 	last := l.pieces[len(l.pieces)-1]
 	trim := rapid.Uint64Range(0, last.Length/SectorSize-1).Draw(t, "trim")
 	l.size = logical*SectorSize - trim*SectorSize
+	// And there may be allocated extents past EOF, maybe after a hole.
+	for i := rapid.IntRange(0, 2).Draw(t, "pastEOF"); i > 0; i-- {
+		logical += rapid.Uint64Range(0, 8).Draw(t, "gap")
+		length := rapid.Uint64Range(1, 16).Draw(t, "len")
+		e := Extent{Logical: logical * SectorSize, Physical: uint64(n+i) * regionSectors * SectorSize, Length: length * SectorSize}
+		l.runs = append(l.runs, e)
+		l.pieces = append(l.pieces, e)
+		logical += length
+	}
+	l.runs[len(l.runs)-1].Flags |= FlagLast
+	l.pieces[len(l.pieces)-1].Flags |= FlagLast
 	return l
 }
 
@@ -253,6 +279,20 @@ func checkCoalesce(t *rapid.T) {
 	}
 	// Canonical: idempotent, independent of how the fs split the runs, and
 	// no two neighbours left that could merge.
+	// Trim drops exactly what lies past EOF and keeps the mapping.
+	tc := Trim(c, l.size)
+	if want, got := sectorMap(l.pieces, l.size), sectorMap(tc, l.size); !mapsEqual(want, got) {
+		t.Fatal("Trim changed the mapping")
+	}
+	if e := tc[len(tc)-1]; e.Logical+e.Length != l.size || e.Flags&FlagLast == 0 {
+		t.Fatalf("Trim does not end at size %d with LAST: %v", l.size, e)
+	}
+	if err := Validate("f", l.size, tc); err != nil {
+		t.Fatalf("trimmed list invalid: %v", err)
+	}
+	if !slices.Equal(Coalesce(Trim(l.pieces, l.size)), tc) {
+		t.Fatal("Trim and Coalesce do not commute")
+	}
 	if c2 := Coalesce(c); !slices.Equal(c, c2) {
 		t.Fatalf("not idempotent:\n%v\n%v", c, c2)
 	}
@@ -308,11 +348,11 @@ func checkCoalesce(t *rapid.T) {
 	// Fingerprint: independent of the split, sensitive to any change.
 	dev := Device{Major: 254, Minor: 0, Sectors: 1 << 40}
 	fp := Fingerprint(dev, l.size, l.pieces)
-	if fp != Fingerprint(dev, l.size, l.runs) || fp != Fingerprint(dev, l.size, c) {
+	if fp != Fingerprint(dev, l.size, l.runs) || fp != Fingerprint(dev, l.size, c) || fp != Fingerprint(dev, l.size, tc) {
 		t.Fatal("fingerprint depends on the split")
 	}
-	i := rapid.IntRange(0, len(c)-1).Draw(t, "mutate")
-	m := slices.Clone(c)
+	i := rapid.IntRange(0, len(tc)-1).Draw(t, "mutate")
+	m := slices.Clone(tc)
 	switch rapid.IntRange(0, 3).Draw(t, "how") {
 	case 0:
 		m[i].Physical += SectorSize

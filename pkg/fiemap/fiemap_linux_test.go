@@ -403,6 +403,34 @@ func TestMapUnwritten(t *testing.T) {
 	if len(m.Segments) != 1 {
 		t.Errorf("segments %v, want 1", m.Segments)
 	}
+
+	// Preallocated past EOF (FALLOC_FL_KEEP_SIZE): FIEMAP reports those
+	// blocks, the map covers only the file.
+	p = fs.path("keepsize")
+	f, err = os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 64<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	fillPattern(t, p, 64<<10, 3)
+	m, err = MapFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAgainstFilefrag(t, p, nil)
+	if raw := rawExtents(t, p); raw[len(raw)-1].Logical+raw[len(raw)-1].Length <= 64<<10 {
+		t.Fatalf("no extent past EOF to test with: %v", raw)
+	}
+	if last := m.Extents[len(m.Extents)-1]; last.Logical+last.Length != 64<<10 {
+		t.Errorf("map not trimmed to the file: %v", m.Extents)
+	}
+	checkReadsSameBytes(t, m)
 }
 
 func TestUnsupportedFilesystems(t *testing.T) {

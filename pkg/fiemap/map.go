@@ -67,8 +67,9 @@ const fingerprintVersion = "cpinit-fiemap-v1"
 
 // Fingerprint is the SHA-256 (hex) of a canonical text of the device identity
 // (MAJ:MIN and size in sectors), the file size and the coalesced extent list
-// (logical, physical, length, layout flags). The extents are coalesced here
-// again so any two lists describing the same layout hash the same.
+// (logical, physical, length, layout flags) of [0, size). The extents are
+// trimmed and coalesced here again so any two lists describing the same
+// layout hash the same.
 //
 // The device identity is part of it on purpose: the same extents on another
 // device are another mapping. To compare a map read through a different
@@ -87,7 +88,7 @@ func Fingerprint(dev Device, size uint64, extents []Extent) string {
 	b = strconv.AppendUint(b, size, 10)
 	b = append(b, '\n')
 	h.Write(b)
-	for _, e := range Coalesce(extents) {
+	for _, e := range Coalesce(Trim(extents, size)) {
 		b = b[:0]
 		b = strconv.AppendUint(b, e.Logical, 10)
 		b = append(b, ' ')
@@ -151,6 +152,9 @@ func (m *Map) Check() error {
 	}
 	if err := Validate(m.Path, m.Size, m.Extents); err != nil {
 		return err
+	}
+	if n := len(m.Extents); m.Extents[n-1].Logical+m.Extents[n-1].Length != m.Size {
+		return fmt.Errorf("fiemap %s: extents end at %d, not at the file size %d", m.Path, m.Extents[n-1].Logical+m.Extents[n-1].Length, m.Size)
 	}
 	segs := Segments(m.Extents, m.Size)
 	if len(segs) != len(m.Segments) {

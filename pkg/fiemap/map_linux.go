@@ -251,7 +251,7 @@ func mapOpen(path string, f *os.File) (*Map, pinState, error) {
 	}
 	ps.immutable = flags&fsImmutableFl != 0
 	ps.f2fsPin = fsType == "f2fs" && flags&fsNocowFl != 0
-	ext := Coalesce(raw)
+	ext := Coalesce(Trim(raw, size))
 	m := &Map{
 		Path:       path,
 		FSType:     fsType,
