@@ -102,7 +102,31 @@ func OpenStore(path string) (*Store, *os.File, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("bootstate: open metadata store: %w", err)
 	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("bootstate: open metadata store: %w", err)
+	}
+	if fi.Mode()&os.ModeDevice != 0 {
+		// A block device cannot grow: refuse one too small for copy B now
+		// rather than fail the first Save half-way.
+		size, err := f.Seek(0, io.SeekEnd)
+		if err == nil {
+			err = checkStoreSize(path, size)
+		}
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+	}
 	return NewStore(f, path), f, nil
+}
+
+func checkStoreSize(name string, size int64) error {
+	if size < StoreSize {
+		return fmt.Errorf("bootstate: metadata store %s has %d bytes, needs %d (two %d-byte copies)", name, size, StoreSize, CopyStride)
+	}
+	return nil
 }
 
 type loaded struct {

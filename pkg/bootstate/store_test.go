@@ -2,9 +2,12 @@ package bootstate
 
 import (
 	"errors"
+	"strings"
+
 	"io"
 	"os"
 	"path/filepath"
+	"pgregory.net/rapid"
 	"reflect"
 	"testing"
 )
@@ -369,4 +372,75 @@ func TestTornFirstWrite(t *testing.T) {
 	if _, _, err := NewStore(d, "mem").Load(); !errors.Is(err, ErrStoreCorrupt) {
 		t.Fatalf("A blank, B junk: %v", err)
 	}
+}
+
+func TestCheckStoreSize(t *testing.T) {
+	if err := checkStoreSize("/dev/x", StoreSize-1); err == nil || !strings.Contains(err.Error(), "/dev/x") {
+		t.Fatalf("small device: %v", err)
+	}
+	if err := checkStoreSize("/dev/x", StoreSize); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Random records survive encode/decode unchanged.
+func TestPropertyRecordRoundTrip(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		n := rapid.IntRange(1, 50).Draw(t, "segments")
+		m := ExtentMap{
+			DevMajor:    rapid.Uint32().Draw(t, "major"),
+			DevMinor:    rapid.Uint32().Draw(t, "minor"),
+			ChunkSector: 1 << rapid.IntRange(0, 7).Draw(t, "chunk shift"),
+		}
+		var logical, phys uint64
+		for range n {
+			gap := rapid.Uint64Range(0, 1<<20).Draw(t, "gap")
+			l := rapid.Uint64Range(1, 1<<32-1).Draw(t, "len")
+			phys += gap
+			m.Segments = append(m.Segments, Segment{Logical: logical, Physical: phys, Length: l})
+			logical += l
+			phys += l
+		}
+		m.DevSectors = phys + rapid.Uint64Range(0, 1<<30).Draw(t, "tail")
+		// Shuffle physical order: segments need not be sorted on disk.
+		perm := rapid.Permutation(m.Segments).Draw(t, "perm")
+		logical = 0
+		for i := range perm {
+			perm[i].Logical = logical
+			logical += perm[i].Length
+		}
+		m.Segments = perm
+		if logical < 2*uint64(m.ChunkSector) {
+			t.Skip("COW smaller than two chunks")
+		}
+		b := &BeginArgs{
+			TargetSlot: rapid.StringMatching(`_?[a-d]?`).Draw(t, "slot"),
+			COWPath:    rapid.StringMatching(`/[a-z][a-z.]{0,29}(/[a-z]{1,10}){0,3}`).Draw(t, "path"),
+			Map:        m,
+			Counter:    CounterNative,
+			Tries:      uint8(rapid.IntRange(0, MaxNativeTries).Draw(t, "tries")),
+		}
+		r, err := Apply(NewFreshRecord(), Step{Event: EventBegin, Begin: b})
+		if err != nil {
+			t.Fatalf("begin: %v", err)
+		}
+		for range rapid.IntRange(0, 3).Draw(t, "attempts") {
+			if n, err := Apply(r, Step{Event: EventBootAttempt}); err == nil {
+				r = n
+			}
+		}
+		gen := rapid.Uint64Range(1, 1<<63).Draw(t, "gen")
+		enc, err := EncodeRecord(&r, gen)
+		if err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		got, err := DecodeRecord(enc)
+		if err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		r.Generation = gen
+		if !reflect.DeepEqual(*got, r) {
+			t.Fatalf("round trip differs")
+		}
+	})
 }
