@@ -210,7 +210,11 @@ func Decide(in DecideInput) Action {
 		case in.Params.Abort:
 			why = ReasonAbort
 		case r.TargetSlot != "" && booted == "":
-			return stop(fmt.Sprintf("checkpoint for slot %s pending but the booted slot is unknown (no cpinit.slot / androidboot.slot_suffix, no readable misc)", r.TargetSlot))
+			misc := "no misc block given"
+			if in.BootControlErr != nil {
+				misc = "misc unreadable: " + in.BootControlErr.Error()
+			}
+			return stop(fmt.Sprintf("checkpoint for slot %s pending but the booted slot is unknown (no cpinit.slot or androidboot.slot_suffix; %s)", r.TargetSlot, misc))
 		case r.TargetSlot != "" && !SameSlot(booted, r.TargetSlot):
 			why = ReasonSlotFallback
 		case r.Counter == CounterNative && r.TriesLeft == 0:

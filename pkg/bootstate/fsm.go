@@ -203,8 +203,8 @@ func guard(r *Record, s *Step) error {
 	}
 	switch s.Event {
 	case EventPrepare:
-		if !path.IsAbs(s.Path) || path.Clean(s.Path) != s.Path {
-			return terr(ErrBadBegin, fmt.Sprintf("COW path %q must be absolute and clean", s.Path))
+		if err := checkCOWPath(s.Path); err != nil {
+			return terr(ErrBadBegin, err.Error())
 		}
 		if r.COWPath != "" && r.COWPath != s.Path {
 			return terr(ErrBadBegin, fmt.Sprintf("leftover COW file %s is not cleaned up yet", r.COWPath))
@@ -223,14 +223,17 @@ func guard(r *Record, s *Step) error {
 		if err := b.Map.Validate(); err != nil {
 			return terr(ErrBadBegin, err.Error())
 		}
-		if !path.IsAbs(b.COWPath) || path.Clean(b.COWPath) != b.COWPath {
-			return terr(ErrBadBegin, fmt.Sprintf("COW path %q must be absolute and clean", b.COWPath))
+		if err := checkCOWPath(b.COWPath); err != nil {
+			return terr(ErrBadBegin, err.Error())
 		}
 		if b.Counter != CounterAndroid && b.Counter != CounterNative {
 			return terr(ErrBadBegin, fmt.Sprintf("counter mode %v", b.Counter))
 		}
-		if b.Counter == CounterAndroid && b.TargetSlot == "" {
-			return terr(ErrBadBegin, "android counter needs a target slot")
+		if b.Counter == CounterAndroid && SlotIndex(b.TargetSlot) < 0 {
+			return terr(ErrBadBegin, fmt.Sprintf("android counter needs a target slot _a.._d, got %q", b.TargetSlot))
+		}
+		if len(b.TargetSlot) > MaxSlotLen || !printable(b.TargetSlot) {
+			return terr(ErrBadBegin, fmt.Sprintf("target slot %q: at most %d printable bytes", b.TargetSlot, MaxSlotLen))
 		}
 		if b.Tries > MaxNativeTries {
 			return terr(ErrBadBegin, fmt.Sprintf("tries %d > %d", b.Tries, MaxNativeTries))
@@ -361,4 +364,11 @@ func Allowed(r Record, s Step) bool {
 // state name "rollback-pending" needs no escaping.
 func Diagram() (string, error) {
 	return fsm.VisualizeWithType(fsm.NewFSM("fresh", fsmEvents, nil), fsm.MermaidFlowChart)
+}
+
+func checkCOWPath(p string) error {
+	if !path.IsAbs(p) || path.Clean(p) != p || len(p) > MaxPathLen || !printable(p) {
+		return fmt.Errorf("COW path %q must be absolute, clean, printable and at most %d bytes", p, MaxPathLen)
+	}
+	return nil
 }

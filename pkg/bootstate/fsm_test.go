@@ -87,6 +87,9 @@ func TestGuards(t *testing.T) {
 		{"begin relative path", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "cow", Map: testMap(2), Counter: CounterNative}}, ErrBadBegin},
 		{"begin empty map", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "/cow", Counter: CounterNative}}, ErrBadBegin},
 		{"begin android no slot", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "/cow", Map: testMap(2), Counter: CounterAndroid}}, ErrBadBegin},
+		{"begin android bad slot", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{TargetSlot: "_z", COWPath: "/cow", Map: testMap(2), Counter: CounterAndroid}}, ErrBadBegin},
+		{"begin control char slot", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{TargetSlot: "a\n", COWPath: "/cow", Map: testMap(2), Counter: CounterNative}}, ErrBadBegin},
+		{"begin control char path", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "/co\x00w", Map: testMap(2), Counter: CounterNative}}, ErrBadBegin},
 		{"begin tries 8", NewFreshRecord(), Step{Event: EventBegin, Begin: &BeginArgs{COWPath: "/cow", Map: testMap(2), Counter: CounterNative, Tries: 8}}, ErrBadBegin},
 		{"args on commit", active, Step{Event: EventCommit, Begin: testBegin(CounterNative, "")}, ErrBadBegin},
 	}
