@@ -3,6 +3,7 @@ package fiemap
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -131,6 +132,13 @@ type ExtentError struct {
 	Flags  uint32 // the offending flags, if the reason is a flag
 	Reason string
 }
+
+// ErrUnsafeExtent is what every *ExtentError wraps, so callers can tell "this
+// file's layout can't be mapped safely" from I/O errors with errors.Is.
+var ErrUnsafeExtent = errors.New("extent map unsafe for dm-linear")
+
+// Unwrap returns ErrUnsafeExtent.
+func (e *ExtentError) Unwrap() error { return ErrUnsafeExtent }
 
 func (e *ExtentError) Error() string {
 	if e.Flags != 0 {

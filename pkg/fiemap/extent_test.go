@@ -74,6 +74,9 @@ func TestValidateRejects(t *testing.T) {
 			t.Errorf("%s: got %v, want *ExtentError", fl.name, err)
 			continue
 		}
+		if !errors.Is(err, ErrUnsafeExtent) {
+			t.Errorf("%s: %v does not wrap ErrUnsafeExtent", fl.name, err)
+		}
 		if ee.Offset != 8192 || ee.Flags&fl.flag == 0 || ee.Path != path {
 			t.Errorf("%s: error %+v does not name offset 8192 and the flag", fl.name, ee)
 		}
@@ -508,4 +511,15 @@ func TestMapCheckAndJSON(t *testing.T) {
 		t.Error("SameLayout missed a moved segment")
 	}
 	_ = fmt.Sprint(m.Extents[0])
+}
+
+func ExampleDMTable() {
+	segs := Segments([]Extent{
+		{Logical: 0, Physical: 1 << 20, Length: 64 << 10, Flags: FlagUnwritten},
+		{Logical: 64 << 10, Physical: 8 << 20, Length: 64 << 10, Flags: FlagUnwritten | FlagLast},
+	}, 128<<10)
+	fmt.Print(DMTable(segs, 254, 0))
+	// Output:
+	// 0 128 linear 254:0 2048
+	// 128 128 linear 254:0 16384
 }
