@@ -78,6 +78,21 @@ func TestAllocateContiguous(t *testing.T) {
 	if _, err := Verify(cow, m); err != nil {
 		t.Errorf("Verify: %v", err)
 	}
+	// A record whose segments were altered, fingerprint kept, is refused.
+	bad := *m
+	bad.Segments = append([]Segment(nil), m.Segments...)
+	bad.Segments[0].Offset += 8
+	if _, err := Verify(cow, &bad); err == nil {
+		t.Error("Verify accepted a tampered record")
+	}
+	// A record of another layout: ErrMapChanged.
+	other, err := m.OnDevice(Device{Major: 1, Minor: 2, Sectors: m.Device.Sectors})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(cow, other); !errors.Is(err, ErrMapChanged) {
+		t.Errorf("Verify against another device: %v, want ErrMapChanged", err)
+	}
 
 	if err := Release(cow); err != nil {
 		t.Fatal(err)

@@ -273,8 +273,13 @@ func mapOpen(path string, f *os.File) (*Map, pinState, error) {
 
 // Verify re-reads the map of path and checks that it is pinned (immutable;
 // on f2fs also pinned against GC) and has exactly the fingerprint of want
-// (same device, size and extents). It returns the fresh map.
+// (same device, size and extents). want is checked first (Map.Check), so its
+// Segments are known to be the ones the fingerprint covers. It returns the
+// fresh map. A map that moved gives an error wrapping ErrMapChanged.
 func Verify(path string, want *Map) (*Map, error) {
+	if err := want.Check(); err != nil {
+		return nil, &os.PathError{Op: "fiemap verify", Path: path, Err: fmt.Errorf("recorded map: %w", err)}
+	}
 	m, err := MapFile(path)
 	if err != nil {
 		return nil, err
@@ -290,7 +295,7 @@ func Verify(path string, want *Map) (*Map, error) {
 		if why == nil {
 			why = fmt.Errorf("device %s (%d sectors) recorded as %s (%d sectors)", m.Device, m.Device.Sectors, want.Device, want.Device.Sectors)
 		}
-		return m, &os.PathError{Op: "fiemap verify", Path: path, Err: fmt.Errorf("fingerprint %s, recorded %s: %w", m.Fingerprint, want.Fingerprint, why)}
+		return m, &os.PathError{Op: "fiemap verify", Path: path, Err: fmt.Errorf("%w: fingerprint %s, recorded %s: %w", ErrMapChanged, m.Fingerprint, want.Fingerprint, why)}
 	}
 	return m, nil
 }

@@ -7,6 +7,10 @@ import "errors"
 // also wraps unix.EOPNOTSUPP.
 var ErrUnsupportedFS = errors.New("filesystem cannot promise stable block locations")
 
+// ErrMapChanged is wrapped by Verify's error when the file's extents (or
+// device) differ from the recorded map.
+var ErrMapChanged = errors.New("extent map changed since it was recorded")
+
 // DefaultReserve is the free space Allocate leaves by default. vold commits
 // a checkpoint when /data drops to 100 MiB free; a little more than that keeps
 // the system usable while the checkpoint lives.
