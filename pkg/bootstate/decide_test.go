@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"pgregory.net/rapid"
 )
 
 func stepOf(s *Step) string {
@@ -116,3 +118,85 @@ func TestSlotFromCmdline(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Decide's contract on random reachable records and random inputs: total,
+// every Before step is accepted by Apply, merges only with a matching
+// verified fingerprint, deletions only when the resulting state is
+// committed or fresh, and every stop carries a recovery command.
+func TestPropertyDecideContract(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		r := NewFreshRecord()
+		events := Events()
+		for range rapid.IntRange(0, 30).Draw(t, "steps") {
+			s := Step{Event: rapid.SampledFrom(events).Draw(t, "event")}
+			switch s.Event {
+			case EventBegin:
+				mode := rapid.SampledFrom([]CounterMode{CounterNative, CounterAndroid}).Draw(t, "mode")
+				s.Begin = testBegin(mode, rapid.SampledFrom([]string{"_a", "_b"}).Draw(t, "target"))
+			case EventPrepare:
+				s.Path = "/data/.cpinit/cow"
+			case EventRollback:
+				s.Reason = rapid.SampledFrom([]Reason{ReasonAbort, ReasonSlotFallback, ReasonTriesExhausted, ReasonAttemptCap}).Draw(t, "reason")
+			}
+			if n, err := Apply(r, s); err == nil {
+				r = n
+			} else {
+				var te *TransitionError
+				if !errors.As(err, &te) {
+					t.Fatalf("untyped Apply error: %v", err)
+				}
+			}
+		}
+		in := DecideInput{
+			Record:     &r,
+			BootedSlot: rapid.SampledFrom([]string{"", "_a", "_b", "a", "b", "_c"}).Draw(t, "booted"),
+			Params:     Params{Abort: rapid.Bool().Draw(t, "abort")},
+		}
+		if rapid.Bool().Draw(t, "misc") {
+			bc, _ := NewBootControl(2, rapid.IntRange(0, 1).Draw(t, "misc slot"))
+			in.BootControl = bc
+		}
+		if rapid.Bool().Draw(t, "verified") {
+			fp := r.Fingerprint
+			if rapid.Bool().Draw(t, "verified wrong") {
+				fp[5] ^= 1
+			}
+			in.Verified = &fp
+		}
+		a := Decide(in)
+		after := r
+		if a.Before != nil {
+			n, err := Apply(r, *a.Before)
+			if err != nil {
+				t.Fatalf("Decide's Before %v refused in %v: %v", a.Before, r.State, err)
+			}
+			after = n
+		}
+		if a.After != nil {
+			if _, err := Apply(after, *a.After); err != nil && a.Kind != StartOrResumeMerge {
+				t.Fatalf("Decide's After %v refused: %v", a.After, err)
+			}
+		}
+		switch a.Kind {
+		case StartOrResumeMerge:
+			if in.Verified == nil || *in.Verified != r.Fingerprint || r.State != StateRollbackPending {
+				t.Fatalf("merge without a verified map")
+			}
+		case FinishCommitCleanup:
+			if after.State != StateCommitted {
+				t.Fatalf("cleanup with state %v after Before", after.State)
+			}
+		case MountPlain:
+			if r.State != StateFresh {
+				t.Fatalf("plain mount in %v", r.State)
+			}
+		case StopForRecovery:
+			if a.Command == "" || a.Message == "" {
+				t.Fatalf("stop without message or command")
+			}
+		}
+		if a.Message == "" {
+			t.Fatalf("%v without a message", a.Kind)
+		}
+	})
+}

@@ -412,6 +412,7 @@ func (w *simWorld) boot(i int) {
 	r, _ := w.durable()
 	w.logf("boot %d: slot %q, durable %s (calm=%v cut=%d)", i, in.BootedSlot, describe(r), w.calm, w.opsLeft)
 	a, err := RunBoot(w.store(), in, w)
+	w.checkCounters(r)
 	var stop *StopError
 	if errors.As(err, &stop) {
 		w.fail("stopped for recovery: %v", err)
@@ -434,6 +435,28 @@ func (w *simWorld) boot(i int) {
 		w.commit(booted)
 	case 3:
 		w.abort(booted)
+	}
+}
+
+// checkCounters: boot attempts are counted only while a trial is pending,
+// at most one per boot, and a commit leaves tries >= 1.
+func (w *simWorld) checkCounters(before *Record) {
+	after, err := w.durable()
+	if err != nil || before == nil {
+		return
+	}
+	if after.State == StateCommitted && after.Reason == ReasonCommit && after.TriesLeft < 1 {
+		w.fail("committed with tries %d", after.TriesLeft)
+	}
+	if before.State == StateCheckpointing && after.State == StateCheckpointing {
+		if after.Attempts > before.Attempts+1 {
+			w.fail("one boot counted %d attempts", after.Attempts-before.Attempts)
+		}
+		return
+	}
+	if before.State != StateCheckpointing && after.State == before.State &&
+		(after.Attempts != before.Attempts || after.TriesLeft != before.TriesLeft) {
+		w.fail("boot counter moved in state %v", before.State)
 	}
 }
 
