@@ -249,42 +249,43 @@ func (s *Store) Save(r *Record) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("bootstate: save metadata store: %w", err)
 	}
-	i, err := l.pick(s.name)
-	var gen uint64 = 1
-	order := [2]int{0, 1}
-	switch {
-	case err == nil:
-		gen = l.recs[i].Generation + 1
-		if o := l.recs[1-i]; o == nil || o.Generation < l.recs[i].Generation {
-			// Copy i is the only newest one: overwrite the other first.
-			order = [2]int{1 - i, i}
-		}
-	case errors.Is(err, ErrNoRecord):
-	default:
+	if _, err := l.pick(s.name); err != nil && !errors.Is(err, ErrNoRecord) {
 		var se *StoreError
 		if errors.As(err, &se) {
 			se.Op = "save (refused)"
 		}
 		return 0, err
 	}
+	gen, order := l.plan()
 	return gen, s.write(r, gen, order)
 }
 
+// plan returns the next generation (above every valid copy) and the write
+// order: if exactly one copy holds the highest valid generation, the other
+// copy is written first, so that copy survives a cut in the first write.
+func (l *loaded) plan() (uint64, [2]int) {
+	a, b := l.recs[0], l.recs[1]
+	switch {
+	case a != nil && (b == nil || a.Generation > b.Generation):
+		return a.Generation + 1, [2]int{1, 0}
+	case b != nil && (a == nil || b.Generation > a.Generation):
+		return b.Generation + 1, [2]int{0, 1}
+	case a != nil:
+		return a.Generation + 1, [2]int{0, 1}
+	}
+	return 1, [2]int{0, 1}
+}
+
 // Format writes r to both copies regardless of what they hold now, with a
-// generation above any valid one seen. It is for first use and for an
+// generation above any valid one seen, in the same order as Save. It is for first use and for an
 // operator resolving an unreadable store in recovery mode.
 func (s *Store) Format(r *Record) (uint64, error) {
 	l, err := s.readCopies()
 	if err != nil {
 		return 0, fmt.Errorf("bootstate: format metadata store: %w", err)
 	}
-	gen := uint64(1)
-	for _, x := range l.recs {
-		if x != nil && x.Generation >= gen {
-			gen = x.Generation + 1
-		}
-	}
-	return gen, s.write(r, gen, [2]int{0, 1})
+	gen, order := l.plan()
+	return gen, s.write(r, gen, order)
 }
 
 func (s *Store) write(r *Record, gen uint64, order [2]int) error {

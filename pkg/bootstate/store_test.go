@@ -444,3 +444,23 @@ func TestPropertyRecordRoundTrip(t *testing.T) {
 		}
 	})
 }
+
+// Format over a store whose only valid copy is A writes B first, so a cut
+// anywhere keeps a valid record.
+func TestTornFormatKeepsValidCopy(t *testing.T) {
+	old := activeRecord(t, CounterNative, "")
+	keep := RecoveryKeepCurrent(old.COWPath)
+	base := newMemDev()
+	mustSave(t, NewStore(base, "mem"), &old)
+	base.flip(copyOffsets[1]+10, 1)
+	size := len(encodeT(t, &keep, 1))
+	for cut := 0; cut <= 2*size; cut++ {
+		d := base.reboot()
+		d.budget = cut
+		NewStore(d, "mem").Format(&keep)
+		got, _, err := NewStore(d.reboot(), "mem").Load()
+		if err != nil || !(sameRecord(got, &old) || sameRecord(got, &keep)) {
+			t.Fatalf("cut %d: %v %v", cut, got, err)
+		}
+	}
+}
