@@ -185,7 +185,12 @@ func (d devState) exists() bool { return d.kind != kindNone }
 // earlier run that died before resuming it) is cleared: a snapshot or merge
 // table registers itself with the origin as soon as it is loaded, and every
 // operation loads what it needs afresh anyway.
-func (k *Checkpoint) observe(name string) (devState, error) {
+func (k *Checkpoint) observe(name string) (devState, error) { return k.look(name, true) }
+
+// look reads a device's state; clear says whether to drop a stale inactive
+// table (operations do, under the lock; read-only reports must not, since
+// another process may be between its load and its resume).
+func (k *Checkpoint) look(name string, clear bool) (devState, error) {
 	info, err := k.c.Info(name)
 	if IsNoDevice(err) {
 		return devState{name: name, kind: kindNone}, nil
@@ -196,7 +201,7 @@ func (k *Checkpoint) observe(name string) (devState, error) {
 	if want := UUIDPrefix + name; info.UUID != want {
 		return devState{}, fmt.Errorf("device %q has uuid %q, not %q: not ours: %w", name, info.UUID, want, ErrUnexpectedState)
 	}
-	if info.InactivePresent {
+	if info.InactivePresent && clear {
 		if err := k.c.ClearInactive(name); err != nil {
 			return devState{}, err
 		}
@@ -381,6 +386,11 @@ func (k *Checkpoint) snapTable() (Table, error) {
 // attach makes the snapshot and the snapshot-origin live, zeroing the COW
 // header first when fresh is set. Shared by StartCheckpoint and Reattach.
 func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	doing := "reattach checkpoint"
 	if fresh {
 		doing = "start checkpoint"
@@ -557,6 +567,11 @@ func (k *Checkpoint) Reattach(ctx context.Context) error { return k.attach(ctx, 
 // snapshot (a snapshot-origin with no snapshot would still split every
 // write). The COW file may be deleted once Commit returns.
 func (k *Checkpoint) Commit(ctx context.Context) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	const doing = "commit checkpoint"
 	if err := ctx.Err(); err != nil {
 		return err
@@ -649,6 +664,11 @@ func (plainTable) sealed()                 {}
 // ErrSnapshotInvalid otherwise): merging a zeroed or invalidated COW would
 // do nothing while the caller believes it rolled back.
 func (k *Checkpoint) StartMerge(ctx context.Context) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	const doing = "start merge"
 	if err := ctx.Err(); err != nil {
 		return err
@@ -838,6 +858,11 @@ func (k *Checkpoint) WaitMerge(ctx context.Context, progress func(Progress)) err
 // a no-op; after a power cut, run StartMerge first (the merge then completes
 // at once, its progress being on disk).
 func (k *Checkpoint) FinishMerge(ctx context.Context) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	const doing = "finish merge"
 	if err := ctx.Err(); err != nil {
 		return err
@@ -886,6 +911,11 @@ func (k *Checkpoint) FinishMerge(ctx context.Context) error {
 // partition), for boots in the fresh state. It refuses when a snapshot or
 // merge is mapped: use Commit or FinishMerge.
 func (k *Checkpoint) MapPlain(ctx context.Context) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	const doing = "map origin"
 	if err := ctx.Err(); err != nil {
 		return err
@@ -925,6 +955,11 @@ func (k *Checkpoint) MapPlain(ctx context.Context) error {
 // again. Nothing may have the devices open. The origin is suspended before
 // the snapshot is removed (snapshot.rst).
 func (k *Checkpoint) Teardown(ctx context.Context) error {
+	unlock, err := k.c.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	const doing = "tear down"
 	if err := ctx.Err(); err != nil {
 		return err
@@ -964,15 +999,22 @@ type State struct {
 	Merge             *SnapshotStatus // of the origin, when merging
 }
 
-// Observe reports the current mapping without changing anything except
-// clearing stale inactive tables.
+// Observe reports the current mapping without changing anything. It takes
+// no lock, so it can run while another process merges.
 func (k *Checkpoint) Observe() (State, error) {
 	var s State
-	cow, err := k.observe(k.cfg.Names.Cow)
+	cow, err := k.look(k.cfg.Names.Cow, false)
 	if err != nil {
 		return s, err
 	}
-	origin, snap, err := k.observeOriginSnap()
+	if cow.exists() {
+		k.cowDev = cow.info.Dev
+	}
+	origin, err := k.look(k.cfg.Names.Origin, false)
+	if err != nil {
+		return s, err
+	}
+	snap, err := k.look(k.cfg.Names.Snap, false)
 	if err != nil {
 		return s, err
 	}

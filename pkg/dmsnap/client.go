@@ -415,3 +415,17 @@ func parseProcMisc(text string) (uint32, bool) {
 	}
 	return 0, false
 }
+
+// Lock takes an exclusive advisory lock (flock) on the control node, held
+// until the returned function is called. The checkpoint operations take it
+// so that two cpinit processes (say init and a CLI started from a shell)
+// never interleave table changes: one of them clearing the other's freshly
+// loaded table, or resuming an origin the other suspended on purpose. dm
+// itself has no such lock; tools that don't take it (dmsetup) are not held
+// back.
+func (c *Client) Lock() (func(), error) {
+	if err := lockFD(c.fd); err != nil {
+		return nil, fmt.Errorf("dm lock: %w", err)
+	}
+	return func() { _ = unlockFD(c.fd) }, nil
+}

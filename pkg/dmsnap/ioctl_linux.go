@@ -71,7 +71,7 @@ func openControl(path string) (int, error) {
 	case errors.Is(err, unix.ENOENT):
 		dev, derr := controlDev()
 		if derr != nil {
-			return -1, derr
+			return -1, fmt.Errorf("dm control %s: %w", path, derr)
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return -1, fmt.Errorf("dm control %s: %w", path, err)
@@ -163,3 +163,14 @@ func DeviceSectors(path string) (uint64, error) {
 	}
 	return size / 512, nil
 }
+
+func lockFD(fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func unlockFD(fd int) error { return unix.Flock(fd, unix.LOCK_UN) }

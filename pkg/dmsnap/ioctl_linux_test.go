@@ -3,6 +3,9 @@
 package dmsnap
 
 import (
+	"errors"
+	"os"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -74,5 +77,25 @@ func TestDevMatchesMkdev(t *testing.T) {
 		if got, want := encodeDev(d), unix.Mkdev(d.Major, d.Minor); got != want {
 			t.Errorf("%v: %#x, unix.Mkdev %#x", d, got, want)
 		}
+	}
+}
+
+// A kernel without device-mapper: no control node, no misc device in sysfs,
+// no "device-mapper" in /proc/misc. The error says which module to load.
+func TestOpenControlWithoutDeviceMapper(t *testing.T) {
+	dir := t.TempDir()
+	oldSys, oldProc := sysMiscDev, procMisc
+	defer func() { sysMiscDev, procMisc = oldSys, oldProc }()
+	sysMiscDev = dir + "/sys-class-misc-device-mapper-dev"
+	procMisc = dir + "/proc-misc"
+	if err := os.WriteFile(procMisc, []byte("229 fuse\n 1 psaux\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenControl(dir + "/mapper/control")
+	if !errors.Is(err, ErrNoDeviceMapper) || !strings.Contains(err.Error(), "device-mapper not available: load dm-mod") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(dir + "/mapper/control"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a control node was made without device-mapper: %v", err)
 	}
 }
