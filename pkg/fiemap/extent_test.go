@@ -1,6 +1,7 @@
 package fiemap
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -437,6 +438,17 @@ func testMap() *Map {
 	m.Segments = Segments(ext, m.Size)
 	m.Fingerprint = Fingerprint(m.Device, m.Size, ext)
 	return m
+}
+
+// TestFingerprintText pins the documented canonical text.
+func TestFingerprintText(t *testing.T) {
+	m := testMap()
+	text := "cpinit-fiemap-v1\ndevice 7:0 sectors 32768\nsize 2097152\n" +
+		"0 1048576 1048576 800\n1048576 8388608 1048576 800\n"
+	want := fmt.Sprintf("%x", sha256.Sum256([]byte(text)))
+	if m.Fingerprint != want {
+		t.Errorf("fingerprint %s, want sha256 of the documented text %s", m.Fingerprint, want)
+	}
 }
 
 func TestMapCheckAndJSON(t *testing.T) {

@@ -71,6 +71,15 @@ const fingerprintVersion = "cpinit-fiemap-v1"
 // trimmed and coalesced here again so any two lists describing the same
 // layout hash the same.
 //
+// The hashed text, so other tools can recompute it (numbers in decimal
+// except flags, in hex; one line per coalesced extent of [0, size)):
+//
+//	cpinit-fiemap-v1
+//	device <major>:<minor> sectors <device sectors>
+//	size <file bytes>
+//	<logical bytes> <physical bytes> <length bytes> <flags & UNWRITTEN, hex>
+//	...
+//
 // The device identity is part of it on purpose: the same extents on another
 // device are another mapping. To compare a map read through a different
 // device (e.g. a dm view of the same partition) use SameLayout.
