@@ -9,12 +9,26 @@
 //     checks the filesystem (ext4, f2fs only, by statfs magic), resolves
 //     st_dev to the block device in /sys/dev/block and checks its superblock
 //     is this filesystem's, rejects holes, unaligned extents and unsafe flags
-//     (Validate), coalesces contiguous neighbours (Coalesce) and translates
-//     them into 512-byte sector Segments with a Fingerprint.
+//     (Validate), drops what lies past EOF (Trim), coalesces contiguous
+//     neighbours (Coalesce) and translates them into 512-byte sector
+//     Segments with a Fingerprint.
 //   - Map.DMTable renders the dmsetup table; Map marshals to JSON. Both are
 //     what `cpinit extents [--json] FILE` prints.
 //   - Allocate creates, fallocates and pins the file; Release undoes it;
-//     Verify re-reads a pinned file and compares fingerprints.
+//     Verify re-reads a pinned file and compares fingerprints (ErrMapChanged).
+//   - Map.Check validates a map decoded from the metadata store; SameLayout
+//     compares maps read through different views of one partition (e.g. the
+//     dm snapshot mounted ro,noload before a merge); OnDevice rebinds a map
+//     to the partition's MAJ:MIN of the current boot.
+//
+// The fs must sit directly on the device the COW table will reference:
+// Map.Device.DMName is set when it sits on a dm device (such as cp-origin),
+// whose offsets are not the raw partition's.
+//
+// Tests: root tests on loop-mounted ext4/xfs/tmpfs images compare every
+// extent list with `filefrag -v` and read the segments back from the raw
+// device; the in-guest TestVMLinearMapsFile (run by ./vmrun on the host)
+// loads DMTable into dm-linear and writes through it.
 //
 // # UNWRITTEN extents are accepted (policy)
 //
@@ -36,10 +50,13 @@
 //     FS_IMMUTABLE_FL forbids; e2fsck checks unwritten extents like any
 //     other and does not free or move them. The tests check the map survives
 //     unmount, e2fsck -f, remount and heavy churn of other files.
-//   - It keeps the old contents of the blocks (other users' deleted data)
-//     unreadable through the filesystem, whereas a zero-fill makes the
-//     contents readable by design; and it is fast (no multi-GiB write, no
-//     flash wear) — see docs/BENCHMARKS.md.
+//   - Through the filesystem the file keeps reading as zeros, whatever
+//     dm-snapshot later writes into its blocks (copies of overwritten
+//     userdata chunks, maybe of files the user deleted) and whatever stale
+//     data the blocks held before; a written (zero-filled) file would expose
+//     the COW copies to anyone who may read it. And it is fast: no
+//     multi-GiB write, no flash wear (1 GiB: ~10 ms against ~1.5 s, see
+//     docs/BENCHMARKS.md).
 //
 // The prototype in DESIGN.md ran a full checkpoint/rollback on exactly such a
 // file. UNWRITTEN is part of the fingerprint (a file that got written through
