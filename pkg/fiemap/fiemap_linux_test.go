@@ -114,13 +114,13 @@ func TestAllocateContiguous(t *testing.T) {
 func TestMapPointsAtFileBytes(t *testing.T) {
 	t.Parallel()
 	fs := newExt4(t, 32, 1024, "-N", "4096", "-m", "0")
-	fragment(t, fs.mnt, 2000)
+	fragment(t, fs.mnt, 3300)
 	p := fs.path("data")
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const size = 1800 << 10
+	const size = 2600 << 10
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
 		t.Fatal(err)
 	}
@@ -299,13 +299,13 @@ func snapshotFiles(t testing.TB, dir string) map[string]string {
 func TestMap10kExtents(t *testing.T) {
 	t.Parallel()
 	fs := newExt4(t, 48, 1024, "-N", "1024", "-m", "0")
-	fragment(t, fs.mnt, 13000)
+	fragment(t, fs.mnt, 14000)
 	p := fs.path("many")
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Fallocate(int(f.Fd()), 0, 0, 12000<<10); err != nil {
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, 13000<<10); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
