@@ -304,7 +304,7 @@ func (k *Checkpoint) chunkBytes() int64 { return int64(k.cfg.ChunkSectors) * 512
 func (k *Checkpoint) readCowHeader() (CowHeader, error) {
 	n := max(k.chunkBytes(), 4096)
 	n = min(n, 1<<20)
-	b, err := readDirect(k.c.NodePath(k.cfg.Names.Cow), int(n))
+	b, err := k.c.os().readDirect(k.c.NodePath(k.cfg.Names.Cow), int(n))
 	if err != nil {
 		return CowHeader{}, fmt.Errorf("COW header: %w", err)
 	}
@@ -423,6 +423,18 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 	if snap.table != nil {
 		snap.kind = k.classify(snap.table) // now that the COW device is known
 	}
+	if fresh && snap.kind == kindSnap && origin.kind == kindPlain {
+		// A snapshot beside a running plain mapping of its origin (an
+		// earlier run died between creating the snapshot and loading
+		// snapshot-origin): writes may have bypassed it. Start over.
+		if err := checkNotOpen(snap, doing); err != nil {
+			return err
+		}
+		if err := k.suspended(origin, func() error { return k.c.Remove(snap.name) }); err != nil {
+			return fmt.Errorf("%s: %w", doing, err)
+		}
+		snap.kind = kindNone
+	}
 	needSnap := false
 	switch snap.kind {
 	case kindSnap:
@@ -439,7 +451,7 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 			// dm-snap-persistent.c read_header: a zero magic starts a new
 			// snapshot; anything else is parsed as an existing one. The COW
 			// file's blocks hold whatever the disk had: zero them.
-			if err := zeroDirect(k.c.NodePath(k.cfg.Names.Cow), k.chunkBytes()); err != nil {
+			if err := k.c.os().zeroDirect(k.c.NodePath(k.cfg.Names.Cow), k.chunkBytes()); err != nil {
 				return fmt.Errorf("%s: zero COW header: %w", doing, err)
 			}
 		} else if err := k.requireCheckpoint(doing); err != nil {
@@ -493,8 +505,17 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 				return err
 			}
 			if origin.kind != kindOrigin {
-				_, err := k.c.Load(origin.name, ot)
-				return err
+				if _, err := k.c.Load(origin.name, ot); err != nil {
+					if origin.kind == kindPlain {
+						// Don't resume the plain mapping beside the new
+						// snapshot: writes would bypass it. Drop it; the
+						// checkpoint has not started.
+						if rerr := k.c.Remove(snap.name); rerr != nil {
+							return &keepSuspendedError{errors.Join(err, rerr)}
+						}
+					}
+					return err
+				}
 			}
 			return nil
 		})
@@ -612,8 +633,9 @@ func (k *Checkpoint) Commit(ctx context.Context) error {
 				}
 			}
 			if origin.kind != kindPlain {
-				_, err := k.c.Load(origin.name, plain)
-				return err
+				if _, err := k.c.Load(origin.name, plain); err != nil {
+					return k.restoreSnapshot(origin, snap, err)
+				}
 			}
 			return nil
 		})
@@ -662,7 +684,9 @@ func (plainTable) sealed()                 {}
 //
 // The COW header must be a valid snapshot (ErrNoCheckpoint,
 // ErrSnapshotInvalid otherwise): merging a zeroed or invalidated COW would
-// do nothing while the caller believes it rolled back.
+// do nothing while the caller believes it rolled back. The origin device must
+// not be open when the merge starts (ErrOriginInUse): the data changes under
+// it at once.
 func (k *Checkpoint) StartMerge(ctx context.Context) error {
 	unlock, err := k.c.Lock()
 	if err != nil {
@@ -699,6 +723,15 @@ func (k *Checkpoint) StartMerge(ctx context.Context) error {
 	default:
 		// kindPlain: this boot already committed or finished a merge.
 		return unexpected(origin, doing)
+	}
+	if origin.info.OpenCount > 0 {
+		// Starting a merge rewrites, at once, every block the checkpoint
+		// saved: a filesystem mounted on the origin would keep its cached
+		// metadata and write it back over the rolled-back blocks. LVM
+		// likewise defers the merge of an open origin to its next
+		// activation. Once started, the merging origin may be opened
+		// (snapshot.rst): reads of unmerged chunks come from the COW.
+		return fmt.Errorf("%s: %q has %d users (mounted?); unmount it or merge at the next boot: %w", doing, origin.name, origin.info.OpenCount, ErrOriginInUse)
 	}
 	if err := k.ensureCow(); err != nil {
 		return err
@@ -737,14 +770,7 @@ func (k *Checkpoint) StartMerge(ctx context.Context) error {
 				}
 			}
 			if _, err := k.c.Load(origin.name, mt); err != nil {
-				if origin.kind == kindOrigin {
-					// The snapshot is gone but snapshot-origin is live:
-					// put the snapshot back before any write gets through.
-					if rerr := k.reloadSnapshot(snap.name); rerr != nil {
-						return &keepSuspendedError{errors.Join(err, rerr)}
-					}
-				}
-				return err
+				return k.restoreSnapshot(origin, snap, err)
 			}
 			return nil
 		})
@@ -762,17 +788,45 @@ func (k *Checkpoint) StartMerge(ctx context.Context) error {
 	return statusError(st, doing)
 }
 
+// restoreSnapshot runs when replacing snapshot-origin failed after the
+// snapshot was removed (origin suspended): snapshot-origin is still the live
+// table, so before the origin resumes the snapshot must be back, or writes
+// would reach the origin without a copy-out and the COW, still on disk,
+// would no longer describe it. If that fails too the origin stays suspended.
+func (k *Checkpoint) restoreSnapshot(origin, snap devState, err error) error {
+	if origin.kind != kindOrigin || !snap.exists() {
+		return err
+	}
+	if rerr := k.reloadSnapshot(snap.name); rerr != nil {
+		return &keepSuspendedError{errors.Join(err, rerr)}
+	}
+	return err
+}
+
 // reloadSnapshot re-creates the snapshot (origin suspended by the caller).
 func (k *Checkpoint) reloadSnapshot(name string) error {
 	t, err := k.snapTable()
 	if err != nil {
 		return err
 	}
-	if d, err := k.observe(name); err == nil && d.kind == kindSnap {
-		return nil
+	d, err := k.observe(name)
+	if err != nil {
+		return err
 	}
-	_, err = k.c.CreateAndLoad(name, UUIDPrefix+name, t)
-	return err
+	switch d.kind {
+	case kindSnap:
+		return nil
+	case kindNone:
+		_, err = k.c.CreateAndLoad(name, UUIDPrefix+name, t)
+		return err
+	case kindEmpty:
+		if _, err := k.c.Load(name, t); err != nil {
+			return err
+		}
+		_, err = k.c.Resume(name)
+		return err
+	}
+	return unexpected(d, "restore snapshot")
 }
 
 // SnapshotStatus returns the status of the attached snapshot.

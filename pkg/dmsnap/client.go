@@ -17,7 +17,8 @@ const DefaultControlPath = "/dev/mapper/control"
 // node. Methods are safe for sequential use; the kernel serialises ioctls on
 // each device itself.
 type Client struct {
-	fd int
+	fd  int
+	sys *sysOps // nil: the real kernel; tests substitute a fake
 
 	// NodeDir is where Create makes block device nodes NAME (default
 	// /dev/mapper). First-stage init has no udev: nobody else makes them.
@@ -27,6 +28,35 @@ type Client struct {
 	// mount being torn down); RemoveDelay is the pause between tries.
 	RemoveTries int
 	RemoveDelay time.Duration
+}
+
+// sysOps are the points where the package meets the kernel: the ioctl,
+// device nodes, direct I/O on the COW and the lock. Host tests replace them
+// with a fake device-mapper (fakedm_test.go) to check ordering and crash
+// recovery mechanically.
+type sysOps struct {
+	ioctl      func(fd int, c cmd, buf []byte) error
+	makeNode   func(path string, dev Dev) error
+	readDirect func(path string, n int) ([]byte, error)
+	zeroDirect func(path string, n int64) error
+	lock       func(fd int) error
+	unlock     func(fd int) error
+}
+
+var realSys = sysOps{
+	ioctl:      sysIoctl,
+	makeNode:   makeBlockNode,
+	readDirect: readDirect,
+	zeroDirect: zeroDirect,
+	lock:       lockFD,
+	unlock:     unlockFD,
+}
+
+func (c *Client) os() *sysOps {
+	if c.sys != nil {
+		return c.sys
+	}
+	return &realSys
 }
 
 // Open opens DefaultControlPath; see OpenControl.
@@ -70,13 +100,20 @@ var ioctlNames = [...]string{
 // answers DM_BUFFER_FULL_FLAG the block is rebuilt twice as large, up to
 // maxBuffer. op names the operation in errors ("create", "status", ...).
 func (c *Client) call(op string, command cmd, name string, size int, build func(size int) ([]byte, error)) ([]byte, ioctlHeader, error) {
+	prev := 0
 	for {
 		buf, err := build(size)
 		if err != nil {
 			return nil, ioctlHeader{}, fmt.Errorf("dm %s %q: %w", op, name, err)
 		}
+		if len(buf) <= prev {
+			// A request that cannot grow (a table load) came back full:
+			// asking again would loop.
+			return nil, ioctlHeader{}, fmt.Errorf("dm %s %q: kernel answered buffer full to a %d-byte request", op, name, len(buf))
+		}
+		prev = len(buf)
 		for {
-			err = sysIoctl(c.fd, command, buf)
+			err = c.os().ioctl(c.fd, command, buf)
 			if !errors.Is(err, syscall.EINTR) {
 				break
 			}
@@ -390,7 +427,7 @@ func (c *Client) EnsureNode(name string) (string, error) {
 }
 
 func (c *Client) ensureNode(name string, dev Dev) error {
-	return makeBlockNode(c.NodePath(name), dev)
+	return c.os().makeNode(c.NodePath(name), dev)
 }
 
 func (c *Client) removeNode(name string) error {
@@ -424,8 +461,8 @@ func parseProcMisc(text string) (uint32, bool) {
 // itself has no such lock; tools that don't take it (dmsetup) are not held
 // back.
 func (c *Client) Lock() (func(), error) {
-	if err := lockFD(c.fd); err != nil {
+	if err := c.os().lock(c.fd); err != nil {
 		return nil, fmt.Errorf("dm lock: %w", err)
 	}
-	return func() { _ = unlockFD(c.fd) }, nil
+	return func() { _ = c.os().unlock(c.fd) }, nil
 }

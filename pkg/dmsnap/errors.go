@@ -25,6 +25,9 @@ var (
 	// ErrNoCheckpoint: the COW header is not a snapshot (all zero or not
 	// "SnAp"), so there is nothing to reattach or merge.
 	ErrNoCheckpoint = errors.New("no checkpoint in COW store")
+	// ErrOriginInUse: the origin device is open (mounted) where an
+	// operation would change the data under the user's feet.
+	ErrOriginInUse = errors.New("origin device is open")
 	// ErrUnexpectedState: an existing device has a table or owner this
 	// package did not expect; it refuses to guess.
 	ErrUnexpectedState = errors.New("unexpected device-mapper state")

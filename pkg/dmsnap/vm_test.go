@@ -601,6 +601,34 @@ func TestVMConvergesFromPartialStates(t *testing.T) {
 			t.Errorf("merge with another extent list: %v", err)
 		}
 	})
+	t.Run("origin open at merge", func(t *testing.T) {
+		resetDM(t, c)
+		k := newCheckpoint(t, c, cfg)
+		if err := k.StartCheckpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		held := openDirect(t, c.NodePath(DefaultNames.Origin), false)
+		defer held.Close()
+		if err := k.StartMerge(ctx); !errors.Is(err, ErrOriginInUse) {
+			t.Errorf("merge under an open origin: %v", err)
+		}
+		if got := describe(t, k); got != "origin=snapshot-origin cow=COW map snap=snapshot snapshot=16/131072 16" {
+			t.Errorf("refused merge changed the state: %s", got)
+		}
+		if info, _ := c.Info(DefaultNames.Origin); info.Suspended {
+			t.Error("origin left suspended")
+		}
+		held.Close()
+		if err := k.StartMerge(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Once merging, the origin may be opened.
+		held = openDirect(t, c.NodePath(DefaultNames.Origin), false)
+		if err := k.StartMerge(ctx); err != nil {
+			t.Errorf("StartMerge again with the merging origin open: %v", err)
+		}
+		held.Close()
+	})
 	t.Run("no checkpoint", func(t *testing.T) {
 		resetDM(t, c)
 		k := newCheckpoint(t, c, cfg)
