@@ -63,8 +63,20 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("%s: %w (%w); supported: ext4, f2fs", fsName(int64(sfs.Type)), ErrUnsupportedFS, unix.EOPNOTSUPP)}
 	}
 
-	if m, done, err := resumeAllocate(path, d, base, size, opts); err != nil || done {
+	m, done, removed, err := resumeAllocate(path, d, base, size, opts)
+	if err != nil || done {
 		return m, err
+	}
+	if removed {
+		// The leftover's blocks count as free only once the transaction
+		// that freed them commits (ext4 hands freed blocks back to the
+		// allocator after the commit); sync, then look at free space again.
+		if err := unix.Syncfs(int(d.Fd())); err != nil {
+			return nil, &os.PathError{Op: "syncfs", Path: dir, Err: err}
+		}
+		if err := unix.Fstatfs(int(d.Fd()), &sfs); err != nil {
+			return nil, &os.PathError{Op: "statfs", Path: dir, Err: err}
+		}
 	}
 
 	bs := uint64(sfs.Bsize)
@@ -107,7 +119,7 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 	if err := syncFileAndDir(path, f, d); err != nil {
 		return fail(err)
 	}
-	m, _, err := mapOpen(path, f)
+	m, _, err = mapOpen(path, f)
 	if err != nil {
 		return fail(err)
 	}
@@ -144,49 +156,52 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 }
 
 // resumeAllocate handles an existing file at dir/base (see Allocate step 2).
-// done reports that the returned map (or error) is final.
-func resumeAllocate(path string, d *os.File, base string, size uint64, opts AllocOptions) (m *Map, done bool, err error) {
+// done reports that the returned map (or error) is final; removed that it
+// deleted an incomplete leftover.
+func resumeAllocate(path string, d *os.File, base string, size uint64, opts AllocOptions) (m *Map, done, removed bool, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(int(d.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return nil, false, nil
+			return nil, false, false, nil
 		}
-		return nil, true, &os.PathError{Op: "stat", Path: path, Err: err}
+		return nil, true, false, &os.PathError{Op: "stat", Path: path, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, true, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("exists and is not a regular file: %w", unix.EEXIST)}
+		return nil, true, false, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("exists and is not a regular file: %w", unix.EEXIST)}
 	}
 	fd, err := unix.Openat(int(d.Fd()), base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, true, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, true, false, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	flags, err := getFlags(f)
 	if err != nil {
-		return nil, true, &os.PathError{Op: "allocate", Path: path, Err: err}
+		return nil, true, false, &os.PathError{Op: "allocate", Path: path, Err: err}
 	}
 	if flags&fsImmutableFl == 0 {
-		// Never completed, so never handed out: start over.
+		// Never completed, so never handed out: start over. Close our
+		// descriptor first so the inode (and its blocks) go with the unlink.
+		f.Close()
 		if err := releaseAt(path, d, base); err != nil {
-			return nil, true, fmt.Errorf("remove incomplete allocation: %w", err)
+			return nil, true, false, fmt.Errorf("remove incomplete allocation: %w", err)
 		}
-		return nil, false, nil
+		return nil, false, true, nil
 	}
 	m, ps, err := mapOpen(path, f)
 	if err != nil {
-		return nil, true, err
+		return nil, true, false, err
 	}
 	if m.Size != size {
-		return nil, true, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("already allocated with size %d, not %d; Release it first: %w", m.Size, size, unix.EEXIST)}
+		return nil, true, false, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("already allocated with size %d, not %d; Release it first: %w", m.Size, size, unix.EEXIST)}
 	}
 	if m.FSType == "f2fs" && !ps.f2fsPin {
-		return nil, true, &os.PathError{Op: "allocate", Path: path, Err: errors.New("existing file is immutable but not pinned; Release it first")}
+		return nil, true, false, &os.PathError{Op: "allocate", Path: path, Err: errors.New("existing file is immutable but not pinned; Release it first")}
 	}
 	if max := opts.maxSegments(); max > 0 && len(m.Segments) > max {
-		return nil, true, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("existing file has %d segments, more than the limit of %d", len(m.Segments), max)}
+		return nil, true, false, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("existing file has %d segments, more than the limit of %d", len(m.Segments), max)}
 	}
-	return m, true, nil
+	return m, true, false, nil
 }
 
 // openPrivateDir opens dir, creating it with mode 0700 if create is set and
