@@ -70,3 +70,17 @@ func zeroDirect(path string, n int64) error {
 	}
 	return f.Close()
 }
+
+// flushDevice makes writes already completed on the block device at path
+// durable (fsync of a block device flushes the disk's write cache).
+func flushDevice(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}

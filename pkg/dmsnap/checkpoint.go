@@ -304,7 +304,7 @@ func (k *Checkpoint) chunkBytes() int64 { return int64(k.cfg.ChunkSectors) * 512
 func (k *Checkpoint) readCowHeader() (CowHeader, error) {
 	n := max(k.chunkBytes(), 4096)
 	n = min(n, 1<<20)
-	b, err := k.c.os().readDirect(k.c.NodePath(k.cfg.Names.Cow), int(n))
+	b, err := k.c.sysops().readDirect(k.c.NodePath(k.cfg.Names.Cow), int(n))
 	if err != nil {
 		return CowHeader{}, fmt.Errorf("COW header: %w", err)
 	}
@@ -451,7 +451,7 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 			// dm-snap-persistent.c read_header: a zero magic starts a new
 			// snapshot; anything else is parsed as an existing one. The COW
 			// file's blocks hold whatever the disk had: zero them.
-			if err := k.c.os().zeroDirect(k.c.NodePath(k.cfg.Names.Cow), k.chunkBytes()); err != nil {
+			if err := k.c.sysops().zeroDirect(k.c.NodePath(k.cfg.Names.Cow), k.chunkBytes()); err != nil {
 				return fmt.Errorf("%s: zero COW header: %w", doing, err)
 			}
 		} else if err := k.requireCheckpoint(doing); err != nil {
@@ -521,6 +521,16 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", doing, err)
+		}
+	}
+	if needSnap && fresh {
+		// The snapshot constructor wrote the new header without a cache
+		// flush (dm-snap-persistent.c write_header); exceptions are later
+		// committed with REQ_PREFLUSH|REQ_FUA, but until the first one a
+		// power cut could lose the header while the caller has already
+		// recorded "checkpoint active". Make it durable now.
+		if err := k.c.sysops().flush(k.c.NodePath(k.cfg.Names.Cow)); err != nil {
+			return fmt.Errorf("%s: flush COW: %w", doing, err)
 		}
 	}
 	if _, err := k.c.EnsureNode(origin.name); err != nil {

@@ -39,6 +39,7 @@ type sysOps struct {
 	makeNode   func(path string, dev Dev) error
 	readDirect func(path string, n int) ([]byte, error)
 	zeroDirect func(path string, n int64) error
+	flush      func(path string) error
 	lock       func(fd int) error
 	unlock     func(fd int) error
 }
@@ -48,11 +49,12 @@ var realSys = sysOps{
 	makeNode:   makeBlockNode,
 	readDirect: readDirect,
 	zeroDirect: zeroDirect,
+	flush:      flushDevice,
 	lock:       lockFD,
 	unlock:     unlockFD,
 }
 
-func (c *Client) os() *sysOps {
+func (c *Client) sysops() *sysOps {
 	if c.sys != nil {
 		return c.sys
 	}
@@ -113,7 +115,7 @@ func (c *Client) call(op string, command cmd, name string, size int, build func(
 		}
 		prev = len(buf)
 		for {
-			err = c.os().ioctl(c.fd, command, buf)
+			err = c.sysops().ioctl(c.fd, command, buf)
 			if !errors.Is(err, syscall.EINTR) {
 				break
 			}
@@ -427,7 +429,7 @@ func (c *Client) EnsureNode(name string) (string, error) {
 }
 
 func (c *Client) ensureNode(name string, dev Dev) error {
-	return c.os().makeNode(c.NodePath(name), dev)
+	return c.sysops().makeNode(c.NodePath(name), dev)
 }
 
 func (c *Client) removeNode(name string) error {
@@ -461,8 +463,8 @@ func parseProcMisc(text string) (uint32, bool) {
 // itself has no such lock; tools that don't take it (dmsetup) are not held
 // back.
 func (c *Client) Lock() (func(), error) {
-	if err := c.os().lock(c.fd); err != nil {
+	if err := c.sysops().lock(c.fd); err != nil {
 		return nil, fmt.Errorf("dm lock: %w", err)
 	}
-	return func() { _ = c.os().unlock(c.fd) }, nil
+	return func() { _ = c.sysops().unlock(c.fd) }, nil
 }

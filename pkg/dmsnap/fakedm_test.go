@@ -52,6 +52,7 @@ func (f *fakeDM) client() *Client {
 		makeNode:   func(string, Dev) error { return f.step("mknod") },
 		readDirect: f.readDirect,
 		zeroDirect: f.zeroDirect,
+		flush:      func(string) error { return f.step("flush") },
 		lock:       func(int) error { return nil },
 		unlock:     func(int) error { return nil },
 	}}

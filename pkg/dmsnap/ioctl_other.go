@@ -24,5 +24,6 @@ func DeviceSectors(path string) (uint64, error) { return 0, errNotLinux }
 func readDirect(string, int) ([]byte, error) { return nil, errNotLinux }
 func zeroDirect(string, int64) error         { return errNotLinux }
 
-func lockFD(int) error   { return errNotLinux }
-func unlockFD(int) error { return nil }
+func lockFD(int) error         { return errNotLinux }
+func unlockFD(int) error       { return nil }
+func flushDevice(string) error { return errNotLinux }
