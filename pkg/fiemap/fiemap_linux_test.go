@@ -230,6 +230,7 @@ func TestAllocateFragmented(t *testing.T) {
 	// The COW path: write every segment through the raw device with the
 	// fs unmounted, like dm-linear would, then check the fs and the files.
 	fs.umount()
+	checkAgainstDebugfs(t, fs.loop, "/.cpinit/cow", m)
 	dev, err := os.OpenFile(m.Device.Path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -575,6 +576,7 @@ func TestExtentsStable(t *testing.T) {
 	}
 	for i := 0; i < 2; i++ {
 		fs.umount()
+		checkAgainstDebugfs(t, fs.loop, "/.cpinit/cow", m)
 		// -y: let e2fsck change whatever it wants; it must find nothing.
 		run(t, "e2fsck", "-f", "-y", fs.loop)
 		fs.mount()

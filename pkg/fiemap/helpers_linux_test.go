@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -354,6 +355,67 @@ func fragment(t testing.TB, dir string, n int) {
 	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+var debugfsLeaf = regexp.MustCompile(`^\s*(\d+)/\s*(\d+)\s+\d+/\s*\d+\s+(\d+)\s*-\s*(\d+)\s+(\d+)\s*-\s*(\d+)\s+(\d+)\s*(\S*)\s*$`)
+
+// debugfsExtents reads the leaves of a file's extent tree from the on-disk
+// ext4 with `debugfs -R "ex PATH"` (e2fsprogs), in bytes. Unlike filefrag it
+// does not use FIEMAP at all: it parses the extent tree from the unmounted
+// device itself, so it checks the kernel's FIEMAP as well as our reader.
+// Lines look like
+//
+//	Level Entries       Logical      Physical Length Flags
+//	 1/ 1   1/  7     0 -     4 10241 - 10245      5 Uninit
+func debugfsExtents(t testing.TB, dev, pathInFS string, blockSize uint64) []Extent {
+	t.Helper()
+	requireTool(t, "debugfs", "e2fsprogs")
+	out := run(t, "debugfs", "-R", "ex "+pathInFS, dev)
+	var ext []Extent
+	for _, line := range strings.Split(out, "\n") {
+		m := debugfsLeaf.FindStringSubmatch(line)
+		if m == nil || m[1] != m[2] { // index nodes are above the leaf level
+			continue
+		}
+		n := func(i int) uint64 {
+			v, err := strconv.ParseUint(m[i], 10, 64)
+			if err != nil {
+				t.Fatalf("debugfs line %q: %v", line, err)
+			}
+			return v
+		}
+		if n(4)-n(3)+1 != n(7) || n(6)-n(5)+1 != n(7) {
+			t.Fatalf("debugfs line %q: inconsistent length", line)
+		}
+		var flags uint32
+		switch m[8] {
+		case "Uninit":
+			flags = FlagUnwritten
+		case "":
+		default:
+			t.Fatalf("debugfs line %q: unknown flag %q", line, m[8])
+		}
+		ext = append(ext, Extent{Logical: n(3) * blockSize, Physical: n(5) * blockSize, Length: n(7) * blockSize, Flags: flags})
+	}
+	if len(ext) == 0 {
+		t.Fatalf("debugfs found no extents for %s:\n%s", pathInFS, out)
+	}
+	return ext
+}
+
+// checkAgainstDebugfs compares the map with the on-disk extent tree (the fs
+// must be unmounted).
+func checkAgainstDebugfs(t testing.TB, dev, pathInFS string, m *Map) {
+	t.Helper()
+	got := Coalesce(Trim(debugfsExtents(t, dev, pathInFS, uint64(m.BlockSize)), m.Size))
+	if len(got) != len(m.Extents) {
+		t.Fatalf("%s: debugfs finds %d coalesced extents, map has %d", pathInFS, len(got), len(m.Extents))
+	}
+	for i := range got {
+		if got[i] != m.Extents[i] {
+			t.Fatalf("%s: extent %d on disk is %v, map says %v", pathInFS, i, got[i], m.Extents[i])
+		}
 	}
 }
 
