@@ -507,6 +507,33 @@ func TestXFSReflinkShared(t *testing.T) {
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
 		t.Fatalf("FICLONE: %v", err)
 	}
+	// Why xfs is refused even for pinned files: an immutable file can
+	// still be the *source* of a reflink, after which its blocks are shared
+	// and a write through dm-linear would change the clone.
+	pinned, clone := fs.path("pinned"), fs.path("clone")
+	if err := os.WriteFile(pinned, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pf, err := os.Open(pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	if err := setFlags(pf, fsImmutableFl); err != nil {
+		t.Fatal(err)
+	}
+	defer setFlags(pf, 0) // before the deferred Close
+	cf, err := os.Create(clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cf.Close()
+	if err := unix.IoctlFileClone(int(cf.Fd()), int(pf.Fd())); err != nil {
+		t.Logf("FICLONE from an immutable file refused (%v): the kernel now protects it", err)
+	} else if err := Validate(pinned, 1<<20, rawExtents(t, pinned)); !errors.Is(err, ErrUnsafeExtent) {
+		t.Errorf("immutable xfs file after being cloned: %v, want SHARED", err)
+	}
+
 	for _, p := range []string{a, b} {
 		raw := rawExtents(t, p)
 		checkAgainstFilefrag(t, p, nil)
