@@ -75,6 +75,21 @@ func TestAllocateContiguous(t *testing.T) {
 	if err := os.Truncate(cow, 4096); !isErrno(err, unix.EPERM) {
 		t.Errorf("truncate: %v, want EPERM", err)
 	}
+	// ext4 has no reflink: nobody can make the pinned blocks shared (the
+	// reason xfs is refused).
+	src, err := os.Open(cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := os.Create(fs.path("clone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err == nil {
+		t.Error("FICLONE from the pinned file succeeded on ext4")
+	}
+	src.Close()
+	dst.Close()
 	if _, err := Verify(cow, m); err != nil {
 		t.Errorf("Verify: %v", err)
 	}
