@@ -488,6 +488,26 @@ func TestUnsupportedFilesystems(t *testing.T) {
 	if _, err := Allocate(filepath.Join(dir, "cow"), 1<<20, small); !errors.Is(err, unix.EOPNOTSUPP) {
 		t.Errorf("Allocate on tmpfs: %v", err)
 	}
+	// overlay over ext4: the files' blocks are on ext4, but st_dev is the
+	// overlay's anonymous device and the fs may copy up; refused by magic.
+	ext := newExt4(t, 16, 4096)
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(ext.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(ext.path("lower/f"), make([]byte, 8192), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "-t", "overlay", "overlay", "-o",
+		"lowerdir="+ext.path("lower")+",upperdir="+ext.path("upper")+",workdir="+ext.path("work"), ext.path("merged"))
+	t.Cleanup(func() { run(t, "umount", ext.path("merged")) })
+	_, err = MapFile(ext.path("merged/f"))
+	if !errors.Is(err, ErrUnsupportedFS) || !strings.Contains(err.Error(), "overlay") {
+		t.Errorf("MapFile on overlay: %v", err)
+	}
+	t.Logf("overlay: %v", err)
+
 	// Even the raw ioctl is refused by tmpfs: the error says so.
 	f, err := os.Open(p)
 	if err != nil {
