@@ -14,15 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// small lets tests allocate on small images: keep 1 MiB free.
-var small = AllocOptions{Reserve: 1 << 20}
+// smallReserve lets tests allocate on small images: keep 1 MiB free.
+var smallReserve = AllocOptions{Reserve: 1 << 20}
 
 func TestAllocateContiguous(t *testing.T) {
 	t.Parallel()
 	fs := newExt4(t, 128, 4096)
 	dir := fs.privateDir(".cpinit")
 	cow := filepath.Join(dir, "cow")
-	m, err := Allocate(cow, 32<<20, small)
+	m, err := Allocate(cow, 32<<20, smallReserve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,14 +189,14 @@ func TestMapPointsAtFileBytes(t *testing.T) {
 func TestAllocateFragmented(t *testing.T) {
 	t.Parallel()
 	fs := newExt4(t, 32, 1024, "-N", "20000", "-I", "128", "-m", "0")
-	small := fs.path("small")
-	if err := os.Mkdir(small, 0o755); err != nil {
+	smallDir := fs.path("small")
+	if err := os.Mkdir(smallDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// Fill with 2-block files until full, then delete every other one.
 	var names []string
 	for i := 0; ; i++ {
-		n := filepath.Join(small, fmt.Sprintf("f%05d", i))
+		n := filepath.Join(smallDir, fmt.Sprintf("f%05d", i))
 		if err := os.WriteFile(n, []byte(strings.Repeat(fmt.Sprintf("%08d", i), 256)), 0o644); err != nil {
 			if errors.Is(err, unix.ENOSPC) {
 				os.Remove(n)
@@ -213,7 +213,7 @@ func TestAllocateFragmented(t *testing.T) {
 		}
 	}
 	syncFS(t, fs.mnt)
-	sums := snapshotFiles(t, small)
+	sums := snapshotFiles(t, smallDir)
 
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(fs.mnt, &sfs); err != nil {
@@ -262,7 +262,7 @@ func TestAllocateFragmented(t *testing.T) {
 	dev.Close()
 	run(t, "e2fsck", "-f", "-n", fs.loop)
 	fs.mount()
-	if got := snapshotFiles(t, small); !mapsEqual(sums, got) {
+	if got := snapshotFiles(t, smallDir); !mapsEqual(sums, got) {
 		t.Fatal("writing the COW segments changed other files")
 	}
 	if _, err := Verify(cow, m); err != nil {
@@ -485,7 +485,7 @@ func TestUnsupportedFilesystems(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Allocate(filepath.Join(dir, "cow"), 1<<20, small); !errors.Is(err, unix.EOPNOTSUPP) {
+	if _, err := Allocate(filepath.Join(dir, "cow"), 1<<20, smallReserve); !errors.Is(err, unix.EOPNOTSUPP) {
 		t.Errorf("Allocate on tmpfs: %v", err)
 	}
 	// overlay over ext4: the files' blocks are on ext4, but st_dev is the
@@ -591,7 +591,7 @@ func TestExtentsStable(t *testing.T) {
 	t.Parallel()
 	fs := newExt4(t, 96, 4096)
 	cow := filepath.Join(fs.privateDir(".cpinit"), "cow")
-	m, err := Allocate(cow, 24<<20, small)
+	m, err := Allocate(cow, 24<<20, smallReserve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -670,13 +670,13 @@ func TestAllocateResume(t *testing.T) {
 	if err := os.WriteFile(cow, []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := Allocate(cow, 8<<20, small)
+	m, err := Allocate(cow, 8<<20, smallReserve)
 	if err != nil {
 		t.Fatalf("Allocate over an incomplete file: %v", err)
 	}
 	// Crash after the pin, before the caller recorded the map: calling
 	// again returns the same map.
-	m2, err := Allocate(cow, 8<<20, small)
+	m2, err := Allocate(cow, 8<<20, smallReserve)
 	if err != nil {
 		t.Fatalf("second Allocate: %v", err)
 	}
@@ -684,7 +684,7 @@ func TestAllocateResume(t *testing.T) {
 		t.Error("second Allocate returned another map")
 	}
 	// But never silently replaces a pinned file of another size.
-	if _, err := Allocate(cow, 16<<20, small); !errors.Is(err, unix.EEXIST) {
+	if _, err := Allocate(cow, 16<<20, smallReserve); !errors.Is(err, unix.EEXIST) {
 		t.Errorf("Allocate with another size: %v, want EEXIST", err)
 	}
 	// Crash in Release after clearing the flag, before unlink.
@@ -718,7 +718,7 @@ func TestAllocateResume(t *testing.T) {
 	}
 	f.Close()
 	syncFS(t, fs.mnt)
-	if _, err := Allocate(cow, 40<<20, small); err != nil {
+	if _, err := Allocate(cow, 40<<20, smallReserve); err != nil {
 		t.Fatalf("Allocate over a big incomplete leftover: %v", err)
 	}
 	if err := Release(cow); err != nil {
@@ -726,13 +726,13 @@ func TestAllocateResume(t *testing.T) {
 	}
 
 	// Refusals.
-	if _, err := Allocate(cow, 1<<30, small); !errors.Is(err, unix.ENOSPC) {
+	if _, err := Allocate(cow, 1<<30, smallReserve); !errors.Is(err, unix.ENOSPC) {
 		t.Errorf("Allocate beyond free space: %v, want ENOSPC", err)
 	}
 	if _, err := Allocate(cow, 40<<20, AllocOptions{Reserve: 30 << 20}); !errors.Is(err, unix.ENOSPC) {
 		t.Errorf("Allocate into the reserve: %v, want ENOSPC", err)
 	}
-	if _, err := Allocate(cow, 4096+512, small); !errors.Is(err, unix.EINVAL) {
+	if _, err := Allocate(cow, 4096+512, smallReserve); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("Allocate of a non-block multiple: %v, want EINVAL", err)
 	}
 	if _, err := os.Lstat(cow); !errors.Is(err, os.ErrNotExist) {
@@ -742,18 +742,18 @@ func TestAllocateResume(t *testing.T) {
 	if err := os.Mkdir(open, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Allocate(filepath.Join(open, "cow"), 1<<20, small); !errors.Is(err, unix.EPERM) {
+	if _, err := Allocate(filepath.Join(open, "cow"), 1<<20, smallReserve); !errors.Is(err, unix.EPERM) {
 		t.Errorf("Allocate in a 0755 directory: %v, want EPERM", err)
 	}
 	if err := os.Symlink(dir, fs.path("link")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Allocate(filepath.Join(fs.path("link"), "cow"), 1<<20, small); err == nil {
+	if _, err := Allocate(filepath.Join(fs.path("link"), "cow"), 1<<20, smallReserve); err == nil {
 		t.Error("Allocate through a symlinked directory succeeded")
 	}
 	// A missing directory is created 0700.
 	fresh := filepath.Join(fs.path("new"), "cow")
-	if _, err := Allocate(fresh, 1<<20, small); err != nil {
+	if _, err := Allocate(fresh, 1<<20, smallReserve); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t
