@@ -163,9 +163,9 @@ func TestGuestDeviceMapper(t *testing.T) {
 	needQEMU(t)
 	out := RunGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",
-		Args: []string{"-test.run=^TestVMDeviceMapperVersion$"},
+		Args: []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
 	})
-	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "device-mapper interface version 4."} {
+	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "--- PASS: TestVMGuestTools", "device-mapper interface version 4."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("guest output lacks %q", want)
 		}

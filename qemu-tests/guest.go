@@ -19,8 +19,9 @@ import (
 // GuestTools are host binaries copied into the test-only initramfs (u-root
 // adds their shared libraries): dmsetup is the oracle the dm tests compare
 // our ioctls with; the e2fsprogs tools make and check filesystems in the
-// guest.
-var GuestTools = []string{"/usr/sbin/dmsetup", "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck", "/usr/bin/cmp", "/usr/bin/sha256sum"}
+// guest (mkfs.ext4 is a symlink to mke2fs, and u-root copies symlinks as
+// symlinks, so both are listed).
+var GuestTools = []string{"/usr/sbin/dmsetup", "/usr/sbin/mke2fs", "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck", "/usr/bin/cmp", "/usr/bin/sha256sum"}
 
 var (
 	guestOnce sync.Once

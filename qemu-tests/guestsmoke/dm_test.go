@@ -5,6 +5,7 @@ package guestsmoke
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 	"unsafe"
 
@@ -42,5 +43,25 @@ func TestVMSkipTwin(t *testing.T) {
 	testutil.RequireVM(t)
 	if os.Getenv("GUESTSMOKE_SKIP") == "1" {
 		t.Skip("asked to skip: the runner must treat this as a failure")
+	}
+}
+
+// TestVMGuestTools checks the tools the test initramfs promises are there and
+// run (a dangling mkfs.ext4 symlink once slipped through).
+func TestVMGuestTools(t *testing.T) {
+	testutil.RequireVM(t)
+	img := t.TempDir() + "/fs.img"
+	if err := os.WriteFile(img, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{
+		{"mkfs.ext4", "-q", "-F", img},
+		{"e2fsck", "-fn", img},
+		{"dmsetup", "version"},
+		{"sha256sum", img},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("%v: %v\n%s", c, err, out)
+		}
 	}
 }
