@@ -523,12 +523,13 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 			return fmt.Errorf("%s: %w", doing, err)
 		}
 	}
-	if needSnap && fresh {
+	if fresh {
 		// The snapshot constructor wrote the new header without a cache
 		// flush (dm-snap-persistent.c write_header); exceptions are later
 		// committed with REQ_PREFLUSH|REQ_FUA, but until the first one a
 		// power cut could lose the header while the caller has already
-		// recorded "checkpoint active". Make it durable now.
+		// recorded "checkpoint active". Make it durable now (also when a
+		// re-run finds the snapshot made by a run that failed here).
 		if err := k.c.sysops().flush(k.c.NodePath(k.cfg.Names.Cow)); err != nil {
 			return fmt.Errorf("%s: flush COW: %w", doing, err)
 		}
