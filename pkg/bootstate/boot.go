@@ -30,8 +30,11 @@ type Env interface {
 	// VerifyExtents re-derives the extent map of path through a
 	// read-only dm view (never the raw origin) and returns its
 	// ExtentMap.Fingerprint, with the device identity and chunk size of
-	// want filled in. It must not write anything.
-	VerifyExtents(path string, want *ExtentMap) ([32]byte, error)
+	// want filled in. It must not write anything. overflow reports that
+	// the view cannot be had because the kernel says the snapshot is
+	// Invalid (the COW overflowed): there is nothing to merge, and it must
+	// leave no devices behind.
+	VerifyExtents(path string, want *ExtentMap) (fp [32]byte, overflow bool, err error)
 	// Merge loads snapshot-merge with cp-cow from m, waits until the merge
 	// is complete, and removes the devices. overflow reports an Invalid
 	// snapshot that the kernel refuses to merge.
@@ -146,9 +149,16 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			if err := persist(a.Before); err != nil {
 				return fail("persist", err)
 			}
-			fp, err := env.VerifyExtents(a.COWPath, a.Map)
+			fp, overflow, err := env.VerifyExtents(a.COWPath, a.Map)
 			if err != nil {
 				return fail("verify extents", err)
+			}
+			if overflow {
+				if err := persist(&Step{Event: EventOverflow}); err != nil {
+					return fail("persist", err)
+				}
+				in.Verified = nil
+				continue
 			}
 			in.Verified = &fp
 			continue

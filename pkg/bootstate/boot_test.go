@@ -11,10 +11,11 @@ import (
 // recEnv records the order of operations, interleaved with the store
 // writes (via recDev), to check the write-ahead order of RunBoot.
 type recEnv struct {
-	ops       []string
-	overflow  bool
-	fp        [32]byte
-	removeErr error
+	ops            []string
+	overflow       bool
+	verifyOverflow bool
+	fp             [32]byte
+	removeErr      error
 }
 
 func (e *recEnv) Log(string)         {}
@@ -29,9 +30,9 @@ func (e *recEnv) ReattachSnapshot(*ExtentMap) (bool, error) {
 	e.ops = append(e.ops, "reattach")
 	return e.overflow, nil
 }
-func (e *recEnv) VerifyExtents(string, *ExtentMap) ([32]byte, error) {
+func (e *recEnv) VerifyExtents(string, *ExtentMap) ([32]byte, bool, error) {
 	e.ops = append(e.ops, "verify")
-	return e.fp, nil
+	return e.fp, e.verifyOverflow, nil
 }
 func (e *recEnv) Merge(*ExtentMap) (bool, error) {
 	e.ops = append(e.ops, "merge")
@@ -110,6 +111,27 @@ func TestRunBootOrder(t *testing.T) {
 				t.Errorf("\n got %s\nwant %s", got, c.want)
 			}
 		})
+	}
+}
+
+// An Invalid snapshot found while mapping the read-only view for
+// verification means there is nothing to merge: the record goes to committed
+// (rollback impossible, current data kept) and the COW file is released.
+func TestRunBootOverflowAtVerify(t *testing.T) {
+	active := activeRecord(t, CounterAndroid, "_b")
+	pending := mustApply(t, active, Step{Event: EventRollback, Reason: ReasonAbort})
+	env := &recEnv{verifyOverflow: true}
+	dev := newMemDev()
+	if _, err := NewStore(dev, "").Save(&pending); err != nil {
+		t.Fatal(err)
+	}
+	dev.syncs = 0
+	if _, err := RunBoot(NewStore(recDev{dev, env}, "mem"), DecideInput{BootedSlot: "_a"}, env); err != nil {
+		t.Fatal(err)
+	}
+	want := "verify save:committed mount-plain remove save:fresh"
+	if got := strings.Join(env.ops, " "); got != want {
+		t.Errorf("\n got %s\nwant %s", got, want)
 	}
 }
 
