@@ -11,6 +11,8 @@ import (
 
 	"github.com/cpinit/cpinit/internal/devspec"
 	"github.com/cpinit/cpinit/internal/pid1"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 )
@@ -109,12 +111,9 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
 	}
-	if err := mountDev(dev, dataDir, p.FSType, unix.MS_NODEV|unix.MS_NOSUID, p.MountOpts); err != nil {
-		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+	if err := mapAndMount(ctx, p, cmdline, dev, dataDir); err != nil {
+		return "", err
 	}
-	// The one machine-readable line per boot: tests and people grep for it.
-	log.Printf("state=fresh userdata=%s mounted=%s", dev, dataDir)
-
 	if p.Root == nil {
 		return "", unmountForPowerOff(dataDir)
 	}
@@ -152,4 +151,97 @@ func unmountForPowerOff(dataDir string) error {
 	}
 	unix.Sync()
 	return nil
+}
+
+// mapAndMount takes this boot's step of the checkpoint state machine and
+// mounts userdata accordingly: plainly, through a snapshot-origin, or after a
+// rollback merge. It prints the one machine-readable line of the boot.
+func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) error {
+	ud, err := findUserdata(dev)
+	if err != nil {
+		return fmt.Errorf("userdata device %s: %w", dev, err)
+	}
+	env := &bootEnv{
+		ud:        ud,
+		dataDir:   dataDir,
+		fstype:    p.FSType,
+		mountOpts: p.MountOpts,
+		verifyDir: "/run/cpinit/verify",
+		logf:      log.Printf,
+		progress:  consoleProgress(log.Printf),
+	}
+	if p.Metadata == nil {
+		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")
+		if err := env.mount(dev); err != nil {
+			return fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+		}
+		log.Printf("state=fresh userdata=%s mounted=%s via=%s action=none", dev, dataDir, env.mounted)
+		return nil
+	}
+	metaPath, err := devspec.WaitResolve(ctx, *p.Metadata, pollInterval)
+	if err != nil {
+		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
+	}
+	store, f, err := bootstate.OpenStore(metaPath)
+	if err != nil {
+		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
+	}
+	defer f.Close()
+	in := bootstate.DecideInput{
+		BootedSlot: bootstate.SlotFromCmdline(cmdline),
+		Params:     bootstate.Params{Abort: p.Abort, Userdata: ud.id()},
+	}
+	if p.Misc != nil {
+		in.BootControl, in.BootControlErr = readMisc(ctx, *p.Misc)
+		if in.BootControlErr != nil {
+			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootControlErr)
+		}
+	}
+	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
+		return err
+	}
+	a, err := bootstate.RunBoot(store, in, env)
+	if err != nil {
+		var se *bootstate.StopError
+		if errors.As(err, &se) {
+			return fmt.Errorf("%s\nuserdata was left untouched; in recovery mode: %s", se.Action.Message, se.Action.Command)
+		}
+		return err
+	}
+	state := "unknown"
+	if r, _, err := store.Load(); err == nil {
+		state = r.State.String()
+		if r.Active {
+			state += "/active"
+		}
+	}
+	log.Printf("state=%s userdata=%s mounted=%s via=%s action=%s", state, dev, dataDir, env.mounted, a.Kind)
+	return nil
+}
+
+func readMisc(ctx context.Context, spec devspec.Spec) (*bootstate.BootControl, error) {
+	path, err := devspec.WaitResolve(ctx, spec, pollInterval)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return bootstate.ReadBootControl(f, path)
+}
+
+// consoleProgress logs a running merge about once a second, and its end.
+func consoleProgress(logf func(string, ...any)) func(dmsnap.Progress) {
+	var last time.Time
+	return func(pr dmsnap.Progress) {
+		if !pr.Done && time.Since(last) < time.Second {
+			return
+		}
+		last = time.Now()
+		const mib = 1 << 20
+		logf("merge: %.1f MiB left of %.1f MiB, %.1f MiB/s, %s elapsed",
+			float64(pr.BytesLeft)/mib, float64(pr.BytesTotal)/mib, pr.Rate/mib, pr.Elapsed.Round(time.Millisecond))
+	}
 }

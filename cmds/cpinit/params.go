@@ -43,6 +43,20 @@ type Params struct {
 	// bootloader (which may then fall back to the other slot); halt keeps
 	// the message on the screen for a person.
 	OnFatal pid1.StopAction
+	// cpinit.metadata= (optional): the metadata store, a small device or
+	// partition outside userdata that holds the checkpoint record. Without
+	// it there are no checkpoints: userdata is mounted as it is.
+	Metadata *devspec.Spec
+	// cpinit.misc= (optional): the Android misc partition whose
+	// bootloader_control block counts A/B boot tries. Without it cpinit
+	// counts trial boots itself (native counter).
+	Misc *devspec.Spec
+	// cpinit.abort=1: roll back the pending update at this boot (e.g. from
+	// a bootloader menu entry).
+	Abort bool
+	// cpinit.slot= (or androidboot.slot_suffix=): the slot this kernel was
+	// booted from. Read by bootstate.SlotFromCmdline; listed here so the
+	// key is known.
 }
 
 // DefaultParams returns the defaults documented on Params.
@@ -148,6 +162,28 @@ func ParseParams(cmdline string) (Params, []string, error) {
 				continue
 			}
 			p.RootWait = d
+		case "cpinit.metadata", "cpinit.misc":
+			sp, err := devspec.Parse(val)
+			if err != nil {
+				bad("%v", err)
+				continue
+			}
+			if key == "cpinit.metadata" {
+				p.Metadata = &sp
+			} else {
+				p.Misc = &sp
+			}
+		case "cpinit.abort":
+			switch val {
+			case "1", "yes", "true":
+				p.Abort = true
+			case "0", "no", "false":
+				p.Abort = false
+			default:
+				bad("want 1 or 0")
+			}
+		case "cpinit.slot":
+			// bootstate.SlotFromCmdline reads it.
 		case "cpinit.on_fatal":
 			a, err := pid1.ParseStopAction(val)
 			if err != nil {
@@ -167,7 +203,8 @@ func ParseParams(cmdline string) (Params, []string, error) {
 
 var knownKeys = func() []string {
 	k := []string{"cpinit.userdata", "cpinit.root", "cpinit.fstype", "cpinit.rootfstype", "cpinit.mountopts",
-		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal"}
+		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal", "cpinit.metadata", "cpinit.misc",
+		"cpinit.abort", "cpinit.slot"}
 	sort.Strings(k)
 	return k
 }()

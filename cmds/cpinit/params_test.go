@@ -33,7 +33,8 @@ func TestParseParamsDefaults(t *testing.T) {
 func TestParseParamsAll(t *testing.T) {
 	p, warn, err := ParseParams("cpinit.userdata=PARTLABEL=userdata cpinit.root=LABEL=system_a " +
 		"cpinit.fstype=f2fs cpinit.rootfstype=ext2 cpinit.mountopts=noatime cpinit.datadir=/var/data " +
-		"cpinit.init=/lib/systemd/systemd cpinit.rootwait=3 cpinit.on_fatal=reboot")
+		"cpinit.init=/lib/systemd/systemd cpinit.rootwait=3 cpinit.on_fatal=reboot " +
+		"cpinit.metadata=PARTLABEL=metadata cpinit.misc=/dev/vde cpinit.abort=1 cpinit.slot=_b")
 	if err != nil || len(warn) != 0 {
 		t.Fatalf("err %v, warnings %q", err, warn)
 	}
@@ -47,6 +48,9 @@ func TestParseParamsAll(t *testing.T) {
 		Init:       "/lib/systemd/systemd",
 		RootWait:   3 * time.Second,
 		OnFatal:    pid1.Reboot,
+		Metadata:   &devspec.Spec{Kind: devspec.PartLabel, Value: "metadata"},
+		Misc:       &devspec.Spec{Kind: devspec.Path, Value: "/dev/vde"},
+		Abort:      true,
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("got %+v\nwant %+v", p, want)
@@ -66,6 +70,8 @@ func TestParseParamsErrors(t *testing.T) {
 		{"cpinit.userdata=/dev/vda cpinit.rootwait=-1s", "cpinit.rootwait=-1s"},
 		{"cpinit.userdata=/dev/vda cpinit.on_fatal=explode", "cpinit.on_fatal=explode"},
 		{"cpinit.userdata=/dev/vda cpinit.init=sbin/init", "absolute path"},
+		{"cpinit.userdata=/dev/vda cpinit.abort=maybe", "cpinit.abort=maybe"},
+		{"cpinit.userdata=/dev/vda cpinit.metadata=meta", `"meta"`},
 	} {
 		_, _, err := ParseParams(tc.cmdline)
 		if err == nil || !strings.Contains(err.Error(), tc.wantInErr) {

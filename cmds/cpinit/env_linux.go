@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
+	"github.com/cpinit/cpinit/pkg/fiemap"
+	"golang.org/x/sys/unix"
+)
+
+// userdata is the partition cpinit protects, as found this boot.
+type userdata struct {
+	Path    string     // /dev node of the partition
+	Dev     dmsnap.Dev // its device number
+	Sectors uint64     // its size in 512-byte sectors
+}
+
+func (u userdata) id() bootstate.DeviceID {
+	return bootstate.DeviceID{Major: u.Dev.Major, Minor: u.Dev.Minor, Sectors: u.Sectors}
+}
+
+func (u userdata) fiemapDevice() fiemap.Device {
+	return fiemap.Device{Major: u.Dev.Major, Minor: u.Dev.Minor, Sectors: u.Sectors, Path: u.Path}
+}
+
+func findUserdata(path string) (userdata, error) {
+	dev, err := dmsnap.DeviceNumber(path)
+	if err != nil {
+		return userdata{}, err
+	}
+	sectors, err := dmsnap.DeviceSectors(path)
+	if err != nil {
+		return userdata{}, err
+	}
+	return userdata{Path: path, Dev: dev, Sectors: sectors}, nil
+}
+
+// bootEnv implements bootstate.Env for PID 1 (and `cpinit merge` in
+// recovery) with pkg/dmsnap and pkg/fiemap.
+type bootEnv struct {
+	ud        userdata
+	dataDir   string // where userdata gets mounted
+	fstype    string
+	mountOpts string
+	verifyDir string // scratch mount point for the read-only snapshot view
+	logf      func(format string, args ...any)
+	progress  func(dmsnap.Progress)
+
+	dm      *dmsnap.Client // opened on first use: a fresh boot needs no dm
+	mounted string         // the device mounted at dataDir, once mounted
+}
+
+func (e *bootEnv) Log(msg string) { e.logf("%s", msg) }
+
+func (e *bootEnv) client() (*dmsnap.Client, error) {
+	if e.dm != nil {
+		return e.dm, nil
+	}
+	c, err := dmsnap.Open()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.CheckTargets(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	e.dm = c
+	return c, nil
+}
+
+func (e *bootEnv) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, error) {
+	c, err := e.client()
+	if err != nil {
+		return nil, err
+	}
+	return dmsnap.New(c, dmConfig(m))
+}
+
+func (e *bootEnv) ctx() (context.Context, context.CancelFunc) {
+	// Bounds one dm step. A merge of many GiB takes longer: WaitMerge gets
+	// its own context below.
+	return context.WithTimeout(context.Background(), 2*time.Minute)
+}
+
+// MountPlain mounts userdata with no checkpoint. After a merge or an online
+// commit the origin device is still mapped as a plain linear over the whole
+// partition; then that is what gets mounted (it is the same bytes, and
+// removing it would need it unused). Otherwise the partition itself.
+func (e *bootEnv) MountPlain() error {
+	if e.mounted != "" {
+		return nil
+	}
+	dev := e.ud.Path
+	if c, err := e.client(); err == nil {
+		tbl, err := c.Table(dmsnap.DefaultNames.Origin)
+		switch {
+		case err == nil:
+			if !isPlainLinear(tbl, e.ud) {
+				return fmt.Errorf("refusing to mount userdata: %s is mapped as %s, not a plain mapping of %s",
+					dmsnap.DefaultNames.Origin, dmsnap.FormatTable(tbl), e.ud.Path)
+			}
+			if dev, err = c.EnsureNode(dmsnap.DefaultNames.Origin); err != nil {
+				return err
+			}
+		case dmsnap.IsNoDevice(err):
+		default:
+			return err
+		}
+	}
+	return e.mount(dev)
+}
+
+// isPlainLinear reports whether tbl maps the whole partition 1:1.
+func isPlainLinear(tbl []dmsnap.TargetSpec, ud userdata) bool {
+	return len(tbl) == 1 && tbl[0].Type == "linear" && tbl[0].Start == 0 && tbl[0].Length == ud.Sectors &&
+		tbl[0].Params == fmt.Sprintf("%d:%d 0", ud.Dev.Major, ud.Dev.Minor)
+}
+
+func (e *bootEnv) mount(dev string) error {
+	if err := mountDev(dev, e.dataDir, e.fstype, unix.MS_NODEV|unix.MS_NOSUID, e.mountOpts); err != nil {
+		return err
+	}
+	e.mounted = dev
+	return nil
+}
+
+func (e *bootEnv) RemoveCOW(path string) error {
+	if e.mounted == "" {
+		return fmt.Errorf("remove COW file %s: userdata is not mounted", path)
+	}
+	return fiemap.Release(filepath.Join(e.dataDir, path))
+}
+
+func (e *bootEnv) CreateSnapshot(m *bootstate.ExtentMap) error {
+	k, err := e.checkpoint(m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	return k.StartCheckpoint(ctx)
+}
+
+func (e *bootEnv) ReattachSnapshot(m *bootstate.ExtentMap) (bool, error) {
+	k, err := e.checkpoint(m)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	err = k.Reattach(ctx)
+	if errors.Is(err, dmsnap.ErrSnapshotInvalid) {
+		// Rollback is impossible; the current data lives on. Leave no
+		// devices behind (Env contract), so userdata mounts plainly.
+		return true, k.Teardown(ctx)
+	}
+	return false, err
+}
+
+func (e *bootEnv) MountOrigin() error {
+	if e.mounted != "" {
+		return nil
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	dev, err := c.EnsureNode(dmsnap.DefaultNames.Origin)
+	if err != nil {
+		return err
+	}
+	return e.mount(dev)
+}
+
+// VerifyExtents maps the snapshot (the userdata of before the update) and
+// mounts it read-only without journal replay, then takes the COW file's
+// extents there. This is the "dm view" DESIGN.md asks for: the raw
+// partition is never mounted while a checkpoint exists, and the snapshot
+// device is also set read-only (BLKROSET) so not even a stray superblock
+// update reaches the COW.
+func (e *bootEnv) VerifyExtents(path string, want *bootstate.ExtentMap) ([32]byte, bool, error) {
+	fp, err := e.verifyExtents(path, want)
+	if errors.Is(err, dmsnap.ErrSnapshotInvalid) {
+		// The kernel will not map an Invalid snapshot (the COW overflowed):
+		// there is no old state to verify or merge. Reattach left nothing
+		// mapped that the teardown in verifyExtents did not remove.
+		return fp, true, nil
+	}
+	return fp, false, err
+}
+
+func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byte, error) {
+	var zero [32]byte
+	k, err := e.checkpoint(want)
+	if err != nil {
+		return zero, err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	// Teardown (deferred first, so it runs after the unmount below) leaves
+	// no device behind whatever happens, as the merge that follows maps
+	// its own.
+	defer k.Teardown(ctx)
+	if err := k.Reattach(ctx); err != nil {
+		return zero, fmt.Errorf("map the snapshot to verify the COW extents: %w", err)
+	}
+	snap, err := e.dm.EnsureNode(dmsnap.DefaultNames.Snap)
+	if err != nil {
+		return zero, err
+	}
+	if err := setReadOnly(snap); err != nil {
+		return zero, err
+	}
+	if err := mountDev(snap, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
+		return zero, err
+	}
+	defer unix.Unmount(e.verifyDir, 0)
+	fm, err := fiemap.MapFile(filepath.Join(e.verifyDir, path))
+	if err != nil {
+		return zero, err
+	}
+	if !fm.Immutable && !fm.F2FSPinned {
+		return zero, fmt.Errorf("COW file %s is not pinned in the checkpoint: its blocks may have moved", path)
+	}
+	onPart, err := fm.OnDevice(e.ud.fiemapDevice())
+	if err != nil {
+		return zero, err
+	}
+	got, err := extentMapFromFiemap(onPart, want.ChunkSector)
+	if err != nil {
+		return zero, err
+	}
+	return got.Fingerprint(), nil
+}
+
+func setReadOnly(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKROSET, 1); err != nil {
+		return &os.PathError{Op: "BLKROSET", Path: dev, Err: err}
+	}
+	return nil
+}
+
+func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
+	k, err := e.checkpoint(m)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := e.ctx()
+	defer cancel()
+	err = k.StartMerge(ctx)
+	if errors.Is(err, dmsnap.ErrSnapshotInvalid) {
+		return true, k.Teardown(ctx)
+	}
+	if err != nil {
+		return false, err
+	}
+	// No deadline: a merge takes as long as the data it copies back, and
+	// stopping it early only delays it to the next boot.
+	if err := k.WaitMerge(context.Background(), e.progress); err != nil {
+		return false, err
+	}
+	return false, k.FinishMerge(ctx)
+}
+var _ bootstate.Env = (*bootEnv)(nil)
