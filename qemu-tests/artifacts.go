@@ -60,8 +60,30 @@ func GoBuild(out, pkg string) error {
 	return nil
 }
 
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// slotBinaries builds sysinit and the cpinit CLI once per process.
+func slotBinaries() (string, error) {
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "cpinit-slotbin-")
+		if binErr != nil {
+			return
+		}
+		if binErr = GoBuild(filepath.Join(binDir, "init"), "./qemu-tests/sysinit"); binErr != nil {
+			return
+		}
+		binErr = GoBuild(filepath.Join(binDir, "cpinit"), "./cmds/cpinit")
+	})
+	return binDir, binErr
+}
+
 // MakeSystemImage builds a system slot in dir: an ext4 image labelled label
-// whose /sbin/init is qemu-tests/sysinit.
+// whose /sbin/init is qemu-tests/sysinit and which has the cpinit CLI at
+// /usr/bin/cpinit, as a real system slot would.
 func MakeSystemImage(dir, label string) (string, error) {
 	root := filepath.Join(dir, label+".root")
 	// switch_root moves /dev, /proc, /sys and /run into the new root: a
@@ -71,9 +93,26 @@ func MakeSystemImage(dir, label string) (string, error) {
 			return "", err
 		}
 	}
-	if err := GoBuild(filepath.Join(root, "sbin", "init"), "./qemu-tests/sysinit"); err != nil {
+	bins, err := slotBinaries()
+	if err != nil {
 		return "", err
+	}
+	for src, dst := range map[string]string{"init": "sbin/init", "cpinit": "usr/bin/cpinit"} {
+		if err := copyExecutable(filepath.Join(bins, src), filepath.Join(root, dst)); err != nil {
+			return "", err
+		}
 	}
 	img := filepath.Join(dir, label+".img")
 	return img, MakeExt4(img, 32<<20, label, root)
+}
+
+func copyExecutable(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
 }

@@ -275,12 +275,12 @@ func MakeDisk(path string, size int64) error {
 
 // MakeExt4 creates a raw ext4 image of size bytes with the given label,
 // populated from dir if dir is not empty (mkfs.ext4 -d: no loop device or
-// root needed).
-func MakeExt4(path string, size int64, label, dir string) error {
+// root needed), with extra mkfs.ext4 arguments.
+func MakeExt4(path string, size int64, label, dir string, mkfsArgs ...string) error {
 	if err := MakeDisk(path, size); err != nil {
 		return err
 	}
-	args := []string{"-q", "-F", "-L", label}
+	args := append([]string{"-q", "-F", "-L", label}, mkfsArgs...)
 	if dir != "" {
 		args = append(args, "-d", dir)
 	}

@@ -22,6 +22,19 @@ commands:
                      print the dm table (dmsetup format) that maps FILE's
                      blocks on its device, after checking the extents are
                      safe to map; --json adds extents, flags and fingerprint
+  status [--json]    checkpoint state, slot, tries, COW usage, whether a
+                     rollback is still possible, merge progress
+  begin [--size N] [--slot S] [--tries N] [--reserve N]
+                     allocate and pin the COW file, record its extents and
+                     arm the checkpoint for the update's first boot
+  commit             keep the update: mark the slot good, drop the snapshot
+                     online, delete the COW file
+  rollback           request a rollback of userdata at the next boot
+  merge              run a pending rollback now (recovery mode; userdata
+                     unmounted), with progress
+
+  Every command but params and extents takes --metadata, --misc, --userdata,
+  --data and --cmdline to override what the kernel command line says.
   help               this text
 `
 
@@ -40,6 +53,16 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdParams(args[1:], stdout)
 	case "extents":
 		return cmdExtents(args[1:], stdout)
+	case "begin":
+		return cmdBegin(args[1:], stdout)
+	case "commit":
+		return cmdCommit(args[1:], stdout)
+	case "rollback":
+		return cmdRollback(args[1:], stdout)
+	case "status":
+		return cmdStatus(args[1:], stdout)
+	case "merge":
+		return cmdMerge(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q (see cpinit help)", args[0])
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -237,18 +236,6 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 		return zero, err
 	}
 	return got.Fingerprint(), nil
-}
-
-func setReadOnly(dev string) error {
-	f, err := os.Open(dev)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKROSET, 1); err != nil {
-		return &os.PathError{Op: "BLKROSET", Path: dev, Err: err}
-	}
-	return nil
 }
 
 func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {

@@ -11,13 +11,34 @@
 //	                                 fsync it and the directory, print
 //	                                 "sysinit: wrote cut.txt", then wait
 //	                                 forever (the host cuts the power)
+//	sysinit.action=ota               the OTA agent of the old slot: run
+//	                                 `cpinit begin --size sysinit.cowsize=`
+//	                                 (and sysinit.beginargs=, comma-separated),
+//	                                 print "sysinit: ota begin ok", power off
+//	sysinit.action=workload          the new system: create, overwrite and
+//	                                 delete files in /data (seeded by
+//	                                 sysinit.seed=, sized by sysinit.mib=),
+//	                                 sync, print "sysinit: workload done",
+//	                                 then by sysinit.then=:
+//	                                   commit  run `cpinit commit`
+//	                                   crash   panic the kernel (sysrq c)
+//	                                   hang    wait (the host cuts the power)
+//	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
+//	                                 separated) and power off
+//
+// Every action that returns ends with `cpinit status` (when /usr/bin/cpinit
+// exists, so the console shows the state the system saw) and a power off.
 package main
 
 import (
 	"fmt"
+	"io/fs"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +49,7 @@ func main() {
 	if err := run(); err != nil {
 		fmt.Printf("sysinit: error: %v\n", err)
 	}
+	status()
 	// PID 1 must not exit: power off, then wait for the kernel to do it.
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -53,6 +75,44 @@ func run() error {
 	switch p["action"] {
 	case "", "report":
 		return report()
+	case "ota":
+		args := []string{"begin"}
+		if v := p["cowsize"]; v != "" {
+			args = append(args, "--size", v)
+		}
+		if v := p["beginargs"]; v != "" {
+			args = append(args, strings.Split(v, ",")...)
+		}
+		if err := cpinit(args...); err != nil {
+			return fmt.Errorf("ota begin: %w", err)
+		}
+		fmt.Println("sysinit: ota begin ok")
+		return nil
+	case "workload":
+		if err := workload(p["seed"], p["mib"]); err != nil {
+			return fmt.Errorf("workload: %w", err)
+		}
+		fmt.Println("sysinit: workload done")
+		switch p["then"] {
+		case "commit":
+			if err := cpinit("commit"); err != nil {
+				return fmt.Errorf("commit: %w", err)
+			}
+			fmt.Println("sysinit: commit ok")
+		case "crash":
+			fmt.Println("sysinit: crashing")
+			// A real crash: whatever the system had not flushed is lost.
+			return os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0)
+		case "hang":
+			for {
+				time.Sleep(time.Hour)
+			}
+		}
+		return nil
+	case "cmd":
+		err := cpinit(strings.Split(p["args"], ",")...)
+		fmt.Printf("sysinit: cmd exit=%v\n", err)
+		return nil
 	case "write":
 		if err := writeSynced("/data/cut.txt", p["token"]+"\n"); err != nil {
 			return err
@@ -63,6 +123,102 @@ func run() error {
 		}
 	}
 	return fmt.Errorf("unknown sysinit.action=%q", p["action"])
+}
+
+const cpinitBin = "/usr/bin/cpinit"
+
+// cpinit runs the cpinit CLI with its output on the console.
+func cpinit(args ...string) error {
+	cmd := exec.Command(cpinitBin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	return cmd.Run()
+}
+
+func status() {
+	if _, err := os.Stat(cpinitBin); err == nil {
+		cpinit("status")
+	}
+}
+
+// workload changes userdata the way a new system might: it overwrites part
+// of some files in place, deletes others and creates new ones, seeded so a
+// test can rerun it. About mib MiB are written in all.
+func workload(seed, mib string) error {
+	n, _ := strconv.Atoi(seed)
+	size, _ := strconv.Atoi(mib)
+	if size <= 0 {
+		size = 8
+	}
+	rng := rand.New(rand.NewPCG(uint64(n), 42))
+	var files []string
+	err := filepath.WalkDir("/data", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "lost+found" || d.Name() == ".cpinit") {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	buf := make([]byte, 64<<10)
+	fill := func() {
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+	}
+	written := 0
+	for i, f := range files {
+		switch i % 3 {
+		case 0: // overwrite the start in place
+			fh, err := os.OpenFile(f, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			fill()
+			_, err = fh.WriteAt(buf[:4096], 0)
+			fh.Close()
+			if err != nil {
+				return err
+			}
+			written += 4096
+		case 1:
+			if err := os.Remove(f); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll("/data/new", 0o755); err != nil {
+		return err
+	}
+	for j := 0; written < size<<20; j++ {
+		fh, err := os.Create(fmt.Sprintf("/data/new/file%03d", j))
+		if err != nil {
+			return err
+		}
+		for k := 0; k < 16 && written < size<<20; k++ {
+			fill()
+			if _, err := fh.Write(buf); err != nil {
+				fh.Close()
+				return err
+			}
+			written += len(buf)
+		}
+		if err := fh.Close(); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile("/data/hello.txt", []byte("written by the update\n"), 0o644); err != nil {
+		return err
+	}
+	unix.Sync()
+	return nil
 }
 
 func report() error {

@@ -1,0 +1,488 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cpinit/cpinit/internal/devspec"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
+	"github.com/cpinit/cpinit/pkg/fiemap"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultCOWPath is where begin puts the COW file, relative to the root of
+// userdata. A dot directory, root-only (fiemap.Allocate makes it 0700).
+const DefaultCOWPath = "/.cpinit/cow"
+
+// DefaultChunkSectors is the dm-snapshot chunk size begin records: 4 KiB,
+// the usual ext4 and f2fs block size, so a small write copies little.
+const DefaultChunkSectors = 8
+
+// chunkFor returns the chunk size for a COW file on a filesystem with the
+// given block size: DefaultChunkSectors, or the block size if smaller. Every
+// extent is block-aligned, so a chunk no larger than a block keeps the COW's
+// blocks and the origin's chunks disjoint (dmsnap refuses unaligned extents:
+// a chunk straddling the COW and other data would be copied into the COW and
+// merged back over it).
+func chunkFor(blockSize uint32) uint32 {
+	c := uint32(DefaultChunkSectors)
+	for c > 1 && c*512 > blockSize {
+		c /= 2
+	}
+	return c
+}
+
+// minCOW is the smallest checkpoint worth making: below it the first few
+// minutes of a booting system overflow it, and the rollback is lost anyway.
+const minCOW = 16 << 20
+
+// sysCtx is what the lifecycle commands share on a running system: the
+// kernel parameters (overridable by flags, for recovery mode), the metadata
+// store, misc and userdata.
+type sysCtx struct {
+	p        Params
+	cmdline  string
+	dataDir  string
+	store    *bootstate.Store
+	storeF   *os.File
+	storeDev string
+	miscPath string
+	ud       userdata
+}
+
+type commonFlags struct {
+	cmdline, metadata, misc, userdata, data string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.cmdline, "cmdline", "", "kernel command line to take cpinit.* parameters from (default /proc/cmdline)")
+	fs.StringVar(&c.metadata, "metadata", "", "metadata store device (default cpinit.metadata=)")
+	fs.StringVar(&c.misc, "misc", "", "Android misc partition (default cpinit.misc=)")
+	fs.StringVar(&c.userdata, "userdata", "", "userdata device (default cpinit.userdata=)")
+	fs.StringVar(&c.data, "data", "", "where userdata is mounted (default cpinit.datadir=, /data)")
+}
+
+func (c *commonFlags) open() (*sysCtx, error) {
+	cmdline := c.cmdline
+	if cmdline == "" {
+		var err error
+		if cmdline, err = readCmdline(); err != nil {
+			return nil, err
+		}
+	}
+	p, _, perr := ParseParams(cmdline)
+	if c.userdata != "" {
+		s, err := devspec.Parse(c.userdata)
+		if err != nil {
+			return nil, fmt.Errorf("--userdata: %w", err)
+		}
+		p.Userdata, perr = s, nil
+	}
+	if perr != nil {
+		return nil, perr
+	}
+	for _, o := range []struct {
+		flag string
+		dst  **devspec.Spec
+	}{{c.metadata, &p.Metadata}, {c.misc, &p.Misc}} {
+		if o.flag != "" {
+			s, err := devspec.Parse(o.flag)
+			if err != nil {
+				return nil, err
+			}
+			*o.dst = &s
+		}
+	}
+	sc := &sysCtx{p: p, cmdline: cmdline, dataDir: p.DataDir}
+	if c.data != "" {
+		sc.dataDir = c.data
+	}
+	if p.Metadata == nil {
+		return nil, errors.New("no metadata store: set cpinit.metadata= on the kernel command line or pass --metadata")
+	}
+	var err error
+	if sc.storeDev, err = devspec.Resolve(*p.Metadata); err != nil {
+		return nil, fmt.Errorf("metadata store %s: %w", p.Metadata, err)
+	}
+	if sc.store, sc.storeF, err = bootstate.OpenStore(sc.storeDev); err != nil {
+		return nil, err
+	}
+	if p.Misc != nil {
+		if sc.miscPath, err = devspec.Resolve(*p.Misc); err != nil {
+			sc.close()
+			return nil, fmt.Errorf("misc partition %s: %w", p.Misc, err)
+		}
+	}
+	dev, err := devspec.Resolve(p.Userdata)
+	if err != nil {
+		sc.close()
+		return nil, fmt.Errorf("userdata %s: %w", p.Userdata, err)
+	}
+	if sc.ud, err = findUserdata(dev); err != nil {
+		sc.close()
+		return nil, err
+	}
+	return sc, nil
+}
+
+func (sc *sysCtx) close() { sc.storeF.Close() }
+
+func (sc *sysCtx) load() (*bootstate.Record, error) {
+	r, _, err := sc.store.Load()
+	if errors.Is(err, bootstate.ErrNoRecord) {
+		fresh := bootstate.NewFreshRecord()
+		return &fresh, nil
+	}
+	return r, err
+}
+
+// save applies one step to r and persists it before the caller acts on it.
+func (sc *sysCtx) save(r *bootstate.Record, step bootstate.Step) (*bootstate.Record, error) {
+	n, err := bootstate.Apply(*r, step)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sc.store.Save(&n); err != nil {
+		return nil, fmt.Errorf("persist %v: %w", step, err)
+	}
+	return &n, nil
+}
+
+func (sc *sysCtx) bootedSlot() string { return bootstate.SlotFromCmdline(sc.cmdline) }
+
+func (sc *sysCtx) readMisc() (*bootstate.BootControl, *os.File, error) {
+	f, err := os.OpenFile(sc.miscPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	bc, err := bootstate.ReadBootControl(f, sc.miscPath)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return bc, f, nil
+}
+
+// updateMisc reads misc, applies fn and writes it back (CRC recomputed,
+// flushed).
+func (sc *sysCtx) updateMisc(fn func(*bootstate.BootControl) error) error {
+	bc, f, err := sc.readMisc()
+	if err != nil {
+		return fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+	}
+	defer f.Close()
+	if err := fn(bc); err != nil {
+		return fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+	}
+	return bootstate.WriteBootControl(f, sc.miscPath, bc)
+}
+
+func (sc *sysCtx) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, *dmsnap.Client, error) {
+	c, err := dmsnap.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := dmsnap.New(c, dmConfig(m))
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return k, c, nil
+}
+
+// parseSize accepts bytes or a K/M/G/T (binary) suffix.
+func parseSize(s string) (uint64, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(s, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "G"):
+		mult = 1 << 30
+	case strings.HasSuffix(s, "T"):
+		mult = 1 << 40
+	}
+	n, err := strconv.ParseUint(strings.TrimRight(s, "KMGT"), 10, 64)
+	if err != nil || n == 0 || n > (1<<63)/mult {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with K, M, G or T", s)
+	}
+	return n * mult, nil
+}
+
+// defaultCOWSize picks the COW size from the free space of userdata. The
+// COW and the trial's new data compete for the same free space F (less the
+// reserve R): every block the trial writes first copies a chunk into the COW,
+// and new files also take space in the filesystem. With a COW of X the trial
+// can write min(X, F-R-X) before either runs out, which is largest at
+// X = (F-R)/2.
+func defaultCOWSize(free, reserve uint64) uint64 {
+	if free <= reserve {
+		return 0
+	}
+	return (free - reserve) / 2 &^ (1<<20 - 1)
+}
+
+func cmdBegin(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("begin", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	size := fs.String("size", "", "COW file size (default: half the free space above the reserve)")
+	slot := fs.String("slot", "", "slot the update will boot (default: the other slot, with misc)")
+	tries := fs.Uint("tries", 0, "trial boots without an A/B counter (native counter; default 3)")
+	reserveS := fs.String("reserve", "128M", "free space to leave in userdata after allocating")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("usage: cpinit begin [--size N] [--slot S] [--tries N] [--reserve N]")
+	}
+	reserve, err := parseSize(*reserveS)
+	if err != nil {
+		return fmt.Errorf("--reserve: %w", err)
+	}
+	sc, err := cf.open()
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
+	if r.State != bootstate.StateFresh {
+		return fmt.Errorf("refusing to begin: a checkpoint already exists (state %s); commit or roll it back first", r.State)
+	}
+	if r.COWPath != "" {
+		return fmt.Errorf("refusing to begin: the COW file %s of an earlier checkpoint awaits cleanup; reboot first", r.COWPath)
+	}
+
+	// Which slot, and who counts.
+	counter := bootstate.CounterNative
+	target := *slot
+	if sc.miscPath != "" {
+		counter = bootstate.CounterAndroid
+		if target == "" {
+			cur := bootstate.SlotIndex(sc.bootedSlot())
+			if cur < 0 {
+				return fmt.Errorf("refusing to begin: booted slot unknown (no cpinit.slot= or androidboot.slot_suffix=); pass --slot")
+			}
+			target = bootstate.SlotSuffixes[1-cur%2]
+		}
+		if bootstate.SlotIndex(target) < 0 {
+			return fmt.Errorf("--slot %q: want _a or _b", target)
+		}
+	}
+
+	var st unix.Statfs_t
+	if err := unix.Statfs(sc.dataDir, &st); err != nil {
+		return &os.PathError{Op: "statfs", Path: sc.dataDir, Err: err}
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	var want uint64
+	if *size != "" {
+		if want, err = parseSize(*size); err != nil {
+			return fmt.Errorf("--size: %w", err)
+		}
+	} else {
+		want = defaultCOWSize(free, reserve)
+	}
+	if want < minCOW {
+		return fmt.Errorf("refusing to begin: a %d MiB checkpoint is too small to be useful (userdata has %d MiB free, reserve %d MiB); free some space",
+			want>>20, free>>20, reserve>>20)
+	}
+	want &^= 4095
+
+	// Write-ahead: record the path before allocating, so a crash in
+	// between leaves a file the next boot knows it may delete.
+	if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventPrepare, Path: DefaultCOWPath}); err != nil {
+		return err
+	}
+	full := filepath.Join(sc.dataDir, DefaultCOWPath)
+	m, err := fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve})
+	if err != nil {
+		return err
+	}
+	onPart, err := sc.bindToPartition(m)
+	if err != nil {
+		return err
+	}
+	chunk := chunkFor(onPart.BlockSize)
+	em, err := extentMapFromFiemap(onPart, chunk)
+	if err != nil {
+		return err
+	}
+	if err := checkpointJournal(sc.dataDir); err != nil {
+		return err
+	}
+	if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventBegin, Begin: &bootstate.BeginArgs{
+		TargetSlot: target, COWPath: DefaultCOWPath, Map: em, Counter: counter, Tries: uint8(*tries),
+	}}); err != nil {
+		return err
+	}
+	if counter == bootstate.CounterAndroid {
+		cur := bootstate.SlotIndex(sc.bootedSlot())
+		if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
+			return bc.SetActive(bootstate.SlotIndex(target), cur)
+		}); err != nil {
+			return fmt.Errorf("checkpoint armed, but marking slot %s active failed: %w", target, err)
+		}
+	}
+	fmt.Fprintf(stdout, "checkpoint armed: COW %s, %d MiB in %d extents, chunk %g KiB, target slot %q (%s counter); reboot to start the trial\n",
+		DefaultCOWPath, want>>20, len(em.Segments), float64(chunk)/2, target, counter)
+	return nil
+}
+
+// bindToPartition checks that the map is on the userdata partition, or on a
+// dm device that maps it 1:1 (cp-origin after an online commit: a plain
+// linear or a snapshot-origin of the whole partition), and returns it bound
+// to the partition.
+func (sc *sysCtx) bindToPartition(m *fiemap.Map) (*fiemap.Map, error) {
+	d := m.Device
+	if d.Major == sc.ud.Dev.Major && d.Minor == sc.ud.Dev.Minor {
+		return m, nil
+	}
+	if d.DMName != dmsnap.DefaultNames.Origin {
+		return nil, fmt.Errorf("COW file %s is on %s, not on userdata %s: refusing to map blocks of another device", m.Path, d, sc.ud.Path)
+	}
+	c, err := dmsnap.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	tbl, err := c.Table(d.DMName)
+	if err != nil {
+		return nil, err
+	}
+	origin := fmt.Sprintf("%d:%d", sc.ud.Dev.Major, sc.ud.Dev.Minor)
+	oneToOne := len(tbl) == 1 && tbl[0].Start == 0 && tbl[0].Length == sc.ud.Sectors &&
+		(tbl[0].Type == "linear" && tbl[0].Params == origin+" 0" || tbl[0].Type == "snapshot-origin" && tbl[0].Params == origin)
+	if !oneToOne {
+		return nil, fmt.Errorf("userdata is mounted through %s (%s), which does not map %s 1:1: refusing to guess the COW file's blocks",
+			d.DMName, dmsnap.FormatTable(tbl), sc.ud.Path)
+	}
+	return m.OnDevice(sc.ud.fiemapDevice())
+}
+
+func cmdCommit(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("commit", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("usage: cpinit commit")
+	}
+	sc, err := cf.open()
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
+	switch r.State {
+	case bootstate.StateFresh:
+		fmt.Fprintln(stdout, "nothing to commit: no checkpoint")
+		return nil
+	case bootstate.StateRollbackPending:
+		return fmt.Errorf("refusing to commit: a rollback is pending (%s); it runs at the next boot", r.Reason)
+	case bootstate.StateCheckpointing:
+		if !bootstate.SameSlot(sc.bootedSlot(), r.TargetSlot) {
+			return fmt.Errorf("refusing to commit: running slot %q is not the update's slot %q", sc.bootedSlot(), r.TargetSlot)
+		}
+		if !r.Active {
+			return fmt.Errorf("refusing to commit: the checkpoint is armed but the update has not booted yet")
+		}
+		// Mark the slot good in misc first: a cut after this leaves a good
+		// slot with a pending trial, which cpinit's cap ends; the other
+		// order could let the bootloader fall back to the old slot with
+		// committed data.
+		if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+			cur := bootstate.SlotIndex(sc.bootedSlot())
+			if err := sc.updateMisc(func(bc *bootstate.BootControl) error { return bc.MarkSuccessful(cur) }); err != nil {
+				return err
+			}
+		}
+		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCommit}); err != nil {
+			return err
+		}
+	}
+	// committed: drop the snapshot online and delete the file.
+	k, c, err := sc.checkpoint(&r.Map)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := k.Commit(ctx); err != nil {
+		return fmt.Errorf("committed, but tearing the snapshot down failed (the next boot finishes it): %w", err)
+	}
+	if err := fiemap.Release(filepath.Join(sc.dataDir, r.COWPath)); err != nil {
+		return fmt.Errorf("committed, but deleting the COW file failed (the next boot retries): %w", err)
+	}
+	if _, err := sc.save(r, bootstate.Step{Event: bootstate.EventCleanupDone}); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "committed: the update's data is kept, the checkpoint is gone")
+	return nil
+}
+
+func cmdRollback(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("usage: cpinit rollback")
+	}
+	sc, err := cf.open()
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
+	switch {
+	case r.State == bootstate.StateRollbackPending:
+		fmt.Fprintln(stdout, "rollback already pending: reboot to run it")
+		return nil
+	case r.State != bootstate.StateCheckpointing:
+		return fmt.Errorf("refusing to roll back: no checkpoint (state %s)", r.State)
+	case r.Active:
+		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventRollback, Reason: bootstate.ReasonAbort}); err != nil {
+			return err
+		}
+	default:
+		// Armed only: the update never booted, userdata never changed.
+		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCancel}); err != nil {
+			return err
+		}
+	}
+	if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+		target := bootstate.SlotIndex(r.TargetSlot)
+		if old := 1 - target%2; target >= 0 {
+			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
+				return bc.SetActive(old, bootstate.SlotIndex(sc.bootedSlot()))
+			}); err != nil {
+				return fmt.Errorf("rollback recorded, but making the old slot active failed: %w", err)
+			}
+		}
+	}
+	if r.State == bootstate.StateRollbackPending {
+		fmt.Fprintln(stdout, "rollback scheduled: reboot now; the next boot restores userdata to the checkpoint")
+	} else {
+		fmt.Fprintln(stdout, "checkpoint cancelled before the update booted: nothing to roll back")
+	}
+	return nil
+}

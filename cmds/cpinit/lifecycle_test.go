@@ -1,0 +1,36 @@
+package main
+
+import "testing"
+
+func TestChunkFor(t *testing.T) {
+	for bs, want := range map[uint32]uint32{512: 1, 1024: 2, 2048: 4, 4096: 8, 16384: 8, 65536: 8} {
+		if got := chunkFor(bs); got != want {
+			t.Errorf("chunkFor(%d) = %d sectors, want %d", bs, got, want)
+		}
+	}
+}
+
+func TestDefaultCOWSize(t *testing.T) {
+	for _, c := range []struct{ free, reserve, want uint64 }{
+		{1 << 30, 128 << 20, 448 << 20},
+		{100 << 20, 128 << 20, 0},
+		{(128 << 20) + 3<<20 + 5, 128 << 20, 1 << 20},
+	} {
+		if got := defaultCOWSize(c.free, c.reserve); got != c.want {
+			t.Errorf("defaultCOWSize(%d, %d) = %d, want %d", c.free, c.reserve, got, c.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"4096": 4096, "64M": 64 << 20, "1G": 1 << 30, "2K": 2048} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "-1", "1X", "M", "99999999999T"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
+	"golang.org/x/term"
+)
+
+// StatusSchema is the version of `cpinit status --json`. Fields are only
+// ever added within a version; a rename or a change of meaning bumps it.
+const StatusSchema = 1
+
+// Status is what `cpinit status --json` prints.
+type Status struct {
+	Schema     int    `json:"schema"`
+	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending
+	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
+	Reason     string `json:"reason,omitempty"` // why the state was entered
+	Counter    string `json:"counter,omitempty"`
+	TargetSlot string `json:"target_slot,omitempty"`
+	BootedSlot string `json:"booted_slot,omitempty"`
+	TriesLeft  int    `json:"tries_left,omitempty"` // native counter only
+	Attempts   int    `json:"attempts"`             // trial boots counted
+	COWPath    string `json:"cow_path,omitempty"`
+	COWBytes   uint64 `json:"cow_bytes,omitempty"`
+	ChunkBytes uint64 `json:"chunk_bytes,omitempty"`
+	// Snapshot is the live dm-snapshot, when one is mapped.
+	Snapshot *SnapshotUsage `json:"snapshot,omitempty"`
+	// Merge is the progress of a running rollback merge.
+	Merge *SnapshotUsage `json:"merge,omitempty"`
+	// RollbackPossible: a rollback would restore the checkpoint.
+	RollbackPossible bool   `json:"rollback_possible"`
+	Note             string `json:"note,omitempty"`
+}
+
+// SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
+type SnapshotUsage struct {
+	State         string  `json:"state"` // active, invalid, overflow, merge-failed
+	UsedBytes     uint64  `json:"used_bytes"`
+	TotalBytes    uint64  `json:"total_bytes"`
+	MetadataBytes uint64  `json:"metadata_bytes"`
+	UsedPercent   float64 `json:"used_percent"`
+}
+
+func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
+	if s == nil {
+		return nil
+	}
+	u := &SnapshotUsage{State: s.State.String(), UsedBytes: s.Allocated * 512, TotalBytes: s.Total * 512, MetadataBytes: s.Metadata * 512}
+	if s.Total > 0 {
+		u.UsedPercent = 100 * float64(s.Allocated) / float64(s.Total)
+	}
+	return u
+}
+
+func collectStatus(sc *sysCtx) (*Status, error) {
+	r, err := sc.load()
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{
+		Schema:     StatusSchema,
+		State:      r.State.String(),
+		TargetSlot: r.TargetSlot,
+		BootedSlot: sc.bootedSlot(),
+		Attempts:   int(r.Attempts),
+		COWPath:    r.COWPath,
+	}
+	if r.Reason != bootstate.ReasonNone {
+		st.Reason = r.Reason.String()
+	}
+	if r.State != bootstate.StateFresh {
+		st.Counter = r.Counter.String()
+		st.COWBytes = r.Map.Sectors() * 512
+		st.ChunkBytes = uint64(r.Map.ChunkSector) * 512
+		if r.Counter == bootstate.CounterNative {
+			st.TriesLeft = int(r.TriesLeft)
+		}
+	}
+	if r.State == bootstate.StateCheckpointing {
+		st.Phase = "armed"
+		if r.Active {
+			st.Phase = "active"
+		}
+	}
+	if r.State == bootstate.StateCheckpointing || r.State == bootstate.StateRollbackPending {
+		if k, c, err := sc.checkpoint(&r.Map); err == nil {
+			if obs, err := k.Observe(); err == nil {
+				st.Snapshot, st.Merge = snapshotUsage(obs.Snapshot), snapshotUsage(obs.Merge)
+			}
+			c.Close()
+		}
+	}
+	invalid := st.Snapshot != nil && st.Snapshot.State != dmsnap.SnapActive.String()
+	switch {
+	case r.State == bootstate.StateRollbackPending:
+		st.RollbackPossible = !invalid
+		st.Note = "rollback pending: the next boot restores userdata to the checkpoint"
+	case r.State == bootstate.StateCheckpointing && r.Active:
+		st.RollbackPossible = !invalid
+		if invalid {
+			st.Note = "the COW overflowed: rollback is no longer possible; the update's data is kept at the next boot"
+		}
+	case r.State == bootstate.StateCheckpointing:
+		st.Note = "armed: the trial starts at the next boot of the target slot"
+	case r.State == bootstate.StateCommitted && r.Reason == bootstate.ReasonOverflow:
+		st.Note = "the checkpoint overflowed and was dropped: rollback was impossible, the update's data was kept"
+	}
+	return st, nil
+}
+
+func cmdStatus(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	asJSON := fs.Bool("json", false, "machine-readable output (schema in docs)")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("usage: cpinit status [--json]")
+	}
+	sc, err := cf.open()
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	st, err := collectStatus(sc)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	const mib = 1 << 20
+	fmt.Fprintf(stdout, "state:             %s", st.State)
+	if st.Phase != "" {
+		fmt.Fprintf(stdout, " (%s)", st.Phase)
+	}
+	if st.Reason != "" {
+		fmt.Fprintf(stdout, ", reason %s", st.Reason)
+	}
+	fmt.Fprintln(stdout)
+	if st.State != "fresh" {
+		fmt.Fprintf(stdout, "slot:              booted %q, update %q (%s counter, %d trial boots", st.BootedSlot, st.TargetSlot, st.Counter, st.Attempts)
+		if st.Counter == bootstate.CounterNative.String() {
+			fmt.Fprintf(stdout, ", %d tries left", st.TriesLeft)
+		}
+		fmt.Fprintln(stdout, ")")
+		fmt.Fprintf(stdout, "COW file:          %s, %.0f MiB, chunk %d KiB\n", st.COWPath, float64(st.COWBytes)/mib, st.ChunkBytes/1024)
+	}
+	if u := st.Snapshot; u != nil {
+		fmt.Fprintf(stdout, "COW used:          %.1f of %.1f MiB (%.1f%%), %s\n", float64(u.UsedBytes)/mib, float64(u.TotalBytes)/mib, u.UsedPercent, u.State)
+	}
+	if u := st.Merge; u != nil {
+		fmt.Fprintf(stdout, "merge:             %.1f MiB left to copy back\n", float64(u.UsedBytes-u.MetadataBytes)/mib)
+	}
+	fmt.Fprintf(stdout, "rollback possible: %v\n", st.RollbackPossible)
+	if st.Note != "" {
+		fmt.Fprintf(stdout, "note:              %s\n", st.Note)
+	}
+	return nil
+}
+
+// cmdMerge runs a pending rollback now, from recovery mode: the same boot
+// step PID 1 takes (verify the extents through a read-only snapshot view,
+// merge, delete the COW file, record fresh), with a progress bar on a
+// terminal. Userdata must not be mounted.
+func cmdMerge(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("merge", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("usage: cpinit merge")
+	}
+	sc, err := cf.open()
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
+	if r.State != bootstate.StateRollbackPending {
+		return fmt.Errorf("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
+	}
+	tmp, err := os.MkdirTemp("", "cpinit-merge-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	logf := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
+	env := &bootEnv{
+		ud:        sc.ud,
+		dataDir:   tmp + "/data",
+		fstype:    sc.p.FSType,
+		mountOpts: sc.p.MountOpts,
+		verifyDir: tmp + "/verify",
+		logf:      logf,
+		progress:  progressBar(stdout),
+	}
+	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
+		return err
+	}
+	in := bootstate.DecideInput{BootedSlot: sc.bootedSlot(), Params: bootstate.Params{Userdata: sc.ud.id()}}
+	a, err := bootstate.RunBoot(sc.store, in, env)
+	if env.mounted != "" {
+		unmountForPowerOff(env.dataDir)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "done: %s\n", a.Message)
+	return nil
+}
+
+// progressBar draws a merge progress bar on a terminal, and stays quiet
+// (one line at the end) when stdout is not one.
+func progressBar(w io.Writer) func(dmsnap.Progress) {
+	f, ok := w.(*os.File)
+	tty := ok && term.IsTerminal(int(f.Fd()))
+	return func(p dmsnap.Progress) {
+		const mib = 1 << 20
+		if !tty {
+			if p.Done {
+				fmt.Fprintf(w, "merge: %.1f MiB copied back in %s\n", float64(p.BytesTotal)/mib, p.Elapsed.Round(time.Millisecond))
+			}
+			return
+		}
+		frac := 1.0
+		if p.BytesTotal > 0 {
+			frac = 1 - float64(p.BytesLeft)/float64(p.BytesTotal)
+		}
+		const width = 40
+		n := int(frac * width)
+		bar := make([]byte, width)
+		for i := range bar {
+			bar[i] = ' '
+			if i < n {
+				bar[i] = '#'
+			}
+		}
+		fmt.Fprintf(w, "\rmerge [%s] %5.1f%%  %.1f MiB left  %.1f MiB/s", bar, 100*frac, float64(p.BytesLeft)/mib, p.Rate/mib)
+		if p.Done {
+			fmt.Fprintln(w)
+		}
+	}
+}

@@ -1,0 +1,168 @@
+package qemutests
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/internal/testutil"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+)
+
+func newABDevice(t *testing.T, seed uint64) *ABDevice {
+	t.Helper()
+	k := needQEMU(t)
+	testutil.LookPath(t, "debugfs")
+	testutil.LookPath(t, "e2fsck")
+	d, err := NewABDevice(t.TempDir(), k, cpinitImage(t), 60, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func manifest(t *testing.T, d *ABDevice) Manifest {
+	t.Helper()
+	m, err := d.UserdataManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func wantRecord(t *testing.T, d *ABDevice, state bootstate.State) *bootstate.Record {
+	t.Helper()
+	r, err := d.Record()
+	if err != nil {
+		t.Fatalf("metadata store: %v", err)
+	}
+	if r.State != state {
+		t.Fatalf("metadata state %v (reason %v), want %v", r.State, r.Reason, state)
+	}
+	return r
+}
+
+// otaBegin boots the current slot a, whose system runs `cpinit begin` as an
+// OTA agent would after staging the update in slot b.
+func otaBegin(t *testing.T, d *ABDevice, cowSize string) {
+	t.Helper()
+	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=" + cowSize
+	vm, slot := d.Boot(t, "")
+	if slot != 0 {
+		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	r := wantRecord(t, d, bootstate.StateCheckpointing)
+	if r.Active || r.TargetSlot != "_b" {
+		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
+	}
+}
+
+// TestUpdateCommits: a good update. The new slot boots on the snapshot,
+// changes userdata and commits; the next boot is plain, the new data is
+// kept, the COW file is gone, the state is fresh.
+func TestUpdateCommits(t *testing.T) {
+	d := newABDevice(t, 1)
+	before := manifest(t, d)
+	otaBegin(t, d, "64M")
+
+	d.Slot[1] = "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit"
+	vm, slot := d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+
+	d.Slot[1] = "sysinit.action=report"
+	vm, slot = d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+
+	wantRecord(t, d, bootstate.StateFresh)
+	after := manifest(t, d)
+	if len(after.Diff(before, 1)) == 0 {
+		t.Fatal("userdata unchanged after a committed update")
+	}
+	if _, ok := after["new/file000"]; !ok {
+		t.Fatal("the update's new file is gone after commit")
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after commit (err %v)", err)
+	}
+	bc, err := d.ReadMisc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := bc.Slots[1]; !s.SuccessfulBoot || s.TriesRemaining < 1 {
+		t.Fatalf("slot b after commit: %+v, want successful with tries >= 1", s)
+	}
+}
+
+// TestUpdateFailsRollsBack: a bad update. The new slot changes userdata and
+// crashes on every try; the bootloader falls back to slot a; cpinit merges
+// the checkpoint back, and userdata is exactly what it was before the update
+// (paths, sizes, modes, sha256), with a clean e2fsck.
+func TestUpdateFailsRollsBack(t *testing.T) {
+	d := newABDevice(t, 2)
+	before := manifest(t, d)
+	otaBegin(t, d, "64M")
+
+	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
+	d.Slot[0] = "sysinit.action=report"
+	trials := 0
+	for {
+		vm, slot := d.Boot(t, "")
+		if slot == 0 {
+			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		trials++
+		if trials > 8 {
+			t.Fatalf("bootloader still picks the crashing slot after %d trials", trials)
+		}
+		action := "reattach-snapshot"
+		if trials == 1 {
+			action = "create-snapshot"
+		}
+		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
+		vm.Wait(slotBootTimeout)
+	}
+	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
+
+	r := wantRecord(t, d, bootstate.StateFresh)
+	if r.COWPath != "" {
+		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
+	}
+	after := manifest(t, d)
+	if diff := after.Diff(before, 10); len(diff) > 0 {
+		t.Fatalf("userdata after rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after rollback (err %v)", err)
+	}
+}
