@@ -259,4 +259,5 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 	}
 	return false, k.FinishMerge(ctx)
 }
+
 var _ bootstate.Env = (*bootEnv)(nil)
