@@ -330,7 +330,16 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	if counter == bootstate.CounterAndroid {
 		cur := bootstate.SlotIndex(sc.bootedSlot())
 		if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
-			return bc.SetActive(bootstate.SlotIndex(target), cur)
+			// As update_engine does around writing the new slot: first
+			// unbootable (clears successful_boot, which a slot that ran
+			// before still carries), then active with fresh tries. A
+			// successful slot would never be counted down, so a crashing
+			// update would never fall back.
+			t := bootstate.SlotIndex(target)
+			if err := bc.SetUnbootable(t); err != nil {
+				return err
+			}
+			return bc.SetActive(t, cur)
 		}); err != nil {
 			return fmt.Errorf("checkpoint armed, but marking slot %s active failed: %w", target, err)
 		}
