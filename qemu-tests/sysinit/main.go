@@ -22,6 +22,9 @@
 //	                                 then by sysinit.then=:
 //	                                   commit  run `cpinit commit`
 //	                                   crash   panic the kernel (sysrq c)
+//	                                   rollback  run `cpinit rollback` (the
+//	                                           update's health check failed),
+//	                                           print "sysinit: rollback ok"
 //	                                   hang    wait (the host cuts the power)
 //	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
 //	                                 separated) and power off
@@ -99,6 +102,11 @@ func run() error {
 				return fmt.Errorf("commit: %w", err)
 			}
 			fmt.Println("sysinit: commit ok")
+		case "rollback":
+			if err := cpinit("rollback"); err != nil {
+				return fmt.Errorf("rollback: %w", err)
+			}
+			fmt.Println("sysinit: rollback ok")
 		case "crash":
 			fmt.Println("sysinit: crashing")
 			// A real crash: whatever the system had not flushed is lost.
