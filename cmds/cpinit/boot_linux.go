@@ -107,6 +107,19 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 		dataDir = filepath.Join(newRoot, p.DataDir)
 	}
 
+	if p.Recovery {
+		log.Printf("recovery mode (cpinit.recovery=1): userdata is neither mapped nor mounted and the metadata store is not touched; " +
+			"inspect with `cpinit status`, resolve with `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
+		log.Printf("state=recovery userdata=(not mounted) action=none")
+		if p.Root == nil {
+			return "", nil
+		}
+		if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
+			return "", fmt.Errorf("recovery mode: next init %s in cpinit.root=%s: %w", p.Init, p.Root, err)
+		}
+		return p.Init, nil
+	}
+
 	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
 	if err != nil {
 		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
@@ -204,7 +217,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	if err != nil {
 		var se *bootstate.StopError
 		if errors.As(err, &se) {
-			return fmt.Errorf("%s\nuserdata was left untouched; in recovery mode: %s", se.Action.Message, se.Action.Command)
+			return fmt.Errorf("%s\n%s", se.Action.Message, recoveryHint(se.Action.Command))
 		}
 		return err
 	}
@@ -244,4 +257,13 @@ func consoleProgress(logf func(string, ...any)) func(dmsnap.Progress) {
 		logf("merge: %.1f MiB left of %.1f MiB, %.1f MiB/s, %s elapsed",
 			float64(pr.BytesLeft)/mib, float64(pr.BytesTotal)/mib, pr.Rate/mib, pr.Elapsed.Round(time.Millisecond))
 	}
+}
+
+// recoveryHint is what PID 1 prints after a boot stopped for recovery: what
+// was (not) done, what to run and how to get there.
+func recoveryHint(command string) string {
+	return "userdata was left untouched (not mapped, not mounted, COW file kept).\n" +
+		"to recover: " + command + ".\n" +
+		"recovery mode: boot with cpinit.recovery=1 added to the kernel command line; " +
+		"cpinit then starts the system without mapping or mounting userdata"
 }

@@ -32,6 +32,12 @@ commands:
   rollback           request a rollback of userdata at the next boot
   merge              run a pending rollback now (recovery mode; userdata
                      unmounted), with progress
+  recover keep-current [--yes] [--cow-path P]
+                     after a boot stopped for recovery: declare the current
+                     userdata authoritative (rewrites the metadata store, even
+                     an unreadable one); the next boot deletes the COW file.
+                     Run it in recovery mode: boot with cpinit.recovery=1,
+                     which starts the system with userdata unmounted.
 
   Every command but params and extents takes --metadata, --misc, --userdata,
   --data and --cmdline to override what the kernel command line says.
@@ -63,6 +69,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdStatus(args[1:], stdout)
 	case "merge":
 		return cmdMerge(args[1:], stdout)
+	case "recover":
+		return cmdRecover(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q (see cpinit help)", args[0])
 }

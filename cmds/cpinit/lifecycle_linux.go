@@ -232,6 +232,19 @@ func defaultCOWSize(free, reserve uint64) uint64 {
 	return (free - reserve) / 2 &^ (1<<20 - 1)
 }
 
+// checkCOWFits refuses, before anything is written, a COW file that would
+// leave less than reserve free in userdata (free is what statfs reports
+// available). fiemap.Allocate checks again, but by then the record names the
+// file; refusing here leaves the store and userdata untouched.
+func checkCOWFits(want, free, reserve uint64) error {
+	if want+reserve > free {
+		return fmt.Errorf("refusing to begin: a %d MiB COW file does not fit: userdata has %d MiB free and begin keeps --reserve %d MiB free for the trial; "+
+			"pass a smaller --size (at most %d MiB here), lower --reserve, or free space in userdata",
+			want>>20, free>>20, reserve>>20, (free-min(free, reserve))>>20)
+	}
+	return nil
+}
+
 func cmdBegin(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("begin", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -299,6 +312,9 @@ func cmdBegin(args []string, stdout io.Writer) error {
 			want>>20, free>>20, reserve>>20)
 	}
 	want &^= 4095
+	if err := checkCOWFits(want, free, reserve); err != nil {
+		return err
+	}
 
 	// Write-ahead: record the path before allocating, so a crash in
 	// between leaves a file the next boot knows it may delete.

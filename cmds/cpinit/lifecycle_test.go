@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestChunkFor(t *testing.T) {
 	for bs, want := range map[uint32]uint32{512: 1, 1024: 2, 2048: 4, 4096: 8, 16384: 8, 65536: 8} {
@@ -31,6 +34,23 @@ func TestParseSize(t *testing.T) {
 	for _, in := range []string{"", "0", "-1", "1X", "M", "99999999999T"} {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestCheckCOWFits(t *testing.T) {
+	const mib = 1 << 20
+	if err := checkCOWFits(64*mib, 200*mib, 128*mib); err != nil {
+		t.Fatalf("64 MiB in 200 MiB free with 128 MiB reserve: %v", err)
+	}
+	for _, c := range []struct{ want, free, reserve uint64 }{
+		{100 * mib, 200 * mib, 128 * mib},
+		{300 * mib, 200 * mib, 0},
+		{16 * mib, 10 * mib, 128 * mib},
+	} {
+		err := checkCOWFits(c.want, c.free, c.reserve)
+		if err == nil || !strings.Contains(err.Error(), "does not fit") || !strings.Contains(err.Error(), "--size") {
+			t.Errorf("checkCOWFits(%d, %d, %d) = %v", c.want>>20, c.free>>20, c.reserve>>20, err)
 		}
 	}
 }

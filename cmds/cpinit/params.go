@@ -54,6 +54,13 @@ type Params struct {
 	// cpinit.abort=1: roll back the pending update at this boot (e.g. from
 	// a bootloader menu entry).
 	Abort bool
+	// cpinit.recovery=1: recovery mode. PID 1 neither maps nor mounts
+	// userdata and does not read the metadata store; it mounts cpinit.root
+	// and hands over to its init as usual, so an operator (or a recovery
+	// system) can run `cpinit status` and `cpinit recover keep-current`
+	// after a boot stopped for recovery. Userdata is never mounted raw
+	// while a checkpoint may exist, so there is no "mount it anyway" mode.
+	Recovery bool
 	// cpinit.slot= (or androidboot.slot_suffix=): the slot this kernel was
 	// booted from. Read by bootstate.SlotFromCmdline; listed here so the
 	// key is known.
@@ -173,14 +180,20 @@ func ParseParams(cmdline string) (Params, []string, error) {
 			} else {
 				p.Misc = &sp
 			}
-		case "cpinit.abort":
+		case "cpinit.abort", "cpinit.recovery":
+			var on bool
 			switch val {
 			case "1", "yes", "true":
-				p.Abort = true
+				on = true
 			case "0", "no", "false":
-				p.Abort = false
 			default:
 				bad("want 1 or 0")
+				continue
+			}
+			if key == "cpinit.abort" {
+				p.Abort = on
+			} else {
+				p.Recovery = on
 			}
 		case "cpinit.slot":
 			// bootstate.SlotFromCmdline reads it.
@@ -204,7 +217,7 @@ func ParseParams(cmdline string) (Params, []string, error) {
 var knownKeys = func() []string {
 	k := []string{"cpinit.userdata", "cpinit.root", "cpinit.fstype", "cpinit.rootfstype", "cpinit.mountopts",
 		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal", "cpinit.metadata", "cpinit.misc",
-		"cpinit.abort", "cpinit.slot"}
+		"cpinit.abort", "cpinit.recovery", "cpinit.slot"}
 	sort.Strings(k)
 	return k
 }()

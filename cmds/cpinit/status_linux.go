@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,7 +21,7 @@ const StatusSchema = 1
 // Status is what `cpinit status --json` prints.
 type Status struct {
 	Schema     int    `json:"schema"`
-	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending
+	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending; unreadable (no valid record)
 	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
 	Reason     string `json:"reason,omitempty"` // why the state was entered
 	Counter    string `json:"counter,omitempty"`
@@ -36,8 +37,11 @@ type Status struct {
 	// Merge is the progress of a running rollback merge.
 	Merge *SnapshotUsage `json:"merge,omitempty"`
 	// RollbackPossible: a rollback would restore the checkpoint.
-	RollbackPossible bool   `json:"rollback_possible"`
-	Note             string `json:"note,omitempty"`
+	RollbackPossible bool `json:"rollback_possible"`
+	// Store describes each copy of the metadata store when no valid record
+	// could be chosen (state "unreadable").
+	Store []string `json:"store,omitempty"`
+	Note  string   `json:"note,omitempty"`
 }
 
 // SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
@@ -62,6 +66,19 @@ func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
 
 func collectStatus(sc *sysCtx) (*Status, error) {
 	r, err := sc.load()
+	var se *bootstate.StoreError
+	if errors.As(err, &se) {
+		// Unreadable or ambiguous: this is what recovery mode comes to
+		// look at, so show it rather than fail.
+		return &Status{
+			Schema:     StatusSchema,
+			State:      "unreadable",
+			BootedSlot: sc.bootedSlot(),
+			Store:      []string{"A: " + se.Copies[0].String(), "B: " + se.Copies[1].String()},
+			Note: fmt.Sprintf("metadata store %s: %v; boot stops for recovery until an operator runs `%s --yes` "+
+				"(keeps the current userdata, gives up any rollback; see `cpinit recover`)", sc.storeDev, se.Err, bootstate.CmdKeepCurrent),
+		}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +178,9 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	}
 	if u := st.Merge; u != nil {
 		fmt.Fprintf(stdout, "merge:             %.1f MiB left to copy back\n", float64(u.UsedBytes-u.MetadataBytes)/mib)
+	}
+	for _, c := range st.Store {
+		fmt.Fprintf(stdout, "store copy %s\n", c)
 	}
 	fmt.Fprintf(stdout, "rollback possible: %v\n", st.RollbackPossible)
 	if st.Note != "" {

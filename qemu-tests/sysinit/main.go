@@ -27,7 +27,8 @@
 //	                                           print "sysinit: rollback ok"
 //	                                   hang    wait (the host cuts the power)
 //	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
-//	                                 separated) and power off
+//	                                 separated; "+" separates several
+//	                                 commands, run in order) and power off
 //
 // Every action that returns ends with `cpinit status` (when /usr/bin/cpinit
 // exists, so the console shows the state the system saw) and a power off.
@@ -118,8 +119,10 @@ func run() error {
 		}
 		return nil
 	case "cmd":
-		err := cpinit(strings.Split(p["args"], ",")...)
-		fmt.Printf("sysinit: cmd exit=%v\n", err)
+		for _, c := range strings.Split(p["args"], "+") {
+			err := cpinit(strings.Split(c, ",")...)
+			fmt.Printf("sysinit: cmd exit=%v\n", err)
+		}
 		return nil
 	case "write":
 		if err := writeSynced("/data/cut.txt", p["token"]+"\n"); err != nil {

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/cpinit/cpinit/internal/devspec"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
+)
+
+const recoverUsage = `usage: cpinit recover keep-current [--yes] [--cow-path PATH] [--metadata DEV] [--cmdline LINE]
+
+keep-current declares the current userdata authoritative: it writes a
+"committed by the operator" record to both copies of the metadata store,
+whatever they hold now (an unreadable store included), so the next normal
+boot mounts userdata as it is, deletes the COW file (--cow-path, default
+/.cpinit/cow inside userdata) and returns to fresh. Any rollback the
+checkpoint still offered is given up.
+
+Run it in recovery mode: boot with cpinit.recovery=1 on the kernel command
+line (PID 1 then neither maps nor mounts userdata), inspect with
+` + "`cpinit status`" + `, run this, then boot normally. It only writes the
+metadata store; userdata stays untouched until that next boot.
+
+It refuses when the record shows that a rollback merge has started (userdata
+is then part old, part new; only ` + "`cpinit merge`" + ` makes it consistent) and
+while a merge is mapped. With an unreadable record cpinit cannot tell: if a
+merge had started, run e2fsck on userdata after the next boot.
+
+Without --yes it only explains what it would do.
+`
+
+// keepCurrentPlan is what keep-current would do with the store as read.
+type keepCurrentPlan struct {
+	// Write: format the store with RecoveryKeepCurrent. When false,
+	// Explain says why nothing needs doing (no error) or Err why not.
+	Write   bool
+	Explain string
+	Err     error
+}
+
+// planKeepCurrent decides keep-current from Store.Load's result. Pure.
+func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCurrentPlan {
+	if loadErr != nil {
+		var se *bootstate.StoreError
+		switch {
+		case errors.Is(loadErr, bootstate.ErrNoRecord):
+			return keepCurrentPlan{Explain: "the metadata store is blank: there is no checkpoint, nothing to recover (the next boot initialises the store)"}
+		case errors.As(loadErr, &se):
+			return keepCurrentPlan{Write: true, Explain: fmt.Sprintf(
+				"the metadata store is unreadable (%v): cpinit cannot tell which state the checkpoint was in. "+
+					"Keeping the current data drops any rollback; the next boot deletes %s. "+
+					"If a rollback merge had already started, userdata is inconsistent: check it with e2fsck after that boot", loadErr, cowPath)}
+		}
+		// Not a verdict on the contents: the device could not be read.
+		return keepCurrentPlan{Err: fmt.Errorf("refusing to recover: %w; fix access to the metadata store first", loadErr)}
+	}
+	switch r.State {
+	case bootstate.StateFresh:
+		msg := "no checkpoint: nothing to recover"
+		if r.COWPath != "" {
+			msg += fmt.Sprintf(" (the next boot deletes the leftover %s)", r.COWPath)
+		}
+		return keepCurrentPlan{Explain: msg}
+	case bootstate.StateCommitted:
+		return keepCurrentPlan{Explain: fmt.Sprintf("already committed (%s): the next boot deletes %s", r.Reason, r.COWPath)}
+	case bootstate.StateRollbackPending:
+		if r.MergeTries > 0 {
+			return keepCurrentPlan{Err: fmt.Errorf("refusing to keep the current data: a rollback merge has started (%d attempts, %s); "+
+				"userdata is now part old, part new and only finishing the merge makes it consistent: fix the cause shown at boot and run `cpinit merge`",
+				r.MergeTries, r.Reason)}
+		}
+		return keepCurrentPlan{Write: true, Explain: fmt.Sprintf(
+			"a rollback is pending (%s) but has not started merging: keeping the current data cancels it; the update's changes to userdata stay and the next boot deletes %s",
+			r.Reason, r.COWPath)}
+	case bootstate.StateCheckpointing:
+		return keepCurrentPlan{Write: true, Explain: fmt.Sprintf(
+			"a checkpoint for slot %q exists (active=%v, %d trial boots): keeping the current data drops it like a commit; the next boot deletes %s",
+			r.TargetSlot, r.Active, r.Attempts, r.COWPath)}
+	}
+	return keepCurrentPlan{Write: true, Explain: fmt.Sprintf("unknown state %v: keeping the current data", r.State)}
+}
+
+func cmdRecover(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "keep-current" {
+		fmt.Fprint(stdout, recoverUsage)
+		return errUsage
+	}
+	fs := flag.NewFlagSet("recover keep-current", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cmdline := fs.String("cmdline", "", "kernel command line to take cpinit.metadata= from (default /proc/cmdline)")
+	metadata := fs.String("metadata", "", "metadata store device (default cpinit.metadata=)")
+	cowPath := fs.String("cow-path", DefaultCOWPath, "the COW file, relative to the root of userdata")
+	yes := fs.Bool("yes", false, "really write the store")
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+		fmt.Fprint(stdout, recoverUsage)
+		return errUsage
+	}
+	if !path.IsAbs(*cowPath) || path.Clean(*cowPath) != *cowPath || *cowPath == "/" {
+		return fmt.Errorf("--cow-path %q: want a clean absolute path inside userdata, such as %s", *cowPath, DefaultCOWPath)
+	}
+	storeDev, err := metadataDevice(*cmdline, *metadata)
+	if err != nil {
+		return err
+	}
+	store, f, err := bootstate.OpenStore(storeDev)
+	if err != nil {
+		return fmt.Errorf("metadata store %s: %w", storeDev, err)
+	}
+	defer f.Close()
+	r, _, loadErr := store.Load()
+	plan := planKeepCurrent(r, loadErr, *cowPath)
+	if plan.Err != nil {
+		return plan.Err
+	}
+	fmt.Fprintf(stdout, "%s\n", plan.Explain)
+	if !plan.Write {
+		return nil
+	}
+	if err := noMergeMapped(); err != nil {
+		return err
+	}
+	if !*yes {
+		return fmt.Errorf("refusing to write the metadata store %s without --yes: this gives up the rollback; rerun as `%s --yes`", storeDev, bootstate.CmdKeepCurrent)
+	}
+	rec := bootstate.RecoveryKeepCurrent(*cowPath)
+	gen, err := store.Format(&rec)
+	if err != nil {
+		return fmt.Errorf("write metadata store %s: %w", storeDev, err)
+	}
+	fmt.Fprintf(stdout, "kept the current data: metadata store %s now says committed (operator), generation %d; "+
+		"boot normally (without cpinit.recovery): the next boot deletes %s and returns to fresh\n", storeDev, gen, *cowPath)
+	return nil
+}
+
+// metadataDevice resolves the metadata store from --metadata or the kernel
+// command line. Unlike the other commands it needs nothing else: recovery
+// must work whatever else is wrong.
+func metadataDevice(cmdline, flagVal string) (string, error) {
+	spec := flagVal
+	if spec == "" {
+		if cmdline == "" {
+			var err error
+			if cmdline, err = readCmdline(); err != nil {
+				return "", err
+			}
+		}
+		for _, w := range SplitCmdline(cmdline) {
+			if v, ok := strings.CutPrefix(w, "cpinit.metadata="); ok {
+				spec = v
+			}
+		}
+	}
+	if spec == "" {
+		return "", errors.New("no metadata store: set cpinit.metadata= on the kernel command line or pass --metadata")
+	}
+	s, err := devspec.Parse(spec)
+	if err != nil {
+		return "", fmt.Errorf("metadata store %q: %w", spec, err)
+	}
+	dev, err := devspec.Resolve(s)
+	if err != nil {
+		return "", fmt.Errorf("metadata store %s: %w", s, err)
+	}
+	return dev, nil
+}
+
+// noMergeMapped refuses while this kernel runs a snapshot-merge of
+// userdata: the origin is then mid-merge. No device-mapper is fine.
+func noMergeMapped() error {
+	c, err := dmsnap.Open()
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	tbl, err := c.Table(dmsnap.DefaultNames.Origin)
+	if err != nil {
+		return nil
+	}
+	for _, t := range tbl {
+		if t.Type == "snapshot-merge" {
+			return fmt.Errorf("refusing to keep the current data: %s is merging (%s); let the merge finish (`cpinit status` shows progress)",
+				dmsnap.DefaultNames.Origin, dmsnap.FormatTable(tbl))
+		}
+	}
+	return nil
+}
