@@ -213,11 +213,21 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
 		return err
 	}
+	if r, _, err := store.Load(); err == nil {
+		env.cowPath = r.COWPath
+	}
 	a, err := bootstate.RunBoot(store, in, env)
 	if err != nil {
 		var se *bootstate.StopError
 		if errors.As(err, &se) {
 			return fmt.Errorf("%s\n%s", se.Action.Message, recoveryHint(se.Action.Command))
+		}
+		switch a.Kind {
+		case bootstate.CreateSnapshot, bootstate.ReattachSnapshot, bootstate.VerifyExtents, bootstate.StartOrResumeMerge:
+			if env.mounted == "" {
+				return fmt.Errorf("%w\nuserdata was not mounted and the checkpoint is kept: fix the cause above and reboot "+
+					"(the step is retried); to give up the rollback instead, boot with cpinit.recovery=1 and run `%s`", err, bootstate.CmdKeepCurrent)
+			}
 		}
 		return err
 	}

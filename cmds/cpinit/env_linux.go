@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
@@ -50,6 +51,10 @@ type bootEnv struct {
 	verifyDir string // scratch mount point for the read-only snapshot view
 	logf      func(format string, args ...any)
 	progress  func(dmsnap.Progress)
+
+	// cowPath is the recorded COW file, checked before a first snapshot
+	// is created on it ("" skips the check).
+	cowPath string
 
 	dm      *dmsnap.Client // opened on first use: a fresh boot needs no dm
 	mounted string         // the device mounted at dataDir, once mounted
@@ -122,7 +127,11 @@ func isPlainLinear(tbl []dmsnap.TargetSpec, ud userdata) bool {
 }
 
 func (e *bootEnv) mount(dev string) error {
-	if err := mountDev(dev, e.dataDir, e.fstype, unix.MS_NODEV|unix.MS_NOSUID, e.mountOpts); err != nil {
+	flags, data := splitMountOpts(e.mountOpts)
+	if err := mountDev(dev, e.dataDir, e.fstype, unix.MS_NODEV|unix.MS_NOSUID|flags, data); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("%w (check cpinit.fstype=%s and cpinit.mountopts=%s)", err, e.fstype, e.mountOpts)
+		}
 		return err
 	}
 	e.mounted = dev
@@ -143,7 +152,69 @@ func (e *bootEnv) CreateSnapshot(m *bootstate.ExtentMap) error {
 	}
 	ctx, cancel := e.ctx()
 	defer cancel()
+	if e.cowPath != "" {
+		if err := e.verifyBeforeCreate(ctx, k, m); err != nil {
+			return err
+		}
+	}
 	return k.StartCheckpoint(ctx)
+}
+
+// verifyBeforeCreate checks, before the first snapshot zeroes the COW header
+// and starts copying chunks into the recorded blocks, that the COW file
+// still owns exactly those blocks: an offline tool (or anything that ran
+// between begin and this boot) may have moved, truncated or deleted it, and
+// then the snapshot would write over other files. No snapshot exists yet,
+// so the current filesystem is the one to look at; it is read through a
+// plain dm view of the partition (cp-origin, linear, which the snapshot
+// then takes over), set read-only and mounted ro,noload: nothing is written.
+func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, m *bootstate.ExtentMap) error {
+	if err := k.MapPlain(ctx); err != nil {
+		return fmt.Errorf("map userdata read-only to check the COW file: %w", err)
+	}
+	dev, err := e.dm.EnsureNode(dmsnap.DefaultNames.Origin)
+	if err != nil {
+		return err
+	}
+	if err := setBlockRO(dev, true); err != nil {
+		return err
+	}
+	defer setBlockRO(dev, false)
+	if err := mountDev(dev, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
+		return fmt.Errorf("check the COW file before the first snapshot: %w", err)
+	}
+	defer unix.Unmount(e.verifyDir, 0)
+	fp, err := e.fingerprintIn(e.verifyDir, e.cowPath, m)
+	if err == nil && fp != m.Fingerprint() {
+		err = errors.New("its extents differ from the recorded map (moved, truncated or rewritten)")
+	}
+	if err != nil {
+		return fmt.Errorf("COW file %s on %s changed since `cpinit begin`: %w; refusing to create the snapshot, which would write to blocks the file may no longer own. "+
+			"Nothing was written; if this persists the update is abandoned and the unused checkpoint dropped", e.cowPath, e.ud.Path, err)
+	}
+	return nil
+}
+
+// fingerprintIn maps path inside a filesystem mounted at dir (a dm view of
+// userdata) and returns the fingerprint of its extent map on the partition.
+func (e *bootEnv) fingerprintIn(dir, path string, want *bootstate.ExtentMap) ([32]byte, error) {
+	var zero [32]byte
+	fm, err := fiemap.MapFile(filepath.Join(dir, path))
+	if err != nil {
+		return zero, err
+	}
+	if !fm.Immutable && !fm.F2FSPinned {
+		return zero, fmt.Errorf("COW file %s is not pinned: its blocks may have moved", path)
+	}
+	onPart, err := fm.OnDevice(e.ud.fiemapDevice())
+	if err != nil {
+		return zero, err
+	}
+	got, err := extentMapFromFiemap(onPart, want.ChunkSector)
+	if err != nil {
+		return zero, err
+	}
+	return got.Fingerprint(), nil
 }
 
 func (e *bootEnv) ReattachSnapshot(m *bootstate.ExtentMap) (bool, error) {
@@ -220,22 +291,14 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 		return zero, err
 	}
 	defer unix.Unmount(e.verifyDir, 0)
-	fm, err := fiemap.MapFile(filepath.Join(e.verifyDir, path))
+	fp, err := e.fingerprintIn(e.verifyDir, path, want)
 	if err != nil {
-		return zero, err
+		// The file the checkpoint recorded is not there as recorded
+		// (deleted, truncated, unpinned, remapped): a merge would read
+		// saved chunks from blocks that may now hold anything.
+		return zero, fmt.Errorf("COW file %s no longer matches the recorded map (%w); merging would write to the wrong blocks", path, err)
 	}
-	if !fm.Immutable && !fm.F2FSPinned {
-		return zero, fmt.Errorf("COW file %s is not pinned in the checkpoint: its blocks may have moved", path)
-	}
-	onPart, err := fm.OnDevice(e.ud.fiemapDevice())
-	if err != nil {
-		return zero, err
-	}
-	got, err := extentMapFromFiemap(onPart, want.ChunkSector)
-	if err != nil {
-		return zero, err
-	}
-	return got.Fingerprint(), nil
+	return fp, nil
 }
 
 func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
@@ -261,3 +324,38 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 }
 
 var _ bootstate.Env = (*bootEnv)(nil)
+
+// mountFlagOpts are the mount(8) options that are mount(2) flags, not
+// filesystem data: the kernel rejects them in the data string ("ext4:
+// Unknown parameter 'noatime'").
+var mountFlagOpts = map[string]uintptr{
+	"noatime":     unix.MS_NOATIME,
+	"nodiratime":  unix.MS_NODIRATIME,
+	"relatime":    unix.MS_RELATIME,
+	"strictatime": unix.MS_STRICTATIME,
+	"lazytime":    unix.MS_LAZYTIME,
+	"sync":        unix.MS_SYNCHRONOUS,
+	"dirsync":     unix.MS_DIRSYNC,
+	"noexec":      unix.MS_NOEXEC,
+	"nodev":       unix.MS_NODEV,
+	"nosuid":      unix.MS_NOSUID,
+	"rw":          0,
+}
+
+// splitMountOpts splits cpinit.mountopts= the way mount(8) does: flag
+// options become mount(2) flags, the rest stays the filesystem's data.
+func splitMountOpts(opts string) (uintptr, string) {
+	var flags uintptr
+	var data []string
+	for _, o := range strings.Split(opts, ",") {
+		if o == "" {
+			continue
+		}
+		if f, ok := mountFlagOpts[o]; ok {
+			flags |= f
+			continue
+		}
+		data = append(data, o)
+	}
+	return flags, strings.Join(data, ",")
+}

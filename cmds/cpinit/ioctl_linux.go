@@ -45,3 +45,20 @@ func setReadOnly(dev string) error {
 	}
 	return nil
 }
+
+// setBlockRO sets or clears a block device's read-only flag (BLKROSET).
+func setBlockRO(dev string, ro bool) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v := 0
+	if ro {
+		v = 1
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKROSET, v); err != nil {
+		return &os.PathError{Op: "BLKROSET", Path: dev, Err: err}
+	}
+	return nil
+}

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestChunkFor(t *testing.T) {
@@ -51,6 +53,24 @@ func TestCheckCOWFits(t *testing.T) {
 		err := checkCOWFits(c.want, c.free, c.reserve)
 		if err == nil || !strings.Contains(err.Error(), "does not fit") || !strings.Contains(err.Error(), "--size") {
 			t.Errorf("checkCOWFits(%d, %d, %d) = %v", c.want>>20, c.free>>20, c.reserve>>20, err)
+		}
+	}
+}
+
+func TestSplitMountOpts(t *testing.T) {
+	for in, want := range map[string]struct {
+		flags uintptr
+		data  string
+	}{
+		"":                              {0, ""},
+		"noatime":                       {unix.MS_NOATIME, ""},
+		"errors=remount-ro":             {0, "errors=remount-ro"},
+		"noatime,errors=remount-ro,rw,": {unix.MS_NOATIME, "errors=remount-ro"},
+		"discard,lazytime,commit=30":    {unix.MS_LAZYTIME, "discard,commit=30"},
+	} {
+		f, d := splitMountOpts(in)
+		if f != want.flags || d != want.data {
+			t.Errorf("splitMountOpts(%q) = %#x, %q; want %#x, %q", in, f, d, want.flags, want.data)
 		}
 	}
 }

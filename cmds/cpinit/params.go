@@ -19,8 +19,10 @@ type Params struct {
 	Userdata devspec.Spec
 	// cpinit.fstype= (default ext4): the userdata filesystem type.
 	FSType string
-	// cpinit.mountopts= (default none): extra mount(8)-style data options
-	// for userdata, e.g. "errors=remount-ro".
+	// cpinit.mountopts= (default none): extra mount(8)-style options for
+	// userdata, e.g. "noatime,errors=remount-ro"; flag options (noatime,
+	// lazytime, sync...) become mount(2) flags, the rest is passed to the
+	// filesystem.
 	MountOpts string
 	// cpinit.root= (optional): the system root to switch to, mounted
 	// read-only. Userdata is mounted at <root><datadir>. Without it,

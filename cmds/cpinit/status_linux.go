@@ -173,7 +173,10 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, ")")
 		fmt.Fprintf(stdout, "COW file:          %s, %.0f MiB, chunk %d KiB\n", st.COWPath, float64(st.COWBytes)/mib, st.ChunkBytes/1024)
 	}
-	if u := st.Snapshot; u != nil {
+	if u := st.Snapshot; u != nil && u.State != dmsnap.SnapActive.String() {
+		// The kernel reports no usage for an Invalid snapshot.
+		fmt.Fprintf(stdout, "COW used:          unusable: the snapshot is %s (the COW overflowed or hit an I/O error)\n", u.State)
+	} else if u != nil {
 		fmt.Fprintf(stdout, "COW used:          %.1f of %.1f MiB (%.1f%%), %s\n", float64(u.UsedBytes)/mib, float64(u.TotalBytes)/mib, u.UsedPercent, u.State)
 	}
 	if u := st.Merge; u != nil {

@@ -1,0 +1,506 @@
+package qemutests
+
+// Bad inputs (issue 6): each case is set up on the host images between
+// boots, booted, and checked for a console message that names the problem
+// and what to do, a safe outcome (no merge of a suspect COW, the COW file
+// kept while a rollback may still be needed, userdata never mounted raw
+// while a checkpoint exists: its image is byte-for-byte unchanged by a boot
+// that stops), nothing lost (manifest and e2fsck on the host) and the
+// metadata record the policy in pkg/bootstate/doc.go prescribes.
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/initramfs"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+)
+
+// imageHash is the sha256 of a disk image, to prove a boot wrote nothing.
+func imageHash(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// untouched records the userdata and metadata images, and check fails the
+// test if a boot changed either.
+type untouched struct{ userdata, metadata string }
+
+func snapshotImages(t *testing.T, d *ABDevice) untouched {
+	t.Helper()
+	return untouched{imageHash(t, d.Userdata), imageHash(t, d.Metadata)}
+}
+
+func (u untouched) check(t *testing.T, d *ABDevice, what string) {
+	t.Helper()
+	if h := imageHash(t, d.Userdata); h != u.userdata {
+		t.Errorf("%s: the userdata image changed (it must not be mapped or mounted)", what)
+	}
+	if h := imageHash(t, d.Metadata); h != u.metadata {
+		t.Errorf("%s: the metadata store changed (the evidence must be kept)", what)
+	}
+}
+
+// corruptStore writes junk over the header of both copies of the store.
+func corruptStore(t *testing.T, d *ABDevice) {
+	t.Helper()
+	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	junk := make([]byte, 4096)
+	rand.Read(junk)
+	for _, off := range []int64{0, bootstate.CopyStride} {
+		if _, err := f.WriteAt(junk, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// rewriteRecord changes the stored record on the host, as a buggy or
+// foreign writer would (a valid record, saved normally).
+func rewriteRecord(t *testing.T, d *ABDevice, fn func(*bootstate.Record)) {
+	t.Helper()
+	s, f, err := bootstate.OpenStore(d.Metadata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, _, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(r)
+	if _, err := s.Save(r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// debugfsW runs a debugfs request that writes the userdata image (an
+// offline tool acting behind cpinit's back).
+func debugfsW(t *testing.T, d *ABDevice, req string) {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-w", "-R", req, d.Userdata).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("debugfs: ")) && bytes.Contains(out, []byte("rror")) {
+		t.Fatalf("debugfs -w -R %q: %v\n%s", req, err, out)
+	}
+}
+
+// stopped waits for a boot that stops for recovery (reboot, as the harness
+// sets cpinit.on_fatal=reboot) and checks the lines every such stop prints.
+func stopped(t *testing.T, vm *VM, problem string) {
+	t.Helper()
+	vm.ExpectT(t, `cpinit: FATAL: `, slotBootTimeout)
+	vm.ExpectT(t, problem, slotBootTimeout)
+	vm.ExpectT(t, `userdata was left untouched \(not mapped, not mounted, COW file kept\)`, slotBootTimeout)
+	vm.ExpectT(t, "to recover: boot recovery, inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current`", slotBootTimeout)
+	vm.ExpectT(t, `recovery mode: boot with cpinit.recovery=1`, slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "mounted=") {
+		t.Fatal("a boot that stopped for recovery reported userdata mounted")
+	}
+}
+
+func bothSlots(d *ABDevice, params string) { d.Slot[0], d.Slot[1] = params, params }
+
+// trialBoot boots the update's slot once with the given system action and
+// waits for the snapshot line; the checkpoint is active afterwards.
+func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
+	t.Helper()
+	d.Slot[1] = action
+	vm, slot := d.Boot(t, strings.Join(extra, " "))
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=checkpointing/active .* via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	return vm
+}
+
+// TestBadInputCorruptStore: both copies of the metadata store are junk while
+// an update's checkpoint is active. The boot stops (no merge, no deletion,
+// nothing mounted, the junk kept as evidence); in recovery mode `cpinit
+// status` shows both copies, `cpinit recover keep-current` explains and
+// refuses without --yes, then writes committed(operator); the next boot
+// keeps the update's data and deletes the COW file.
+func TestBadInputCorruptStore(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 11)
+	otaBegin(t, d, "32M")
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=11 sysinit.mib=4 sysinit.then=crash")
+	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+
+	corruptStore(t, d)
+	u := snapshotImages(t, d)
+	vm, _ = d.Boot(t, "")
+	stopped(t, vm, `metadata store unreadable \(.*metadata store has no valid copy \(copy A: invalid: .*copy B: invalid: .*\); refusing to merge or delete anything`)
+	u.check(t, d, "boot with a corrupt store")
+	if _, err := d.Record(); !errors.Is(err, bootstate.ErrStoreCorrupt) {
+		t.Fatalf("store after the stopped boot: %v, want ErrStoreCorrupt", err)
+	}
+
+	bothSlots(d, "sysinit.action=cmd sysinit.args=status+recover,keep-current+recover,keep-current,--yes")
+	vm, _ = d.Boot(t, "cpinit.recovery=1")
+	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\): userdata is neither mapped nor mounted`, slotBootTimeout)
+	vm.ExpectT(t, `state: +unreadable`, slotBootTimeout)
+	vm.ExpectT(t, `store copy A: invalid: `, slotBootTimeout)
+	vm.ExpectT(t, `store copy B: invalid: `, slotBootTimeout)
+	vm.ExpectT(t, "note: +metadata store /dev/vdd: .*no valid copy; boot stops for recovery until an operator runs `cpinit recover keep-current --yes`", slotBootTimeout)
+	vm.ExpectT(t, `the metadata store is unreadable .*cannot tell which state the checkpoint was in.*e2fsck`, slotBootTimeout)
+	vm.ExpectT(t, `refusing to write the metadata store /dev/vdd without --yes`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=exit status 1`, slotBootTimeout)
+	vm.ExpectT(t, `kept the current data: metadata store /dev/vdd now says committed \(operator\)`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, slotBootTimeout)
+	vm.ExpectT(t, `state: +committed, reason operator`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if imageHash(t, d.Userdata) != u.userdata {
+		t.Fatal("recovery mode changed userdata")
+	}
+	if r := wantRecord(t, d, bootstate.StateCommitted); r.Reason != bootstate.ReasonOperator || r.COWPath != "/.cpinit/cow" {
+		t.Fatalf("after keep-current: reason %v, COW %q", r.Reason, r.COWPath)
+	}
+
+	bothSlots(d, "sysinit.action=report")
+	vm, _ = d.Boot(t, "")
+	vm.ExpectT(t, `cpinit: checkpoint operator: deleting /.cpinit/cow`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	m := manifest(t, d) // e2fsck -fn clean
+	if _, ok := m["new/file000"]; !ok {
+		t.Fatal("the update's data is gone after keep-current")
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after keep-current (err %v)", err)
+	}
+}
+
+// TestBadInputRecordNamesOtherDevice: a valid record whose extent map names
+// another device (a store from another device, or a writer's bug). Applying
+// the map to userdata would write over unrelated blocks: the boot stops.
+func TestBadInputRecordNamesOtherDevice(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 12)
+	before := manifest(t, d)
+	otaBegin(t, d, "32M")
+	rewriteRecord(t, d, func(r *bootstate.Record) {
+		r.Map.DevMinor += 16
+		r.Fingerprint = r.Map.Fingerprint()
+	})
+	u := snapshotImages(t, d)
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ := d.Boot(t, "")
+	stopped(t, vm, `userdata device is 254:\d+ \(\d+ sectors\) but the checkpoint was taken on 254:\d+ \(\d+ sectors\)`)
+	u.check(t, d, "boot with a record naming another device")
+	if exists, err := d.COWFileExists(); err != nil || !exists {
+		t.Fatalf("COW file gone (err %v)", err)
+	}
+	if diff := manifest(t, d).Diff(before, 5); len(diff) > 0 {
+		t.Fatalf("userdata changed:\n%s", strings.Join(diff, "\n"))
+	}
+}
+
+// TestBadInputCOWChangedBeforeRollback: the checkpoint is active, then the
+// COW file's inode is changed behind cpinit's back (an offline tool on the
+// unmounted image: its size cut to one block, so its extents no longer
+// match the record) and a rollback is requested. The rollback is recorded
+// (the point of no return) but the merge is refused: the verification
+// through the read-only snapshot view sees the change.
+func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 13)
+	otaBegin(t, d, "32M")
+	// noatime: the trial writes no inode, so the COW file's inode block is
+	// not copied into the COW and the snapshot view shows the change (a
+	// copied block would show the original inode, which is what the merge
+	// restores: then merging is right).
+	vm := trialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	debugfsW(t, d, "set_inode_field /.cpinit/cow size 4096")
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ = d.Boot(t, "cpinit.abort=1")
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+	// Whether the size cut shows as different extents (Decide compares
+	// fingerprints and stops) or as a map that cannot be taken at all (the
+	// verification fails), the merge is refused with the same words.
+	vm.ExpectT(t, `cpinit: FATAL: .*(the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks`, slotBootTimeout)
+	vm.ExpectT(t, `(userdata was left untouched|userdata was not mounted and the checkpoint is kept)`, slotBootTimeout)
+	vm.ExpectT(t, "cpinit recover keep-current", slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "mounted=") || strings.Contains(vm.Output(), "cpinit: merge") {
+		t.Fatal("userdata mounted or merged with a changed COW file")
+	}
+	r := wantRecord(t, d, bootstate.StateRollbackPending)
+	if r.MergeTries != 0 {
+		t.Fatalf("merge attempted %d times on a changed COW", r.MergeTries)
+	}
+	if exists, err := d.COWFileExists(); err != nil || !exists {
+		t.Fatalf("COW file gone (err %v)", err)
+	}
+}
+
+// TestBadInputCOWDeletedBeforeTrial: the COW file is deleted behind
+// cpinit's back (an offline tool on the unmounted image) after begin and
+// before the update's first boot; its blocks are free for other files now.
+// The first snapshot would zero and fill them: cpinit checks the file first
+// through a read-only dm view, refuses and mounts nothing. When the
+// bootloader gives up on the update, the unused checkpoint is dropped and
+// the data is intact.
+func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 19)
+	before := manifest(t, d)
+	otaBegin(t, d, "32M")
+	debugfsW(t, d, "rm /.cpinit/cow")
+	u := snapshotImages(t, d)
+	d.Slot[1] = "sysinit.action=report"
+	vm, slot := d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("slot %d, want the update's slot 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: FATAL: .*COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to create the snapshot, which would write to blocks the file may no longer own`, slotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, slotBootTimeout)
+	vm.ExpectT(t, "boot with cpinit.recovery=1 and run `cpinit recover keep-current`", slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if imageHash(t, d.Userdata) != u.userdata {
+		t.Fatal("the refused boot wrote to userdata")
+	}
+	if r := wantRecord(t, d, bootstate.StateCheckpointing); r.Active {
+		t.Fatal("checkpoint marked active without a snapshot")
+	}
+	// The update is abandoned (cpinit.abort=1 here; the bootloader's
+	// fallback ends the same way): nothing to merge, the data is intact.
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ = d.Boot(t, "cpinit.abort=1")
+	vm.ExpectT(t, `cpinit: update abandoned before first use \(abort\): dropping the unused checkpoint`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	if diff := manifest(t, d).Diff(before, 5); len(diff) > 0 {
+		t.Fatalf("userdata changed:\n%s", strings.Join(diff, "\n"))
+	}
+}
+
+// TestBadInputOverflow: the trial writes more than the 16 MiB COW holds. The
+// snapshot goes Invalid; the running system's `cpinit status` says rollback
+// is no longer possible; the next boot records committed(overflow), warns on
+// the console, keeps the update's data and deletes the COW file. No merge is
+// attempted.
+func TestBadInputOverflow(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 14)
+	otaBegin(t, d, "16M")
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
+	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
+	vm.ExpectT(t, `COW used: +unusable: the snapshot is Invalid \(the COW overflowed or hit an I/O error\)`, slotBootTimeout)
+	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
+	vm.ExpectT(t, `note: +the COW overflowed: rollback is no longer possible`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ = d.Boot(t, "")
+	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data and deleting the checkpoint`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(vm.Output(), "merge") {
+		t.Fatal("a merge was attempted on an overflowed COW")
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	m := manifest(t, d)
+	if _, ok := m["new/file000"]; !ok {
+		t.Fatal("the update's data is gone after the overflow")
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after the overflow (err %v)", err)
+	}
+}
+
+// TestBadInputOverflowAtRollback: the COW overflows, then the update fails
+// (rollback requested). The merge would restore garbage: cpinit records the
+// overflow instead, keeps the current data and says so.
+func TestBadInputOverflowAtRollback(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 15)
+	otaBegin(t, d, "16M")
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=15 sysinit.mib=40")
+	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ = d.Boot(t, "cpinit.abort=1")
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(vm.Output(), "cpinit: merge:") {
+		t.Fatal("an overflowed COW was merged")
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	manifest(t, d)
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata (err %v)", err)
+	}
+}
+
+// TestBadInputBeginTooBig: `cpinit begin --size` larger than the free space
+// is refused before anything is written: the store stays blank and no COW
+// file or leftover appears.
+func TestBadInputBeginTooBig(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 16)
+	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=300M"
+	vm, _ := d.Boot(t, "")
+	vm.ExpectT(t, `refusing to begin: a 300 MiB COW file does not fit: userdata has \d+ MiB free and begin keeps --reserve 128 MiB free.*pass a smaller --size \(at most \d+ MiB here\)`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	r := wantRecord(t, d, bootstate.StateFresh)
+	if r.COWPath != "" {
+		t.Fatalf("a refused begin left COW path %q in the record", r.COWPath)
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("a refused begin left a COW file (err %v)", err)
+	}
+}
+
+// TestBadInputKernelParams: malformed cpinit.* parameters stop the boot
+// before any device is touched, with the parameter named; an unknown key
+// only warns.
+func TestBadInputKernelParams(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 17)
+	otaBegin(t, d, "32M")
+	u := snapshotImages(t, d)
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ := d.Boot(t, "cpinit.abort=maybe cpinit.metadata= cpinit.rootwait=soon cpinit.bogus=1")
+	vm.ExpectT(t, `cpinit: warning: ignoring unknown kernel parameter cpinit.bogus=1 \(known: `, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: kernel parameter cpinit.abort=maybe: want 1 or 0`, slotBootTimeout)
+	vm.ExpectT(t, `kernel parameter cpinit.metadata=: needs a value`, slotBootTimeout)
+	vm.ExpectT(t, `kernel parameter cpinit.rootwait=soon: want a duration`, slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	u.check(t, d, "boot with bad kernel parameters")
+	wantRecord(t, d, bootstate.StateCheckpointing)
+
+	// Mount options the filesystem rejects, on the update's first boot:
+	// the snapshot exists by then, the mount fails, nothing is written
+	// through it; the message names the parameter.
+	vm, _ = d.Boot(t, "cpinit.mountopts=noatime,bogus")
+	vm.ExpectT(t, `cpinit: FATAL: .*mount /newroot/data: .*invalid argument \(check cpinit.fstype=ext4 and cpinit.mountopts=noatime,bogus\)`, slotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	// (The snapshot was created: its COW header is in userdata now.)
+	if r := wantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
+		t.Fatal("checkpoint not active after the snapshot was created")
+	}
+	// Fixed: the next boot reattaches the checkpoint (flag options such as
+	// noatime are mount flags, not filesystem data).
+	vm, _ = d.Boot(t, "cpinit.mountopts=noatime")
+	vm.ExpectT(t, `cpinit: state=checkpointing/active .* action=reattach-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadInputNoSnapshotModule: the initramfs lacks dm-snapshot. A fresh
+// boot needs no device-mapper and mounts plainly; the trial boot of an
+// armed checkpoint cannot create the snapshot and stops, naming the module,
+// without mounting userdata. With the module back the trial proceeds.
+func TestBadInputNoSnapshotModule(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 18)
+	good := d.Initrd
+	d.Initrd = noSnapshotInitramfs(t)
+	otaBegin(t, d, "32M")
+	u := snapshotImages(t, d)
+	u.metadata = "" // the boot attempt is counted
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ := d.Boot(t, "")
+	vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "mounted=") {
+		t.Fatal("userdata mounted without dm-snapshot while a checkpoint is armed")
+	}
+	if imageHash(t, d.Userdata) != u.userdata {
+		t.Fatal("userdata changed by a boot without dm-snapshot")
+	}
+	if r := wantRecord(t, d, bootstate.StateCheckpointing); r.Active {
+		t.Fatal("checkpoint marked active without a snapshot")
+	}
+
+	d.Initrd = good
+	vm = trialBoot(t, d, "sysinit.action=report")
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// noSnapshotInitramfs builds the product initramfs from a module list
+// without dm-snapshot (and dm-bufio, which only it needs).
+func noSnapshotInitramfs(t *testing.T) string {
+	t.Helper()
+	k := needQEMU(t)
+	list, err := os.ReadFile(filepath.Join(RepoRoot(), "initramfs", "modules.list"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(list), "\n") {
+		if f := strings.TrimSpace(l); f != "dm-snapshot" && f != "dm-bufio" {
+			keep = append(keep, l)
+		}
+	}
+	dir := t.TempDir()
+	lp := filepath.Join(dir, "modules.list")
+	if err := os.WriteFile(lp, []byte(strings.Join(keep, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "cpinit-nosnap.cpio")
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: lp, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
