@@ -74,7 +74,7 @@ var pcPhases = []string{phBegin, phTrial, phCommit, phAbort, phMerge, phCleanup}
 // pcCutProb is the chance that a boot in a phase is cut, and pcCutCap the
 // most cuts per phase in one cycle (so every cycle ends).
 var (
-	pcCutProb = map[string]float64{phBegin: 0.5, phTrial: 0.5, phCommit: 0.6, phAbort: 0.35, phMerge: 0.75, phCleanup: 0.3}
+	pcCutProb = map[string]float64{phBegin: 0.5, phTrial: 0.5, phCommit: 0.8, phAbort: 0.5, phMerge: 0.75, phCleanup: 0.3}
 	pcCutCap  = map[string]int{phBegin: 2, phTrial: 2, phCommit: 2, phAbort: 1, phMerge: 3, phCleanup: 1}
 )
 
@@ -268,10 +268,12 @@ func (w *pcDevice) cycle(n int) {
 	done := map[string]int{}
 	mergeCut := false // the last merge cut left a merge to resume
 	lastCut := false  // the last boot was cut
+	target := -1      // the update's slot
 	for boot := 0; ; boot++ {
 		r := w.record()
 		if r.State != bootstate.StateFresh {
 			armed = true
+			target = bootstate.SlotIndex(r.TargetSlot)
 		}
 		// Settled: nothing left to do, and the last boot ended cleanly.
 		// After a cut the host cannot judge userdata yet: debugfs and
@@ -332,15 +334,19 @@ func (w *pcDevice) cycle(n int) {
 		}
 		if res.cut {
 			done[c.phase]++
-			w.cuts++
+			if !res.missed { // a cut after power off does not count
+				w.cuts++
+			}
 			landing := w.landing(c.phase, r, after, res)
 			if c.phase == phMerge && after.State == bootstate.StateRollbackPending && after.MergeTries > r.MergeTries {
 				mergeCut = true
 			}
 			t.Logf("  boot %d (slot %s, %s) CUT %v after %q: landed: %s; record now %s", w.boots, suffix, c.phase, c.delay, c.anchor, landing, recString(after))
 			w.st.add(func() {
-				w.st.cuts++
-				w.st.byPhase[c.phase]++
+				if !res.missed {
+					w.st.cuts++
+					w.st.byPhase[c.phase]++
+				}
 				w.st.landings[c.phase+": "+landing]++
 				if res.missed {
 					w.st.missed++
@@ -380,6 +386,20 @@ func (w *pcDevice) cycle(n int) {
 	}
 	if outcome == "commit" {
 		w.checkHello(n, "written by the update")
+	}
+	// The bootloader's next pick: the update's slot after a commit, the
+	// old slot otherwise (a rolled-back update must not boot again on
+	// the rolled-back userdata, which no checkpoint protects any more).
+	if target >= 0 {
+		bc := w.misc()
+		next := *bc
+		want := 1 - target%2
+		if outcome == "commit" {
+			want = target
+		}
+		if pick := next.BootloaderSelect(); pick != want {
+			t.Fatalf("cycle %d (%s): the bootloader would next boot slot %d, want %d (misc slots %+v)", n, outcome, pick, want, bc.Slots[:2])
+		}
 	}
 	w.st.add(func() { w.st.cycles[outcome]++ })
 	t.Logf("cycle %d settled: %s; e2fsck clean, COW file gone, %d files; windows %v", n, outcome, len(after), w.win)
@@ -422,7 +442,7 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 		}
 		want = append(want, fresh+`mount-plain`, `checkpoint armed: COW /\.cpinit/cow`, `sysinit: ota begin ok`)
 		if w.wantCut(phBegin, done) {
-			c = &cut{phase: phBegin, anchor: `sysinit: pid=`, delay: w.uniform(w.window("begin") * 115 / 100)}
+			c = &cut{phase: phBegin, anchor: `sysinit: pid=`, delay: w.uniform(w.window("begin") * 110 / 100)}
 			if r.COWPath != "" && w.rng.Float64() < 0.3 {
 				c.anchor, c.delay = `removing leftover COW file`, w.uniform(300*time.Millisecond)
 			}
@@ -478,10 +498,10 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 			if w.rng.Float64() < 0.3 {
 				c.delay = w.uniform(400 * time.Millisecond) // snapshot creation, mount
 			} else {
-				c.delay = w.uniform(w.window(fmt.Sprintf("trial-%d", m)) * 115 / 100)
+				c.delay = w.uniform(w.window(fmt.Sprintf("trial-%d", m)))
 			}
 		case then != "crash" && w.wantCut(endPhase, done):
-			c = &cut{phase: endPhase, anchor: `sysinit: workload done`, delay: w.uniform(w.window("end-"+then) * 130 / 100)}
+			c = &cut{phase: endPhase, anchor: `sysinit: workload done`, delay: w.uniform(w.window("end-"+then) * 110 / 100)}
 		}
 		switch then {
 		case "commit":
