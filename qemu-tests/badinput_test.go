@@ -504,3 +504,53 @@ func noSnapshotInitramfs(t *testing.T) string {
 	}
 	return out
 }
+
+// bootWithout boots the slot the bootloader picks with one of the harness's
+// kernel parameters replaced (the bootloader configuration lost or changed
+// it).
+func bootWithout(t *testing.T, d *ABDevice, param, replacement string) *VM {
+	t.Helper()
+	slot, err := d.SelectSlot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := d.Options(slot, "")
+	if !strings.Contains(o.Append, param) {
+		t.Fatalf("no %q in %q", param, o.Append)
+	}
+	o.Append = strings.Replace(o.Append, param, replacement, 1)
+	return StartT(t, o)
+}
+
+// TestBadInputMetadataParamWrong: with a checkpoint armed, the kernel
+// command line loses cpinit.metadata= or names the wrong device (another
+// partition holding a filesystem). Either way cpinit must not take the
+// store for blank: that would mount userdata raw while a checkpoint exists
+// and format someone else's partition.
+func TestBadInputMetadataParamWrong(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 20)
+	otaBegin(t, d, "32M")
+	u := snapshotImages(t, d)
+	sysB := imageHash(t, d.Systems[1])
+	bothSlots(d, "sysinit.action=report")
+
+	vm := bootWithout(t, d, "cpinit.metadata=/dev/vdd", "cpinit.metadata=/dev/vdb")
+	vm.ExpectT(t, `cpinit: FATAL: metadata store \(cpinit.metadata=/dev/vdb\): /dev/vdb holds an ext2/3/4 filesystem labelled "system_b", not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; fix cpinit.metadata=`, slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	u.check(t, d, "boot with cpinit.metadata naming a filesystem")
+	if imageHash(t, d.Systems[1]) != sysB {
+		t.Fatal("cpinit wrote to the partition wrongly named as its metadata store")
+	}
+
+	vm = bootWithout(t, d, "cpinit.metadata=/dev/vdd", "")
+	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow .*no cpinit.metadata=`, slotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "mounted=") {
+		t.Fatal("userdata mounted raw while a checkpoint exists")
+	}
+	u.check(t, d, "boot without cpinit.metadata")
+	wantRecord(t, d, bootstate.StateCheckpointing)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -185,6 +186,9 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	}
 	if p.Metadata == nil {
 		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")
+		if err := refuseLeftCheckpoint(env); err != nil {
+			return fmt.Errorf("userdata device %s: %w", dev, err)
+		}
 		if err := env.mount(dev); err != nil {
 			return fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
 		}
@@ -200,6 +204,9 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
 	}
 	defer f.Close()
+	if err := checkStoreDevice(store, f, metaPath); err != nil {
+		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
+	}
 	in := bootstate.DecideInput{
 		BootedSlot: bootstate.SlotFromCmdline(cmdline),
 		Params:     bootstate.Params{Abort: p.Abort, Userdata: ud.id()},
@@ -276,4 +283,61 @@ func recoveryHint(command string) string {
 		"to recover: " + command + ".\n" +
 		"recovery mode: boot with cpinit.recovery=1 added to the kernel command line; " +
 		"cpinit then starts the system without mapping or mounting userdata"
+}
+
+// checkStoreDevice refuses a metadata store device that holds no valid
+// record but a filesystem: the kernel command line names the wrong
+// partition. Taken for blank it would be formatted (destroying that
+// partition) and userdata mounted without the checkpoint the real store
+// records; taken for corrupt, `recover keep-current` would format it.
+func checkStoreDevice(store *bootstate.Store, dev io.ReaderAt, path string) error {
+	if _, _, err := store.Load(); err == nil {
+		return nil
+	}
+	sig, err := deviceSignature(dev)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if sig != "" {
+		return fmt.Errorf("%s holds %s, not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; "+
+			"fix cpinit.metadata= on the kernel command line (the bootloader configuration) to name the metadata partition", path, sig)
+	}
+	return nil
+}
+
+// refuseLeftCheckpoint stops a boot without cpinit.metadata= when userdata
+// holds a COW file: a checkpoint may exist whose store the kernel command
+// line no longer names, and mounting userdata directly would write behind
+// the snapshot's back and corrupt a later rollback. It looks through the
+// partition set read-only (BLKROSET) and mounted ro without journal replay,
+// so the look writes nothing. Only filesystems cpinit checkpoints (ext4,
+// f2fs) can hold one.
+func refuseLeftCheckpoint(e *bootEnv) error {
+	opts := map[string]string{"ext4": "noload", "f2fs": "norecovery"}
+	data, ok := opts[e.fstype]
+	if !ok {
+		return nil
+	}
+	dir := "/run/cpinit/probe"
+	if err := setBlockRO(e.ud.Path, true); err != nil {
+		return err
+	}
+	defer setBlockRO(e.ud.Path, false)
+	if err := mountDev(e.ud.Path, dir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, data); err != nil {
+		return fmt.Errorf("look for a checkpoint before mounting: %w", err)
+	}
+	_, err := os.Lstat(filepath.Join(dir, DefaultCOWPath))
+	if uerr := unix.Unmount(dir, 0); uerr != nil {
+		return &os.PathError{Op: "umount", Path: dir, Err: uerr}
+	}
+	switch {
+	case err == nil:
+		return fmt.Errorf("userdata holds the COW file %s of a checkpoint, but no cpinit.metadata= names its metadata store: "+
+			"refusing to mount userdata directly (writes would bypass the checkpoint and corrupt a rollback). "+
+			"Restore cpinit.metadata= on the kernel command line; if no checkpoint is pending, delete %s (chattr -i first) from a recovery system",
+			DefaultCOWPath, DefaultCOWPath)
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	}
+	return fmt.Errorf("look for a checkpoint before mounting: %w", err)
 }

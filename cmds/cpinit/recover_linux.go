@@ -113,6 +113,9 @@ func cmdRecover(args []string, stdout io.Writer) error {
 		return fmt.Errorf("metadata store %s: %w", storeDev, err)
 	}
 	defer f.Close()
+	if err := checkStoreDevice(store, f, storeDev); err != nil {
+		return err
+	}
 	r, _, loadErr := store.Load()
 	plan := planKeepCurrent(r, loadErr, *cowPath)
 	if plan.Err != nil {
