@@ -484,25 +484,29 @@ func cmdRollback(args []string, stdout io.Writer) error {
 		return nil
 	case r.State != bootstate.StateCheckpointing:
 		return fmt.Errorf("refusing to roll back: no checkpoint (state %s)", r.State)
-	case r.Active:
-		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventRollback, Reason: bootstate.ReasonAbort}); err != nil {
-			return err
-		}
-	default:
-		// Armed only: the update never booted, userdata never changed.
-		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCancel}); err != nil {
-			return err
-		}
 	}
+	// Make the old slot active first, then record the rollback. A power cut
+	// in between then boots the old slot on a checkpointing record, which
+	// cpinit treats as a slot fallback: the same rollback. The other order
+	// could boot the new slot on a rollback-pending record and merge the old
+	// data under the new system (found by the power-cut suite).
 	if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
-		target := bootstate.SlotIndex(r.TargetSlot)
-		if old := 1 - target%2; target >= 0 {
+		if target := bootstate.SlotIndex(r.TargetSlot); target >= 0 {
+			old := 1 - target%2
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
 				return bc.SetActive(old, bootstate.SlotIndex(sc.bootedSlot()))
 			}); err != nil {
-				return fmt.Errorf("rollback recorded, but making the old slot active failed: %w", err)
+				return fmt.Errorf("refusing to roll back: making the old slot active failed, nothing recorded: %w", err)
 			}
 		}
+	}
+	step := bootstate.Step{Event: bootstate.EventRollback, Reason: bootstate.ReasonAbort}
+	if !r.Active {
+		// Armed only: the update never booted, userdata never changed.
+		step = bootstate.Step{Event: bootstate.EventCancel}
+	}
+	if r, err = sc.save(r, step); err != nil {
+		return err
 	}
 	if r.State == bootstate.StateRollbackPending {
 		fmt.Fprintln(stdout, "rollback scheduled: reboot now; the next boot restores userdata to the checkpoint")
