@@ -166,3 +166,52 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 		t.Fatalf("COW file still in userdata after rollback (err %v)", err)
 	}
 }
+
+// TestAbortFromBootMenu: the operator boots the update's slot with
+// cpinit.abort=1 (a boot menu entry). cpinit rolls userdata back, and since
+// the booted system is the update being rolled back, it makes the old slot
+// active and reboots into it instead of starting the new system on old data.
+func TestAbortFromBootMenu(t *testing.T) {
+	d := newABDevice(t, 3)
+	before := manifest(t, d)
+	otaBegin(t, d, "64M")
+
+	d.Slot[1] = "sysinit.action=workload sysinit.seed=3 sysinit.mib=4"
+	vm, slot := d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("trial booted slot %d, want 1", slot)
+	}
+	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+
+	d.Slot[1] = "sysinit.action=report"
+	vm, slot = d.Boot(t, "cpinit.abort=1")
+	if slot != 1 {
+		t.Fatalf("abort boot picked slot %d, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort, booted "_b", target "_b"\)`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: userdata was rolled back while booting the update's slot _b: made slot _a active, rebooting into it`, slotBootTimeout)
+	vm.ExpectT(t, `reboot: Restarting system`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(vm.Output(), "sysinit: pid=1") {
+		t.Fatal("the rolled-back update's system was started on the old data")
+	}
+
+	d.Slot[0] = "sysinit.action=report"
+	vm, slot = d.Boot(t, "")
+	if slot != 0 {
+		t.Fatalf("after the abort the bootloader picked slot %d, want 0", slot)
+	}
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+		t.Fatalf("userdata after the abort differs from before the update:\n%s", strings.Join(diff, "\n"))
+	}
+}

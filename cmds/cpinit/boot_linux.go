@@ -45,6 +45,11 @@ func pid1Main() {
 		}
 	}()
 	next, err := boot(&onFatal)
+	var rb *errRebootNow
+	if errors.As(err, &rb) {
+		log.Printf("%s", rb.why)
+		pid1.Stop(pid1.Reboot)
+	}
 	if err != nil {
 		fatal(onFatal, err)
 	}
@@ -220,8 +225,10 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
 		return err
 	}
+	var preTarget string
 	if r, _, err := store.Load(); err == nil {
 		env.cowPath = r.COWPath
+		preTarget = r.TargetSlot
 	}
 	a, err := bootstate.RunBoot(store, in, env)
 	if err != nil {
@@ -246,7 +253,52 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 		}
 	}
 	log.Printf("state=%s userdata=%s mounted=%s via=%s action=%s", state, dev, dataDir, env.mounted, a.Kind)
+	if a.Kind == bootstate.StartOrResumeMerge && preTarget != "" && bootstate.SameSlot(in.BootedSlot, preTarget) && p.Misc != nil {
+		// The rollback ran on a boot of the update's own slot (cpinit.abort=1
+		// from a boot menu, or a rollback recorded without the slot
+		// switch). Starting that system on the old data is what the
+		// rollback exists to prevent: make the old slot active and reboot
+		// into it.
+		return switchToOldSlot(ctx, *p.Misc, preTarget, dataDir)
+	}
 	return nil
+}
+
+// errRebootNow asks PID 1 to reboot instead of handing over: not a failure.
+type errRebootNow struct{ why string }
+
+func (e *errRebootNow) Error() string { return e.why }
+
+func switchToOldSlot(ctx context.Context, misc devspec.Spec, target, dataDir string) error {
+	t := bootstate.SlotIndex(target)
+	if t < 0 {
+		return fmt.Errorf("rolled back, but the update's slot %q is not an A/B slot: not switching", target)
+	}
+	old := 1 - t%2
+	path, err := devspec.WaitResolve(ctx, misc, pollInterval)
+	if err != nil {
+		return fmt.Errorf("rolled back, but the misc partition is gone: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bc, err := bootstate.ReadBootControl(f, path)
+	if err != nil {
+		return fmt.Errorf("rolled back, but the A/B boot control cannot be read to switch slots: %w", err)
+	}
+	if err := bc.SetActive(old, t); err != nil {
+		return err
+	}
+	if err := bootstate.WriteBootControl(f, path, bc); err != nil {
+		return err
+	}
+	if err := unmountForPowerOff(dataDir); err != nil {
+		return err
+	}
+	return &errRebootNow{fmt.Sprintf("userdata was rolled back while booting the update's slot %s: made slot %s active, rebooting into it",
+		target, bootstate.SlotSuffixes[old])}
 }
 
 func readMisc(ctx context.Context, spec devspec.Spec) (*bootstate.BootControl, error) {
