@@ -110,7 +110,8 @@ func debugfsW(t *testing.T, d *ABDevice, req string) {
 func stopped(t *testing.T, vm *VM, problem string) {
 	t.Helper()
 	vm.ExpectT(t, `cpinit: FATAL: `, slotBootTimeout)
-	vm.ExpectT(t, problem, slotBootTimeout)
+	m := vm.ExpectT(t, problem, slotBootTimeout)
+	t.Logf("console: %s", m[0])
 	vm.ExpectT(t, `userdata was left untouched \(not mapped, not mounted, COW file kept\)`, slotBootTimeout)
 	vm.ExpectT(t, "to recover: boot recovery, inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current`", slotBootTimeout)
 	vm.ExpectT(t, `recovery mode: boot with cpinit.recovery=1`, slotBootTimeout)
@@ -225,32 +226,23 @@ func TestBadInputRecordNamesOtherDevice(t *testing.T) {
 	}
 }
 
-// TestBadInputCOWChangedBeforeRollback: the checkpoint is active, then the
-// COW file's inode is changed behind cpinit's back (an offline tool on the
-// unmounted image: its size cut to one block, so its extents no longer
-// match the record) and a rollback is requested. The rollback is recorded
-// (the point of no return) but the merge is refused: the verification
-// through the read-only snapshot view sees the change.
-func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
-	t.Parallel()
-	d := newABDevice(t, 13)
-	otaBegin(t, d, "32M")
-	// noatime: the trial writes no inode, so the COW file's inode block is
-	// not copied into the COW and the snapshot view shows the change (a
-	// copied block would show the original inode, which is what the merge
-	// restores: then merging is right).
-	vm := trialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
-	if err := vm.Wait(slotBootTimeout); err != nil {
-		t.Fatal(err)
-	}
-	debugfsW(t, d, "set_inode_field /.cpinit/cow size 4096")
-	d.Slot[1] = "sysinit.action=report"
-	vm, _ = d.Boot(t, "cpinit.abort=1")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
-	// Whether the size cut shows as different extents (Decide compares
-	// fingerprints and stops) or as a map that cannot be taken at all (the
-	// verification fails), the merge is refused with the same words.
-	vm.ExpectT(t, `cpinit: FATAL: .*(the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks`, slotBootTimeout)
+// cowDamage are changes an offline tool (here debugfs on the unmounted
+// image) can make to the immutable COW file behind cpinit's back.
+var cowDamage = []struct{ name, debugfs string }{
+	{"truncated", "set_inode_field /.cpinit/cow size 4096"},
+	// The first extent's physical start (ee_start_lo, i_block[5]): the file
+	// now claims other blocks.
+	{"moved", "set_inode_field /.cpinit/cow block[5] 50000"},
+	// Unlinked, its blocks freed for other files.
+	{"deleted", "rm /.cpinit/cow"},
+}
+
+// changedCOWStopped checks a boot that found the COW file changed: a
+// message that says so and what to do, nothing mounted, nothing merged.
+func changedCOWStopped(t *testing.T, vm *VM, refusal string) {
+	t.Helper()
+	m := vm.ExpectT(t, `cpinit: FATAL: .*`+refusal, slotBootTimeout)
+	t.Logf("console: %s", m[0])
 	vm.ExpectT(t, `(userdata was left untouched|userdata was not mounted and the checkpoint is kept)`, slotBootTimeout)
 	vm.ExpectT(t, "cpinit recover keep-current", slotBootTimeout)
 	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
@@ -258,12 +250,71 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 	if strings.Contains(vm.Output(), "mounted=") || strings.Contains(vm.Output(), "cpinit: merge") {
 		t.Fatal("userdata mounted or merged with a changed COW file")
 	}
-	r := wantRecord(t, d, bootstate.StateRollbackPending)
-	if r.MergeTries != 0 {
-		t.Fatalf("merge attempted %d times on a changed COW", r.MergeTries)
+}
+
+// TestBadInputCOWChangedBeforeRollback: the checkpoint is active, then the
+// COW file is changed behind cpinit's back and a rollback is requested. The
+// rollback is recorded (the point of no return) but the merge is refused:
+// the verification through the read-only snapshot view sees the change.
+func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
+	t.Parallel()
+	for _, c := range cowDamage {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			d := newABDevice(t, 13)
+			otaBegin(t, d, "32M")
+			// noatime: the trial writes no inode, so the COW file's inode
+			// block is not copied into the COW and the snapshot view shows
+			// the change (a copied block would show the original inode,
+			// which is what the merge restores: then merging is right).
+			vm := trialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			debugfsW(t, d, c.debugfs)
+			d.Slot[1] = "sysinit.action=report"
+			vm, _ = d.Boot(t, "cpinit.abort=1")
+			vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+			// Different extents make Decide compare fingerprints and stop; a
+			// map that cannot be taken at all fails the verification: the
+			// merge is refused with the same words.
+			changedCOWStopped(t, vm, `(the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks`)
+			r := wantRecord(t, d, bootstate.StateRollbackPending)
+			if r.MergeTries != 0 {
+				t.Fatalf("merge attempted %d times on a changed COW", r.MergeTries)
+			}
+		})
 	}
-	if exists, err := d.COWFileExists(); err != nil || !exists {
-		t.Fatalf("COW file gone (err %v)", err)
+}
+
+// TestBadInputCOWChangedDuringTrial: the COW file is changed between two
+// trial boots. The next boot reattaches the snapshot but checks the file
+// through a read-only view of the current filesystem before anything is
+// mounted, and refuses to continue the trial: its writes could land in
+// blocks the file no longer owns. Nothing is written.
+func TestBadInputCOWChangedDuringTrial(t *testing.T) {
+	t.Parallel()
+	for _, c := range cowDamage {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			d := newABDevice(t, 21)
+			otaBegin(t, d, "32M")
+			vm := trialBoot(t, d, "sysinit.action=report")
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			debugfsW(t, d, c.debugfs)
+			ud := imageHash(t, d.Userdata)
+			vm, _ = d.Boot(t, "")
+			vm.ExpectT(t, `cpinit: trial boot 2 of slot "_b": reattaching the checkpoint`, slotBootTimeout)
+			changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to continue the trial on this checkpoint`)
+			if imageHash(t, d.Userdata) != ud {
+				t.Fatal("the refused trial boot wrote to userdata")
+			}
+			if r := wantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
+				t.Fatal("checkpoint no longer active")
+			}
+		})
 	}
 }
 

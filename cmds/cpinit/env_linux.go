@@ -172,6 +172,20 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 	if err := k.MapPlain(ctx); err != nil {
 		return fmt.Errorf("map userdata read-only to check the COW file: %w", err)
 	}
+	if err := e.checkCurrentCOW(m); err != nil {
+		return fmt.Errorf("%w; refusing to create the snapshot, which would write to blocks the file may no longer own. "+
+			"Nothing was written; if this persists the update is abandoned and the unused checkpoint dropped", err)
+	}
+	return nil
+}
+
+// checkCurrentCOW reads the current filesystem through cp-origin (plain or
+// snapshot-origin, not mounted), set read-only and mounted ro,noload, and
+// checks that the COW file still has the recorded extents. The COW inode
+// never changes while a checkpoint lives and begin flushed the journal
+// after allocating it, so skipping journal replay cannot hide a legitimate
+// version of it.
+func (e *bootEnv) checkCurrentCOW(m *bootstate.ExtentMap) error {
 	dev, err := e.dm.EnsureNode(dmsnap.DefaultNames.Origin)
 	if err != nil {
 		return err
@@ -181,7 +195,7 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 	}
 	defer setBlockRO(dev, false)
 	if err := mountDev(dev, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
-		return fmt.Errorf("check the COW file before the first snapshot: %w", err)
+		return fmt.Errorf("check the COW file %s: %w", e.cowPath, err)
 	}
 	defer unix.Unmount(e.verifyDir, 0)
 	fp, err := e.fingerprintIn(e.verifyDir, e.cowPath, m)
@@ -189,8 +203,7 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 		err = errors.New("its extents differ from the recorded map (moved, truncated or rewritten)")
 	}
 	if err != nil {
-		return fmt.Errorf("COW file %s on %s changed since `cpinit begin`: %w; refusing to create the snapshot, which would write to blocks the file may no longer own. "+
-			"Nothing was written; if this persists the update is abandoned and the unused checkpoint dropped", e.cowPath, e.ud.Path, err)
+		return fmt.Errorf("COW file %s on %s changed since `cpinit begin`: %w", e.cowPath, e.ud.Path, err)
 	}
 	return nil
 }
@@ -230,7 +243,15 @@ func (e *bootEnv) ReattachSnapshot(m *bootstate.ExtentMap) (bool, error) {
 		// devices behind (Env contract), so userdata mounts plainly.
 		return true, k.Teardown(ctx)
 	}
-	return false, err
+	if err != nil || e.cowPath == "" {
+		return false, err
+	}
+	// Before the trial writes on: the file must still own the blocks the
+	// snapshot copies chunks into, or new files could land in them.
+	if err := e.checkCurrentCOW(m); err != nil {
+		return false, fmt.Errorf("%w; refusing to continue the trial on this checkpoint (writes would land in blocks the file may no longer own)", err)
+	}
+	return false, nil
 }
 
 func (e *bootEnv) MountOrigin() error {
