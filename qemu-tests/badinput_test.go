@@ -201,6 +201,44 @@ func TestBadInputCorruptStore(t *testing.T) {
 	}
 }
 
+// TestBadInputOneStoreCopyCorrupt: junk over copy A only. The store keeps
+// working from copy B (policy: Degraded), the console says so, the trial
+// goes on, and the boot's own writes repair copy A.
+func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 22)
+	otaBegin(t, d, "32M")
+	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, 512)
+	rand.Read(junk)
+	_, err = f.WriteAt(junk, 0)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := trialBoot(t, d, "sysinit.action=report")
+	// (trialBoot matched the create-snapshot line, which follows the
+	// warning; check the whole console.)
+	if !strings.Contains(vm.Output(), "cpinit: warning: metadata store /dev/vdd: only one good copy (copy A: invalid: ") {
+		t.Fatalf("no warning about the bad copy:\n%s", tail(vm.Output(), 30))
+	}
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	s, sf, err := bootstate.OpenStore(d.Metadata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	r, info, err := s.Load()
+	if err != nil || info.Degraded || !r.Active {
+		t.Fatalf("store after the boot: %+v, err %v, active %v", info, err, r != nil && r.Active)
+	}
+}
+
 // TestBadInputRecordNamesOtherDevice: a valid record whose extent map names
 // another device (a store from another device, or a writer's bug). Applying
 // the map to userdata would write over unrelated blocks: the boot stops.
@@ -453,6 +491,29 @@ func TestBadInputBeginTooBig(t *testing.T) {
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("a refused begin left a COW file (err %v)", err)
 	}
+
+	// A nearly full userdata and the default size: half the space above
+	// the reserve is too small to be worth a checkpoint.
+	big := filepath.Join(d.Dir, "big.bin")
+	if err := os.WriteFile(big, bytes.Repeat([]byte{0x5a}, 200<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	debugfsW(t, d, "write "+big+" big.bin")
+	os.Remove(big)
+	d.Slot[0] = "sysinit.action=ota"
+	vm, _ = d.Boot(t, "")
+	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint is too small to be useful \(userdata has \d+ MiB free, reserve 128 MiB\); free some space`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if r := wantRecord(t, d, bootstate.StateFresh); r.COWPath != "" {
+		t.Fatalf("a refused begin left COW path %q in the record", r.COWPath)
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("a refused begin left a COW file (err %v)", err)
+	}
+	manifest(t, d)
 }
 
 // TestBadInputKernelParams: malformed cpinit.* parameters stop the boot
@@ -509,7 +570,10 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 	u.metadata = "" // the boot attempt is counted
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ := d.Boot(t, "")
-	vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot`, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot.*`, slotBootTimeout)
+	t.Logf("console: %s", m[0])
+	vm.ExpectT(t, `this kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in /etc/cpinit/modules`, slotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, slotBootTimeout)
 	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {

@@ -212,6 +212,10 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	if err := checkStoreDevice(store, f, metaPath); err != nil {
 		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
 	}
+	if _, info, err := store.Load(); err == nil && info.Degraded {
+		log.Errorf("warning: metadata store %s: only one good copy (copy A: %v; copy B: %v); using it, the next write repairs the other",
+			metaPath, info.Copies[0], info.Copies[1])
+	}
 	in := bootstate.DecideInput{
 		BootedSlot: bootstate.SlotFromCmdline(cmdline),
 		Params:     bootstate.Params{Abort: p.Abort, Userdata: ud.id()},
@@ -238,6 +242,10 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 		}
 		switch a.Kind {
 		case bootstate.CreateSnapshot, bootstate.ReattachSnapshot, bootstate.VerifyExtents, bootstate.StartOrResumeMerge:
+			if errors.Is(err, dmsnap.ErrNoSnapshotTarget) || errors.Is(err, dmsnap.ErrNoDeviceMapper) {
+				err = fmt.Errorf("%w\nthis kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in %s (initramfs/modules.list), or build them into the kernel",
+					err, pid1.ModuleListPath)
+			}
 			if env.mounted == "" {
 				return fmt.Errorf("%w\nuserdata was not mounted and the checkpoint is kept: fix the cause above and reboot "+
 					"(the step is retried); to give up the rollback instead, boot with cpinit.recovery=1 and run `%s`", err, bootstate.CmdKeepCurrent)
