@@ -313,10 +313,13 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 			d.Slot[1] = "sysinit.action=report"
 			vm, _ = d.Boot(t, "cpinit.abort=1")
 			vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
-			// Different extents make Decide compare fingerprints and stop; a
-			// map that cannot be taken at all fails the verification: the
-			// merge is refused with the same words.
-			changedCOWStopped(t, vm, `(the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks`)
+			// Different extents in the snapshot view make Decide compare
+			// fingerprints and stop; a map that cannot be taken there at
+			// all fails the verification; if the snapshot view shows the
+			// original inode (its block was copied into the COW during the
+			// trial), the check of the current filesystem sees the change.
+			// Each refuses the merge.
+			changedCOWStopped(t, vm, `((the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks|COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*merging would write garbage into userdata)`)
 			r := wantRecord(t, d, bootstate.StateRollbackPending)
 			if r.MergeTries != 0 {
 				t.Fatalf("merge attempted %d times on a changed COW", r.MergeTries)
@@ -668,4 +671,45 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 	}
 	u.check(t, d, "boot without cpinit.metadata")
 	wantRecord(t, d, bootstate.StateCheckpointing)
+}
+
+// TestBadInputTrialDeletesCOW: a rogue update clears the COW file's
+// immutable flag, deletes it and writes files that may land in its blocks,
+// then fails. The rollback's snapshot view still shows the file (it is the
+// data of before the update), but the saved chunks may be overwritten:
+// cpinit also checks the current filesystem and refuses the merge. An
+// operator then keeps the current data.
+func TestBadInputTrialDeletesCOW(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 23)
+	otaBegin(t, d, "32M")
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=23 sysinit.mib=8 sysinit.then=crash")
+	vm.ExpectT(t, `sysinit: deleted the COW file`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+
+	d.Slot[1] = "sysinit.action=report"
+	vm, _ = d.Boot(t, "cpinit.abort=1")
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+	changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*no such file or directory; the saved chunks may have been overwritten: merging would write garbage into userdata`)
+	if r := wantRecord(t, d, bootstate.StateRollbackPending); r.MergeTries != 0 {
+		t.Fatalf("merge attempted %d times", r.MergeTries)
+	}
+
+	bothSlots(d, "sysinit.action=cmd sysinit.args=recover,keep-current,--yes")
+	vm, _ = d.Boot(t, "cpinit.recovery=1")
+	vm.ExpectT(t, `a rollback is pending \(abort\) but has not started merging: keeping the current data cancels it`, slotBootTimeout)
+	vm.ExpectT(t, `kept the current data`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	bothSlots(d, "sysinit.action=report")
+	vm, _ = d.Boot(t, "")
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	manifest(t, d)
 }

@@ -232,6 +232,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	var preTarget string
 	if r, _, err := store.Load(); err == nil {
 		env.cowPath = r.COWPath
+		env.checkCurrent = r.MergeTries == 0
 		preTarget = r.TargetSlot
 	}
 	a, err := bootstate.RunBoot(store, in, env)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -55,6 +56,9 @@ type bootEnv struct {
 	// cowPath is the recorded COW file, checked before a first snapshot
 	// is created on it ("" skips the check).
 	cowPath string
+	// checkCurrent: before a merge, also check the COW file in the current
+	// filesystem (set when no merge has started yet).
+	checkCurrent bool
 
 	dm      *dmsnap.Client // opened on first use: a fresh boot needs no dm
 	mounted string         // the device mounted at dataDir, once mounted
@@ -172,7 +176,7 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 	if err := k.MapPlain(ctx); err != nil {
 		return fmt.Errorf("map userdata read-only to check the COW file: %w", err)
 	}
-	if err := e.checkCurrentCOW(m); err != nil {
+	if err := e.checkCurrentCOW(e.cowPath, m); err != nil {
 		return fmt.Errorf("%w; refusing to create the snapshot, which would write to blocks the file may no longer own. "+
 			"Nothing was written; if this persists the update is abandoned and the unused checkpoint dropped", err)
 	}
@@ -185,7 +189,7 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 // never changes while a checkpoint lives and begin flushed the journal
 // after allocating it, so skipping journal replay cannot hide a legitimate
 // version of it.
-func (e *bootEnv) checkCurrentCOW(m *bootstate.ExtentMap) error {
+func (e *bootEnv) checkCurrentCOW(path string, m *bootstate.ExtentMap) error {
 	dev, err := e.dm.EnsureNode(dmsnap.DefaultNames.Origin)
 	if err != nil {
 		return err
@@ -195,15 +199,15 @@ func (e *bootEnv) checkCurrentCOW(m *bootstate.ExtentMap) error {
 	}
 	defer setBlockRO(dev, false)
 	if err := mountDev(dev, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
-		return fmt.Errorf("check the COW file %s: %w", e.cowPath, err)
+		return fmt.Errorf("check the COW file %s: %w", path, err)
 	}
 	defer unix.Unmount(e.verifyDir, 0)
-	fp, err := e.fingerprintIn(e.verifyDir, e.cowPath, m)
+	fp, err := e.fingerprintIn(e.verifyDir, path, m)
 	if err == nil && fp != m.Fingerprint() {
 		err = errors.New("its extents differ from the recorded map (moved, truncated or rewritten)")
 	}
 	if err != nil {
-		return fmt.Errorf("COW file %s on %s changed since `cpinit begin`: %w", e.cowPath, e.ud.Path, err)
+		return fmt.Errorf("COW file %s on %s changed since `cpinit begin`: %w", path, e.ud.Path, err)
 	}
 	return nil
 }
@@ -248,7 +252,7 @@ func (e *bootEnv) ReattachSnapshot(m *bootstate.ExtentMap) (bool, error) {
 	}
 	// Before the trial writes on: the file must still own the blocks the
 	// snapshot copies chunks into, or new files could land in them.
-	if err := e.checkCurrentCOW(m); err != nil {
+	if err := e.checkCurrentCOW(e.cowPath, m); err != nil {
 		return false, fmt.Errorf("%w; refusing to continue the trial on this checkpoint (writes would land in blocks the file may no longer own)", err)
 	}
 	return false, nil
@@ -311,13 +315,26 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 	if err := mountDev(snap, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
 		return zero, err
 	}
-	defer unix.Unmount(e.verifyDir, 0)
 	fp, err := e.fingerprintIn(e.verifyDir, path, want)
+	if uerr := unix.Unmount(e.verifyDir, 0); uerr != nil && err == nil {
+		err = &os.PathError{Op: "umount", Path: e.verifyDir, Err: uerr}
+	}
 	if err != nil {
 		// The file the checkpoint recorded is not there as recorded
 		// (deleted, truncated, unpinned, remapped): a merge would read
 		// saved chunks from blocks that may now hold anything.
 		return zero, fmt.Errorf("COW file %s no longer matches the recorded map (%w); merging would write to the wrong blocks", path, err)
+	}
+	if e.checkCurrent {
+		// The snapshot view shows the file as it was at the checkpoint.
+		// The current filesystem must still have it too: if the trial
+		// unpinned and deleted it, new files may have been written over
+		// the saved chunks, and the merge would copy that back. Not once
+		// a merge has started: the origin is then a mix of old and new
+		// chunks, not a filesystem to mount.
+		if err := e.checkCurrentCOW(path, want); err != nil {
+			return zero, fmt.Errorf("%w; the saved chunks may have been overwritten: merging would write garbage into userdata", err)
+		}
 	}
 	return fp, nil
 }

@@ -26,6 +26,11 @@
 //	                                           update's health check failed),
 //	                                           print "sysinit: rollback ok"
 //	                                   hang    wait (the host cuts the power)
+//	                                 With sysinit.unpin=1 it first does
+//	                                 what a rogue update could: clears the
+//	                                 COW file's immutable flag, deletes it
+//	                                 and flushes the journal (FIFREEZE),
+//	                                 printing "sysinit: deleted the COW file"
 //	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
 //	                                 separated; "+" separates several
 //	                                 commands, run in order) and power off
@@ -93,6 +98,12 @@ func run() error {
 		fmt.Println("sysinit: ota begin ok")
 		return nil
 	case "workload":
+		if p["unpin"] == "1" {
+			if err := unpinCOW(); err != nil {
+				return fmt.Errorf("unpin: %w", err)
+			}
+			fmt.Println("sysinit: deleted the COW file")
+		}
 		if err := workload(p["seed"], p["mib"]); err != nil {
 			return fmt.Errorf("workload: %w", err)
 		}
@@ -270,4 +281,36 @@ func writeSynced(path, content string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// unpinCOW clears the immutable flag of /data/.cpinit/cow (FS_IOC_SETFLAGS),
+// deletes it and flushes the journal (FIFREEZE/FITHAW, as a clean unmount
+// would), so its blocks are free for the workload's files.
+func unpinCOW() error {
+	const cow = "/data/.cpinit/cow"
+	f, err := os.Open(cow)
+	if err != nil {
+		return err
+	}
+	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err == nil {
+		err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags&^0x10) // FS_IMMUTABLE_FL
+	}
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", cow, err)
+	}
+	if err := os.Remove(cow); err != nil {
+		return err
+	}
+	d, err := os.Open("/data")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	const fiFreeze, fiThaw = 0xC0045877, 0xC0045878
+	if err := unix.IoctlSetInt(int(d.Fd()), fiFreeze, 0); err != nil {
+		return fmt.Errorf("FIFREEZE /data: %w", err)
+	}
+	return unix.IoctlSetInt(int(d.Fd()), fiThaw, 0)
 }
