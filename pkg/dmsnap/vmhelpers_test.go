@@ -15,9 +15,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -50,7 +52,46 @@ func vmSetup(t *testing.T) (*Client, string) {
 	t.Cleanup(func() { c.Close() })
 	resetDM(t, c)
 	t.Cleanup(func() { resetDM(t, c) })
+	watchdog(t, 60*time.Second)
 	return c, disk
+}
+
+// watchdog dumps the kernel stacks of this process's threads and of every
+// blocked task to the console if the test runs longer than d, so that a
+// hang inside the kernel (a read stuck in dm) explains itself in the
+// console log instead of only timing out.
+func watchdog(t *testing.T, d time.Duration) {
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	name := t.Name()
+	go func() {
+		select {
+		case <-done:
+			return
+		case <-time.After(d):
+		}
+		fmt.Fprintf(os.Stderr, "WATCHDOG: %s still running after %v; kernel stacks:\n", name, d)
+		tasks, _ := filepath.Glob("/proc/self/task/*/stack")
+		for _, p := range tasks {
+			if b, err := os.ReadFile(p); err == nil && len(b) > 0 {
+				fmt.Fprintf(os.Stderr, "--- %s\n%s", p, b)
+			}
+		}
+		// Requests in flight per block device: tells a request lost below
+		// dm (vda busy) from one stuck in dm (only dm-N busy).
+		inflight, _ := filepath.Glob("/sys/block/*/inflight")
+		for _, p := range inflight {
+			if b, err := os.ReadFile(p); err == nil {
+				fmt.Fprintf(os.Stderr, "%s: %s", p, b)
+			}
+		}
+		os.WriteFile("/proc/sys/kernel/printk", []byte("7"), 0)
+		os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0) // blocked tasks
+		b, _ := exec.Command("/usr/sbin/dmsetup", "info", "-c").CombinedOutput()
+		fmt.Fprintf(os.Stderr, "%s", b)
+		b, _ = exec.Command("/usr/sbin/dmsetup", "status").CombinedOutput()
+		fmt.Fprintf(os.Stderr, "%s", b)
+	}()
 }
 
 // resetDM removes every device (the guest has no others), repeating while
@@ -240,14 +281,17 @@ type expectation struct {
 	overrides map[uint64]uint64 // block -> seed; seed 0 means zeros
 }
 
+// verifyBatch is how many blocks verifyPattern reads per O_DIRECT read.
+var verifyBatch = uint64(256)
+
 // verifyPattern compares blocks [from, to) of path with want, reading with
 // O_DIRECT, and reports the first mismatches.
 func verifyPattern(t *testing.T, path string, want expectation, from, to uint64) {
 	t.Helper()
 	d := openDirect(t, path, false)
 	defer d.Close()
-	const batch = 256
-	buf := alignedBuf(t, batch*blockSize)
+	batch := verifyBatch
+	buf := alignedBuf(t, int(batch)*blockSize)
 	exp := make([]byte, blockSize)
 	bad := 0
 	for blk := from; blk < to; blk += batch {
