@@ -663,7 +663,7 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 	}
 
 	vm = bootWithout(t, d, "cpinit.metadata=/dev/vdd", "")
-	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow .*no cpinit.metadata=`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but no cpinit.metadata= names its metadata store: refusing to mount userdata directly`, slotBootTimeout)
 	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {
@@ -671,6 +671,21 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 	}
 	u.check(t, d, "boot without cpinit.metadata")
 	wantRecord(t, d, bootstate.StateCheckpointing)
+
+	// The store wiped (all zeros): blank, which on a first boot means
+	// "format it and mount plainly"; beside a COW file it is refused.
+	if err := MakeDisk(d.Metadata, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	u = snapshotImages(t, d)
+	vm, _ = d.Boot(t, "")
+	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but the metadata store /dev/vdd \(cpinit.metadata=/dev/vdd\) is blank: refusing to mount userdata directly`, slotBootTimeout)
+	vm.ExpectT(t, "run `cpinit recover keep-current --yes` in recovery mode", slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "mounted=") {
+		t.Fatal("userdata mounted raw beside a wiped store")
+	}
+	u.check(t, d, "boot with a wiped store")
 }
 
 // TestBadInputTrialDeletesCOW: a rogue update clears the COW file's

@@ -191,7 +191,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	}
 	if p.Metadata == nil {
 		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")
-		if err := refuseLeftCheckpoint(env); err != nil {
+		if err := refuseLeftCheckpoint(env, "no cpinit.metadata= names its metadata store"); err != nil {
 			return fmt.Errorf("userdata device %s: %w", dev, err)
 		}
 		if err := env.mount(dev); err != nil {
@@ -211,6 +211,14 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 	defer f.Close()
 	if err := checkStoreDevice(store, f, metaPath); err != nil {
 		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
+	}
+	if _, _, err := store.Load(); errors.Is(err, bootstate.ErrNoRecord) {
+		// A blank store would be formatted and userdata mounted as it is.
+		// Every store is formatted on the first boot, before any begin, so
+		// a blank one beside a COW file was wiped or is not the store.
+		if err := refuseLeftCheckpoint(env, fmt.Sprintf("the metadata store %s (cpinit.metadata=%s) is blank", metaPath, p.Metadata)); err != nil {
+			return fmt.Errorf("userdata device %s: %w", dev, err)
+		}
 	}
 	if _, info, err := store.Load(); err == nil && info.Degraded {
 		log.Errorf("warning: metadata store %s: only one good copy (copy A: %v; copy B: %v); using it, the next write repairs the other",
@@ -373,7 +381,7 @@ func checkStoreDevice(store *bootstate.Store, dev io.ReaderAt, path string) erro
 // partition set read-only (BLKROSET) and mounted ro without journal replay,
 // so the look writes nothing. Only filesystems cpinit checkpoints (ext4,
 // f2fs) can hold one.
-func refuseLeftCheckpoint(e *bootEnv) error {
+func refuseLeftCheckpoint(e *bootEnv, why string) error {
 	opts := map[string]string{"ext4": "noload", "f2fs": "norecovery"}
 	data, ok := opts[e.fstype]
 	if !ok {
@@ -393,10 +401,10 @@ func refuseLeftCheckpoint(e *bootEnv) error {
 	}
 	switch {
 	case err == nil:
-		return fmt.Errorf("userdata holds the COW file %s of a checkpoint, but no cpinit.metadata= names its metadata store: "+
+		return fmt.Errorf("userdata holds the COW file %s of a checkpoint, but %s: "+
 			"refusing to mount userdata directly (writes would bypass the checkpoint and corrupt a rollback). "+
-			"Restore cpinit.metadata= on the kernel command line; if no checkpoint is pending, delete %s (chattr -i first) from a recovery system",
-			DefaultCOWPath, DefaultCOWPath)
+			"Make cpinit.metadata= name the metadata store that recorded it; if that store is lost, run `%s --yes` in recovery mode (cpinit.recovery=1) to keep the current data",
+			DefaultCOWPath, why, bootstate.CmdKeepCurrent)
 	case errors.Is(err, os.ErrNotExist):
 		return nil
 	}
