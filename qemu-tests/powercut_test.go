@@ -324,13 +324,15 @@ func (w *pcDevice) cycle(n int) {
 		}
 
 		if phase == phMerge {
-			if m := regexp.MustCompile(`cpinit: merge: ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil && mergeCut {
-				if left, _ := strconv.ParseFloat(m[1], 64); left > 0 {
+			// The first progress line of the next boot that reaches the
+			// merge says whether the kernel had finished before the cut.
+			if m := regexp.MustCompile(`cpinit: merge: ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil {
+				if left, _ := strconv.ParseFloat(m[1], 64); left > 0 && mergeCut {
 					w.st.add(func() { w.st.midMerge++ })
 					t.Logf("  the merge resumed with %s MiB left: the previous cut landed mid-merge", m[1])
 				}
+				mergeCut = false
 			}
-			mergeCut = false
 		}
 		if res.cut {
 			done[c.phase]++
@@ -521,10 +523,10 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 		} else {
 			// The kernel merges the few MiB of a trial in a fraction of
 			// a second under TCG, and the console shows the end only at
-			// the next 250 ms poll: most cuts go into the first 200 ms.
+			// the next 250 ms poll: most cuts go into the first 150 ms.
 			c.anchor = `cpinit: merge: [\d.]+ MiB left of`
 			if w.rng.Float64() < 0.7 {
-				c.delay = w.uniform(200 * time.Millisecond)
+				c.delay = w.uniform(150 * time.Millisecond)
 			} else {
 				c.delay = w.uniform(w.window("merge") * 110 / 100)
 			}
