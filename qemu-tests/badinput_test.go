@@ -25,23 +25,6 @@ import (
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
-// noTimerCheck goes on every kernel command line here: under TCG on a
-// loaded host the kernel's early IO-APIC timer check can fail and panic
-// ("IO-APIC + timer doesn't work!") before cpinit runs.
-const noTimerCheck = "no_timer_check"
-
-func bootNT(t *testing.T, d *ABDevice, extra string) (*VM, int) {
-	t.Helper()
-	return d.Boot(t, strings.TrimSpace(extra+" "+noTimerCheck))
-}
-
-// otaBeginNT is otaBegin with noTimerCheck (carried in the slot's
-// parameters, which otaBegin builds from the size).
-func otaBeginNT(t *testing.T, d *ABDevice, cowSize string) {
-	t.Helper()
-	otaBegin(t, d, cowSize+" "+noTimerCheck)
-}
-
 // imageHash is the sha256 of a disk image, to prove a boot wrote nothing.
 func imageHash(t *testing.T, path string) string {
 	t.Helper()
@@ -146,7 +129,7 @@ func bothSlots(d *ABDevice, params string) { d.Slot[0], d.Slot[1] = params, para
 func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 	t.Helper()
 	d.Slot[1] = action
-	vm, slot := bootNT(t, d, strings.Join(extra, " "))
+	vm, slot := d.Boot(t, strings.Join(extra, " "))
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
 	}
@@ -163,14 +146,14 @@ func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 func TestBadInputCorruptStore(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 11)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=11 sysinit.mib=4 sysinit.then=crash")
 	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)
 
 	corruptStore(t, d)
 	u := snapshotImages(t, d)
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	stopped(t, vm, `metadata store unreadable \(.*metadata store has no valid copy \(copy A: invalid: .*copy B: invalid: .*\); refusing to merge or delete anything`)
 	u.check(t, d, "boot with a corrupt store")
 	if _, err := d.Record(); !errors.Is(err, bootstate.ErrStoreCorrupt) {
@@ -178,7 +161,7 @@ func TestBadInputCorruptStore(t *testing.T) {
 	}
 
 	bothSlots(d, "sysinit.action=cmd sysinit.args=status+recover,keep-current+recover,keep-current,--yes")
-	vm, _ = bootNT(t, d, "cpinit.recovery=1")
+	vm, _ = d.Boot(t, "cpinit.recovery=1")
 	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\): userdata is neither mapped nor mounted`, slotBootTimeout)
 	vm.ExpectT(t, `state: +unreadable`, slotBootTimeout)
 	vm.ExpectT(t, `store copy A: invalid: `, slotBootTimeout)
@@ -201,7 +184,7 @@ func TestBadInputCorruptStore(t *testing.T) {
 	}
 
 	bothSlots(d, "sysinit.action=report")
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	vm.ExpectT(t, `cpinit: checkpoint operator: deleting /.cpinit/cow`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
@@ -224,7 +207,7 @@ func TestBadInputCorruptStore(t *testing.T) {
 func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 22)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -263,14 +246,14 @@ func TestBadInputRecordNamesOtherDevice(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 12)
 	before := manifest(t, d)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	rewriteRecord(t, d, func(r *bootstate.Record) {
 		r.Map.DevMinor += 16
 		r.Fingerprint = r.Map.Fingerprint()
 	})
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ := bootNT(t, d, "")
+	vm, _ := d.Boot(t, "")
 	stopped(t, vm, `userdata device is 254:\d+ \(\d+ sectors\) but the checkpoint was taken on 254:\d+ \(\d+ sectors\)`)
 	u.check(t, d, "boot with a record naming another device")
 	if exists, err := d.COWFileExists(); err != nil || !exists {
@@ -317,7 +300,7 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := newABDevice(t, 13)
-			otaBeginNT(t, d, "32M")
+			otaBegin(t, d, "32M")
 			// noatime: the trial writes no inode, so the COW file's inode
 			// block is not copied into the COW and the snapshot view shows
 			// the change (a copied block would show the original inode,
@@ -328,7 +311,7 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 			}
 			debugfsW(t, d, c.debugfs)
 			d.Slot[1] = "sysinit.action=report"
-			vm, _ = bootNT(t, d, "cpinit.abort=1")
+			vm, _ = d.Boot(t, "cpinit.abort=1")
 			vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
 			// Different extents in the snapshot view make Decide compare
 			// fingerprints and stop; a map that cannot be taken there at
@@ -356,14 +339,14 @@ func TestBadInputCOWChangedDuringTrial(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := newABDevice(t, 21)
-			otaBeginNT(t, d, "32M")
+			otaBegin(t, d, "32M")
 			vm := trialBoot(t, d, "sysinit.action=report")
 			if err := vm.Wait(slotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
 			debugfsW(t, d, c.debugfs)
 			ud := imageHash(t, d.Userdata)
-			vm, _ = bootNT(t, d, "")
+			vm, _ = d.Boot(t, "")
 			vm.ExpectT(t, `cpinit: trial boot 2 of slot "_b": reattaching the checkpoint`, slotBootTimeout)
 			changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to continue the trial on this checkpoint`)
 			if imageHash(t, d.Userdata) != ud {
@@ -387,11 +370,11 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 19)
 	before := manifest(t, d)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	debugfsW(t, d, "rm /.cpinit/cow")
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
-	vm, slot := bootNT(t, d, "")
+	vm, slot := d.Boot(t, "")
 	if slot != 1 {
 		t.Fatalf("slot %d, want the update's slot 1", slot)
 	}
@@ -408,7 +391,7 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	// The update is abandoned (cpinit.abort=1 here; the bootloader's
 	// fallback ends the same way): nothing to merge, the data is intact.
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ = bootNT(t, d, "cpinit.abort=1")
+	vm, _ = d.Boot(t, "cpinit.abort=1")
 	vm.ExpectT(t, `cpinit: update abandoned before first use \(abort\): dropping the unused checkpoint`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
@@ -428,7 +411,7 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 func TestBadInputOverflow(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 14)
-	otaBeginNT(t, d, "16M")
+	otaBegin(t, d, "16M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
 	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
 	vm.ExpectT(t, `COW used: +unusable: the snapshot is Invalid \(the COW overflowed or hit an I/O error\)`, slotBootTimeout)
@@ -439,7 +422,7 @@ func TestBadInputOverflow(t *testing.T) {
 	}
 
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data and deleting the checkpoint`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
@@ -465,14 +448,14 @@ func TestBadInputOverflow(t *testing.T) {
 func TestBadInputOverflowAtRollback(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 15)
-	otaBeginNT(t, d, "16M")
+	otaBegin(t, d, "16M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=15 sysinit.mib=40")
 	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ = bootNT(t, d, "cpinit.abort=1")
+	vm, _ = d.Boot(t, "cpinit.abort=1")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
@@ -497,7 +480,7 @@ func TestBadInputBeginTooBig(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 16)
 	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=300M"
-	vm, _ := bootNT(t, d, "")
+	vm, _ := d.Boot(t, "")
 	vm.ExpectT(t, `refusing to begin: a 300 MiB COW file does not fit: userdata has \d+ MiB free and begin keeps --reserve 128 MiB free.*pass a smaller --size \(at most \d+ MiB here\)`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
 	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
@@ -521,7 +504,7 @@ func TestBadInputBeginTooBig(t *testing.T) {
 	debugfsW(t, d, "write "+big+" big.bin")
 	os.Remove(big)
 	d.Slot[0] = "sysinit.action=ota"
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint is too small to be useful \(userdata has \d+ MiB free, reserve 128 MiB\); free some space`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
@@ -542,10 +525,10 @@ func TestBadInputBeginTooBig(t *testing.T) {
 func TestBadInputKernelParams(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 17)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ := bootNT(t, d, "cpinit.abort=maybe cpinit.metadata= cpinit.rootwait=soon cpinit.bogus=1")
+	vm, _ := d.Boot(t, "cpinit.abort=maybe cpinit.metadata= cpinit.rootwait=soon cpinit.bogus=1")
 	vm.ExpectT(t, `cpinit: warning: ignoring unknown kernel parameter cpinit.bogus=1 \(known: `, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: FATAL: kernel parameter cpinit.abort=maybe: want 1 or 0`, slotBootTimeout)
 	vm.ExpectT(t, `kernel parameter cpinit.metadata=: needs a value`, slotBootTimeout)
@@ -558,7 +541,7 @@ func TestBadInputKernelParams(t *testing.T) {
 	// Mount options the filesystem rejects, on the update's first boot:
 	// the snapshot exists by then, the mount fails, nothing is written
 	// through it; the message names the parameter.
-	vm, _ = bootNT(t, d, "cpinit.mountopts=noatime,bogus")
+	vm, _ = d.Boot(t, "cpinit.mountopts=noatime,bogus")
 	vm.ExpectT(t, `cpinit: FATAL: .*mount /newroot/data: .*invalid argument \(check cpinit.fstype=ext4 and cpinit.mountopts=noatime,bogus\)`, slotBootTimeout)
 	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)
@@ -568,7 +551,7 @@ func TestBadInputKernelParams(t *testing.T) {
 	}
 	// Fixed: the next boot reattaches the checkpoint (flag options such as
 	// noatime are mount flags, not filesystem data).
-	vm, _ = bootNT(t, d, "cpinit.mountopts=noatime")
+	vm, _ = d.Boot(t, "cpinit.mountopts=noatime")
 	vm.ExpectT(t, `cpinit: state=checkpointing/active .* action=reattach-snapshot`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
@@ -585,11 +568,11 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 	d := newABDevice(t, 18)
 	good := d.Initrd
 	d.Initrd = noSnapshotInitramfs(t)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	u.metadata = "" // the boot attempt is counted
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ := bootNT(t, d, "")
+	vm, _ := d.Boot(t, "")
 	m := vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot.*`, slotBootTimeout)
 	t.Logf("console: %s", m[0])
 	vm.ExpectT(t, `this kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in /etc/cpinit/modules`, slotBootTimeout)
@@ -649,7 +632,7 @@ func bootWithout(t *testing.T, d *ABDevice, param, replacement string) *VM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := d.Options(slot, noTimerCheck)
+	o := d.Options(slot, "")
 	if !strings.Contains(o.Append, param) {
 		t.Fatalf("no %q in %q", param, o.Append)
 	}
@@ -665,7 +648,7 @@ func bootWithout(t *testing.T, d *ABDevice, param, replacement string) *VM {
 func TestBadInputMetadataParamWrong(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 20)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	sysB := imageHash(t, d.Systems[1])
 	bothSlots(d, "sysinit.action=report")
@@ -695,7 +678,7 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 		t.Fatal(err)
 	}
 	u = snapshotImages(t, d)
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but the metadata store /dev/vdd \(cpinit.metadata=/dev/vdd\) is blank: refusing to mount userdata directly`, slotBootTimeout)
 	vm.ExpectT(t, "run `cpinit recover keep-current --yes` in recovery mode", slotBootTimeout)
 	vm.Wait(slotBootTimeout)
@@ -714,14 +697,14 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 func TestBadInputTrialDeletesCOW(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 23)
-	otaBeginNT(t, d, "32M")
+	otaBegin(t, d, "32M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=23 sysinit.mib=8 sysinit.then=crash")
 	vm.ExpectT(t, `sysinit: deleted the COW file`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)
 
 	d.Slot[1] = "sysinit.action=report"
-	vm, _ = bootNT(t, d, "cpinit.abort=1")
+	vm, _ = d.Boot(t, "cpinit.abort=1")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
 	changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*no such file or directory; the saved chunks may have been overwritten: merging would write garbage into userdata`)
 	if r := wantRecord(t, d, bootstate.StateRollbackPending); r.MergeTries != 0 {
@@ -729,14 +712,14 @@ func TestBadInputTrialDeletesCOW(t *testing.T) {
 	}
 
 	bothSlots(d, "sysinit.action=cmd sysinit.args=recover,keep-current,--yes")
-	vm, _ = bootNT(t, d, "cpinit.recovery=1")
+	vm, _ = d.Boot(t, "cpinit.recovery=1")
 	vm.ExpectT(t, `a rollback is pending \(abort\) but has not started merging: keeping the current data cancels it`, slotBootTimeout)
 	vm.ExpectT(t, `kept the current data`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	bothSlots(d, "sysinit.action=report")
-	vm, _ = bootNT(t, d, "")
+	vm, _ = d.Boot(t, "")
 	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
