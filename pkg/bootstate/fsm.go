@@ -333,8 +333,11 @@ func mutate(r Record, s Step, dst State) Record {
 		r = freshWithLeftover(r, r.COWPath, ReasonMerged)
 	case EventCleanupDone:
 		why := ReasonCleaned
-		if src == StateFresh {
-			why = r.Reason // keep "merged" visible in status
+		if src == StateFresh || r.Reason == ReasonOverflow || r.Reason == ReasonOperator {
+			// Keep "merged" visible in status, and that the checkpoint
+			// was lost (overflow) or given up (operator): the user must
+			// learn that the rollback they may expect never happened.
+			why = r.Reason
 		}
 		r = freshWithLeftover(r, "", why)
 	}

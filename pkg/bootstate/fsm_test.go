@@ -186,3 +186,23 @@ func TestPrepare(t *testing.T) {
 		t.Fatalf("%+v", b)
 	}
 }
+
+// After cleanup, status must still be able to say that the checkpoint was
+// lost to an overflow or given up by an operator: the rollback a user may
+// expect never happened.
+func TestCleanupKeepsLostCheckpointReason(t *testing.T) {
+	active := activeRecord(t, CounterAndroid, "_b")
+	for _, c := range []struct {
+		rec  Record
+		want Reason
+	}{
+		{mustApply(t, active, Step{Event: EventOverflow}), ReasonOverflow},
+		{RecoveryKeepCurrent("/.cpinit/cow"), ReasonOperator},
+		{mustApply(t, active, Step{Event: EventCommit}), ReasonCleaned},
+	} {
+		got := mustApply(t, c.rec, Step{Event: EventCleanupDone})
+		if got.State != StateFresh || got.Reason != c.want {
+			t.Errorf("cleanup-done from %v/%v: %v/%v, want fresh/%v", c.rec.State, c.rec.Reason, got.State, got.Reason, c.want)
+		}
+	}
+}
