@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -113,7 +114,7 @@ func stopped(t *testing.T, vm *VM, problem string) {
 	m := vm.ExpectT(t, problem, slotBootTimeout)
 	t.Logf("console: %s", m[0])
 	vm.ExpectT(t, `userdata was left untouched \(not mapped, not mounted, COW file kept\)`, slotBootTimeout)
-	vm.ExpectT(t, "to recover: boot recovery, inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current`", slotBootTimeout)
+	vm.ExpectT(t, regexp.QuoteMeta("to recover: boot recovery mode (cpinit.recovery=1), inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current --yes`"), slotBootTimeout)
 	vm.ExpectT(t, `recovery mode: boot with cpinit.recovery=1`, slotBootTimeout)
 	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
 	vm.Wait(slotBootTimeout)

@@ -265,7 +265,7 @@ func Decide(in DecideInput) Action {
 
 func stop(msg string) Action {
 	return Action{Kind: StopForRecovery, Message: msg,
-		Command: fmt.Sprintf("boot recovery, inspect with `%s`, then fix the cause or run `%s` to keep the current data", CmdStatus, CmdKeepCurrent)}
+		Command: fmt.Sprintf("boot recovery mode (cpinit.recovery=1), inspect with `%s`, then fix the cause or run `%s --yes` to keep the current data", CmdStatus, CmdKeepCurrent)}
 }
 
 func checkDevice(r *Record, p Params) (Action, bool) {
