@@ -136,6 +136,37 @@ func (c *commonFlags) open() (*sysCtx, error) {
 
 func (sc *sysCtx) close() { sc.storeF.Close() }
 
+// openCmd parses a lifecycle command's flags (the common ones, plus what
+// extra registers) and opens the system they name. synopsis is the usage
+// line shown on bad arguments.
+func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*sysCtx, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf commonFlags
+	cf.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return nil, fmt.Errorf("usage: cpinit %s", synopsis)
+	}
+	return cf.open()
+}
+
+// openCmdRecord is openCmd followed by loading the record.
+func openCmdRecord(name, synopsis string, args []string) (*sysCtx, *bootstate.Record, error) {
+	sc, err := openCmd(name, synopsis, args, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := sc.load()
+	if err != nil {
+		sc.close()
+		return nil, nil, err
+	}
+	return sc, r, nil
+}
+
 func (sc *sysCtx) load() (*bootstate.Record, error) {
 	r, _, err := sc.store.Load()
 	if errors.Is(err, bootstate.ErrNoRecord) {
@@ -246,26 +277,22 @@ func checkCOWFits(want, free, reserve uint64) error {
 }
 
 func cmdBegin(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("begin", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf commonFlags
-	cf.register(fs)
-	size := fs.String("size", "", "COW file size (default: half the free space above the reserve)")
-	slot := fs.String("slot", "", "slot the update will boot (default: the other slot, with misc)")
-	tries := fs.Uint("tries", 0, "trial boots without an A/B counter (native counter; default 3)")
-	reserveS := fs.String("reserve", "128M", "free space to leave in userdata after allocating")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("usage: cpinit begin [--size N] [--slot S] [--tries N] [--reserve N]")
-	}
-	reserve, err := parseSize(*reserveS)
-	if err != nil {
-		return fmt.Errorf("--reserve: %w", err)
-	}
-	sc, err := cf.open()
+	var size, slot, reserveS *string
+	var tries *uint
+	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N]", args, func(fs *flag.FlagSet) {
+		size = fs.String("size", "", "COW file size (default: half the free space above the reserve)")
+		slot = fs.String("slot", "", "slot the update will boot (default: the other slot, with misc)")
+		tries = fs.Uint("tries", 0, "trial boots without an A/B counter (native counter; default 3)")
+		reserveS = fs.String("reserve", "128M", "free space to leave in userdata after allocating")
+	})
 	if err != nil {
 		return err
 	}
 	defer sc.close()
+	reserve, err := parseSize(*reserveS)
+	if err != nil {
+		return fmt.Errorf("--reserve: %w", err)
+	}
 	r, err := sc.load()
 	if err != nil {
 		return err
@@ -397,22 +424,11 @@ func (sc *sysCtx) bindToPartition(m *fiemap.Map) (*fiemap.Map, error) {
 }
 
 func cmdCommit(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("commit", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf commonFlags
-	cf.register(fs)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("usage: cpinit commit")
-	}
-	sc, err := cf.open()
+	sc, r, err := openCmdRecord("commit", "commit", args)
 	if err != nil {
 		return err
 	}
 	defer sc.close()
-	r, err := sc.load()
-	if err != nil {
-		return err
-	}
 	switch r.State {
 	case bootstate.StateFresh:
 		fmt.Fprintln(stdout, "nothing to commit: no checkpoint")
@@ -462,22 +478,11 @@ func cmdCommit(args []string, stdout io.Writer) error {
 }
 
 func cmdRollback(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf commonFlags
-	cf.register(fs)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("usage: cpinit rollback")
-	}
-	sc, err := cf.open()
+	sc, r, err := openCmdRecord("rollback", "rollback", args)
 	if err != nil {
 		return err
 	}
 	defer sc.close()
-	r, err := sc.load()
-	if err != nil {
-		return err
-	}
 	switch {
 	case r.State == bootstate.StateRollbackPending:
 		fmt.Fprintln(stdout, "rollback already pending: reboot to run it")

@@ -134,15 +134,10 @@ func collectStatus(sc *sysCtx) (*Status, error) {
 }
 
 func cmdStatus(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf commonFlags
-	cf.register(fs)
-	asJSON := fs.Bool("json", false, "machine-readable output (schema in docs)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("usage: cpinit status [--json]")
-	}
-	sc, err := cf.open()
+	var asJSON *bool
+	sc, err := openCmd("status", "status [--json]", args, func(fs *flag.FlagSet) {
+		asJSON = fs.Bool("json", false, "machine-readable output (schema in docs)")
+	})
 	if err != nil {
 		return err
 	}
@@ -197,22 +192,11 @@ func cmdStatus(args []string, stdout io.Writer) error {
 // merge, delete the COW file, record fresh), with a progress bar on a
 // terminal. Userdata must not be mounted.
 func cmdMerge(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("merge", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf commonFlags
-	cf.register(fs)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("usage: cpinit merge")
-	}
-	sc, err := cf.open()
+	sc, r, err := openCmdRecord("merge", "merge", args)
 	if err != nil {
 		return err
 	}
 	defer sc.close()
-	r, err := sc.load()
-	if err != nil {
-		return err
-	}
 	if r.State != bootstate.StateRollbackPending {
 		return fmt.Errorf("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
 	}
