@@ -114,45 +114,89 @@ func RunGuestTests(t testing.TB, r GuestRun) string {
 	return out
 }
 
-func runGuestTests(t testing.TB, r GuestRun) (string, error) {
+var testBinaries struct {
+	sync.Mutex
+	dir  string
+	path map[string]string
+}
+
+// testBinary builds a package's test binary once per process.
+func testBinary(pkg string) (string, error) {
+	testBinaries.Lock()
+	defer testBinaries.Unlock()
+	if p, ok := testBinaries.path[pkg]; ok {
+		return p, nil
+	}
+	if testBinaries.dir == "" {
+		d, err := os.MkdirTemp("", "cpinit-guesttest-")
+		if err != nil {
+			return "", err
+		}
+		testBinaries.dir, testBinaries.path = d, map[string]string{}
+	}
+	p := filepath.Join(testBinaries.dir, fmt.Sprintf("t%d.test", len(testBinaries.path)))
+	if err := BuildTestBinary(pkg, p); err != nil {
+		return "", err
+	}
+	testBinaries.path[pkg] = p
+	return p, nil
+}
+
+// StartGuestTests boots the guest running a package's test binary and
+// returns at once, for tests that cut the power mid-run. RunGuestTests is
+// the usual way.
+func StartGuestTests(t testing.TB, r GuestRun) (*VM, error) {
 	t.Helper()
 	k, err := FetchKernel()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	base, err := GuestInitramfs()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "pkg.test")
-	if err := BuildTestBinary(r.Pkg, bin); err != nil {
-		return "", err
-	}
-	overlay := filepath.Join(dir, "overlay.cpio")
-	args := append([]string{"-test.v"}, r.Args...)
-	if err := TestOverlay(overlay, bin, args, r.Env); err != nil {
-		return "", err
-	}
-	for _, d := range r.Disks {
-		if _, err := os.Stat(d); os.IsNotExist(err) {
-			if err := MakeDisk(d, 256<<20); err != nil {
-				return "", err
-			}
-		}
+	bin, err := testBinary(r.Pkg)
+	if err != nil {
+		return nil, err
 	}
 	if r.Timeout == 0 {
 		r.Timeout = 5 * time.Minute
 	}
-	vm := StartT(t, Options{
+	// -test.timeout inside the guest, shorter than ours: a hung test then
+	// prints every goroutine's stack on the console before we give up.
+	args := append([]string{"-test.v", fmt.Sprintf("-test.timeout=%s", r.Timeout-30*time.Second)}, r.Args...)
+	overlay := filepath.Join(t.TempDir(), "overlay.cpio")
+	if err := TestOverlay(overlay, bin, args, r.Env); err != nil {
+		return nil, err
+	}
+	for _, d := range r.Disks {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			if err := MakeDisk(d, 256<<20); err != nil {
+				return nil, err
+			}
+		}
+	}
+	t.Logf("guest runs %s %s", r.Pkg, strings.Join(args, " "))
+	return StartT(t, Options{
 		Kernel: k.Vmlinuz,
 		Initrd: []string{base, overlay},
 		Append: fmt.Sprintf("vmtest.disks=%d", len(r.Disks)),
 		Disks:  r.Disks,
-	})
+	}), nil
+}
+
+func runGuestTests(t testing.TB, r GuestRun) (string, error) {
+	t.Helper()
+	vm, err := StartGuestTests(t, r)
+	if err != nil {
+		return "", err
+	}
+	if r.Timeout == 0 {
+		r.Timeout = 5 * time.Minute
+	}
 	m, err := vm.Expect(exitRe, r.Timeout)
 	out := vm.Output()
-	t.Logf("guest output of %s %s:\n%s", r.Pkg, strings.Join(args, " "), guestTestLines(out))
+	t.Logf("guest output of %s:\n%s", r.Pkg, guestTestLines(out))
 	if err != nil {
 		return out, fmt.Errorf("guest tests of %s: %v", r.Pkg, err)
 	}

@@ -1,8 +1,8 @@
-// Package vmrun boots the QEMU guest and runs pkg/fiemap's in-guest tests
+// Package fiemapvm boots the QEMU guest and runs pkg/fiemap's in-guest tests
 // (TestVM*) there: the host kernel has no device-mapper, and those tests
 // check the dm-linear table end to end; it also cuts the guest's power in
 // the middle of Allocate/Release and checks the next boot recovers.
-package vmrun
+package fiemapvm
 
 import (
 	"math/rand/v2"
