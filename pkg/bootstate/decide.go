@@ -205,6 +205,19 @@ func Decide(in DecideInput) Action {
 		if booted == "" && in.BootControl != nil {
 			booted = in.BootControl.Suffix()
 		}
+		if !in.Params.Abort && r.Active && r.Counter == CounterAndroid && r.TargetSlot != "" &&
+			SameSlot(booted, r.TargetSlot) && slotSuccessful(in.BootControl, r.TargetSlot) {
+			// The trial slot is marked successful in misc: `cpinit commit`
+			// does that first and was cut before it recorded the commit
+			// (or the system marked itself good through the boot control
+			// HAL, as update_verifier does). begin clears the bit, so
+			// nothing else sets it during a trial. Finish the commit:
+			// otherwise the bootloader keeps booting this slot while
+			// cpinit's attempt cap would eventually roll it back.
+			return Action{Kind: FinishCommitCleanup, Before: &Step{Event: EventCommit},
+				After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: ReasonCommit,
+				Message: fmt.Sprintf("slot %s is marked successful: finishing its commit", r.TargetSlot)}
+		}
 		why := ReasonNone
 		switch {
 		case in.Params.Abort:
@@ -261,6 +274,12 @@ func Decide(in DecideInput) Action {
 			Message: fmt.Sprintf("merging the checkpoint back into userdata (%s), attempt %d", r.Reason, r.MergeTries+1)}
 	}
 	return stop(fmt.Sprintf("unknown state %v", r.State))
+}
+
+// slotSuccessful reports whether misc marks the slot successful.
+func slotSuccessful(bc *BootControl, slot string) bool {
+	i := SlotIndex(slot)
+	return bc != nil && i >= 0 && i < int(bc.NbSlot) && bc.Slots[i].SuccessfulBoot
 }
 
 func stop(msg string) Action {

@@ -200,3 +200,40 @@ func TestPropertyDecideContract(t *testing.T) {
 		}
 	})
 }
+
+// A commit cut after it marked the slot successful in misc but before it
+// recorded the commit: the next boot of that slot finishes the commit instead
+// of continuing (and eventually capping) the trial.
+func TestDecideFinishesCommitMarkedInMisc(t *testing.T) {
+	active := activeRecord(t, CounterAndroid, "_b")
+	bc, err := NewBootControl(2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.SetUnbootable(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.SetActive(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	in := DecideInput{Record: &active, BootedSlot: "_b", BootControl: bc}
+	if a := Decide(in); a.Kind != ReattachSnapshot {
+		t.Fatalf("trial slot not yet successful: %v, want reattach", a.Kind)
+	}
+	if err := bc.MarkSuccessful(1); err != nil {
+		t.Fatal(err)
+	}
+	a := Decide(in)
+	if a.Kind != FinishCommitCleanup || a.Before == nil || a.Before.Event != EventCommit {
+		t.Fatalf("successful trial slot: %v %+v, want finish-commit-cleanup with a commit first", a.Kind, a.Before)
+	}
+	// Not when the old slot boots (its successful bit is old news), nor on
+	// an abort.
+	if a := Decide(DecideInput{Record: &active, BootedSlot: "_a", BootControl: bc}); a.Kind != VerifyExtents {
+		t.Fatalf("old slot booted: %v, want the rollback's verify", a.Kind)
+	}
+	in.Params.Abort = true
+	if a := Decide(in); a.Kind != VerifyExtents {
+		t.Fatalf("abort on a successful slot: %v, want the rollback's verify", a.Kind)
+	}
+}
