@@ -5,8 +5,9 @@
 // The harness (vm.go) starts qemu-system-x86_64 with our initramfs and
 // virtio-blk disk images the test creates, captures the serial console to a
 // log kept on failure (out/vmlogs/), waits for console lines with timeouts,
-// cuts the power (SIGKILL to QEMU, so writes the guest had not flushed are
-// lost as on a real device) and boots again with the same disks. Every QEMU
+// cuts the power (SIGKILL to QEMU: what the guest had not yet written to its
+// virtual disks is lost; see vm.go for what this does not model) and boots
+// again with the same disks. Every QEMU
 // command line is logged so a failing boot can be rerun by hand.
 //
 // RunGuestTests (guest.go) runs a package's Go tests inside the guest: it

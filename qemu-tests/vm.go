@@ -86,9 +86,13 @@ func Start(o Options) (*VM, error) {
 	}
 	args = append(args, accelArgs()...)
 	for i, d := range o.Disks {
-		// cache=writeback: guest flushes reach the image file; SIGKILL
-		// loses only what the guest never flushed, like a power cut on a
-		// disk that honours flushes.
+		// cache=writeback: guest writes go to the image file through the
+		// host page cache. SIGKILL loses what the guest had not yet sent
+		// to its virtual disk (its own page cache: unflushed data), not
+		// what it had sent without a flush: QEMU emulates no volatile disk
+		// cache, so a power cut here is kinder than on a real disk whose
+		// cache drops unflushed writes. Write ordering bugs that need a
+		// lost disk cache to show are beyond this harness.
 		args = append(args, "-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=d%d,cache=writeback", d, i),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
 	}
