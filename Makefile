@@ -21,7 +21,7 @@ DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo test unit vmtest deps kernel initramfs clean
+.PHONY: all demo test unit vmtest deps kernel initramfs clean bench
 
 all: test
 
@@ -52,6 +52,12 @@ demo: kernel
 test: kernel
 	$(GO) vet ./...
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
+# snapshot-origin and merge throughput, as ratios to the raw device and dd
+# (results and machine in docs/BENCHMARKS.md). Not part of `make test`.
+bench: kernel
+	$(GO) run ./qemu-tests/bench
 
 clean:
 	rm -rf out
