@@ -356,7 +356,7 @@ func (w *pcDevice) cycle(n int) {
 			})
 			// A commit that did not persist: let the trial succeed on
 			// retry, or fail it (both must end consistently).
-			if c.phase == phCommit && after.State == bootstate.StateCheckpointing && w.rng.Float64() < 0.5 {
+			if c.phase == phCommit && after.State == bootstate.StateCheckpointing && !w.targetSuccessful(after) && w.rng.Float64() < 0.5 {
 				goal, mib = phAbort, pcRerunMiB
 				t.Logf("  the commit did not persist: failing the trial instead")
 			}
@@ -471,6 +471,12 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 		want = append(want, `cpinit: verifying the COW extent map before merging`,
 			fmt.Sprintf(`cpinit: merging the checkpoint back into userdata \(%s\), attempt %d`, regexp.QuoteMeta(r.Reason.String()), r.MergeTries+1),
 			`cpinit: merge: 0\.0 MiB left`, fresh+`start-or-resume-merge`)
+	case r.State == bootstate.StateCheckpointing && r.Active && w.targetSuccessful(r):
+		// `cpinit commit` marked the slot successful in misc and was cut
+		// before it recorded the commit: cpinit finishes the commit.
+		phase, action = phCleanup, report
+		want = append(want, regexp.QuoteMeta(fmt.Sprintf("cpinit: slot %s is marked successful: finishing its commit", r.TargetSlot)),
+			fresh+`finish-commit-cleanup`)
 	default: // checkpointing, booted the target slot: a trial boot
 		phase = phTrial
 		m := mib
@@ -805,4 +811,13 @@ func (l *lineLog) between(from, to string) (time.Duration, bool) {
 		return 0, false
 	}
 	return 0, false
+}
+
+// targetSuccessful reports whether misc marks the record's target slot
+// successful: then cpinit finishes a commit that was cut before it was
+// recorded (bootstate.Decide).
+func (w *pcDevice) targetSuccessful(r bootstate.Record) bool {
+	bc, err := w.d.ReadMisc()
+	i := bootstate.SlotIndex(r.TargetSlot)
+	return err == nil && i >= 0 && bc.Slots[i].SuccessfulBoot
 }
