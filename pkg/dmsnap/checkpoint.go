@@ -386,25 +386,15 @@ func (k *Checkpoint) snapTable() (Table, error) {
 // attach makes the snapshot and the snapshot-origin live, zeroing the COW
 // header first when fresh is set. Shared by StartCheckpoint and Reattach.
 func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
-	unlock, err := k.c.Lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	doing := "reattach checkpoint"
 	if fresh {
 		doing = "start checkpoint"
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := k.checkTargets(); err != nil {
-		return err
-	}
-	origin, snap, err := k.observeOriginSnap()
+	unlock, origin, snap, err := k.lockAndObserve(ctx, true)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	switch origin.kind {
 	case kindNone, kindEmpty, kindOrigin:
 	case kindPlain:
@@ -547,6 +537,33 @@ func (k *Checkpoint) attach(ctx context.Context, fresh bool) error {
 // observeOriginSnap reads the origin and snapshot devices, after learning
 // the COW device number (if the COW map exists) so tables referencing
 // another COW device are recognised as foreign.
+// lockAndObserve starts every operation the same way: take the control-node
+// lock (released by the returned unlock), stop if ctx is done, check the
+// snapshot targets when the operation loads one, and read what is mapped now,
+// so that the operation does only what is missing.
+func (k *Checkpoint) lockAndObserve(ctx context.Context, needTargets bool) (unlock func(), origin, snap devState, err error) {
+	unlock, err = k.c.Lock()
+	if err != nil {
+		return nil, devState{}, devState{}, err
+	}
+	fail := func(err error) (func(), devState, devState, error) {
+		unlock()
+		return nil, devState{}, devState{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if needTargets {
+		if err := k.checkTargets(); err != nil {
+			return fail(err)
+		}
+	}
+	if origin, snap, err = k.observeOriginSnap(); err != nil {
+		return fail(err)
+	}
+	return unlock, origin, snap, nil
+}
+
 func (k *Checkpoint) observeOriginSnap() (origin, snap devState, err error) {
 	if cow, err := k.c.Info(k.cfg.Names.Cow); err == nil {
 		k.cowDev = cow.Dev
@@ -599,19 +616,12 @@ func (k *Checkpoint) Reattach(ctx context.Context) error { return k.attach(ctx, 
 // snapshot (a snapshot-origin with no snapshot would still split every
 // write). The COW file may be deleted once Commit returns.
 func (k *Checkpoint) Commit(ctx context.Context) error {
-	unlock, err := k.c.Lock()
+	const doing = "commit checkpoint"
+	unlock, origin, snap, err := k.lockAndObserve(ctx, false)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	const doing = "commit checkpoint"
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	origin, snap, err := k.observeOriginSnap()
-	if err != nil {
-		return err
-	}
 	switch origin.kind {
 	case kindNone, kindEmpty, kindPlain, kindOrigin:
 	default:
@@ -699,22 +709,12 @@ func (plainTable) sealed()                 {}
 // not be open when the merge starts (ErrOriginInUse): the data changes under
 // it at once.
 func (k *Checkpoint) StartMerge(ctx context.Context) error {
-	unlock, err := k.c.Lock()
+	const doing = "start merge"
+	unlock, origin, snap, err := k.lockAndObserve(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	const doing = "start merge"
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := k.checkTargets(); err != nil {
-		return err
-	}
-	origin, snap, err := k.observeOriginSnap()
-	if err != nil {
-		return err
-	}
 	switch origin.kind {
 	case kindNone, kindEmpty, kindOrigin:
 	case kindMerge:
@@ -923,19 +923,12 @@ func (k *Checkpoint) WaitMerge(ctx context.Context, progress func(Progress)) err
 // a no-op; after a power cut, run StartMerge first (the merge then completes
 // at once, its progress being on disk).
 func (k *Checkpoint) FinishMerge(ctx context.Context) error {
-	unlock, err := k.c.Lock()
+	const doing = "finish merge"
+	unlock, origin, _, err := k.lockAndObserve(ctx, false)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	const doing = "finish merge"
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	origin, _, err := k.observeOriginSnap()
-	if err != nil {
-		return err
-	}
 	switch origin.kind {
 	case kindMerge:
 		st, err := k.MergeStatus()
@@ -976,19 +969,12 @@ func (k *Checkpoint) FinishMerge(ctx context.Context) error {
 // partition), for boots in the fresh state. It refuses when a snapshot or
 // merge is mapped: use Commit or FinishMerge.
 func (k *Checkpoint) MapPlain(ctx context.Context) error {
-	unlock, err := k.c.Lock()
+	const doing = "map origin"
+	unlock, origin, snap, err := k.lockAndObserve(ctx, false)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	const doing = "map origin"
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	origin, snap, err := k.observeOriginSnap()
-	if err != nil {
-		return err
-	}
 	if snap.exists() {
 		return unexpected(snap, doing)
 	}
@@ -1020,19 +1006,12 @@ func (k *Checkpoint) MapPlain(ctx context.Context) error {
 // again. Nothing may have the devices open. The origin is suspended before
 // the snapshot is removed (snapshot.rst).
 func (k *Checkpoint) Teardown(ctx context.Context) error {
-	unlock, err := k.c.Lock()
+	const doing = "tear down"
+	unlock, origin, snap, err := k.lockAndObserve(ctx, false)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	const doing = "tear down"
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	origin, snap, err := k.observeOriginSnap()
-	if err != nil {
-		return err
-	}
 	if err := checkNotOpen(origin, doing); err != nil {
 		return err
 	}
