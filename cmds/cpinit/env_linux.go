@@ -126,8 +126,19 @@ func (e *bootEnv) MountPlain() error {
 
 // isPlainLinear reports whether tbl maps the whole partition 1:1.
 func isPlainLinear(tbl []dmsnap.TargetSpec, ud userdata) bool {
-	return len(tbl) == 1 && tbl[0].Type == "linear" && tbl[0].Start == 0 && tbl[0].Length == ud.Sectors &&
-		tbl[0].Params == fmt.Sprintf("%d:%d 0", ud.Dev.Major, ud.Dev.Minor)
+	return mapsOneToOne(tbl, ud, false)
+}
+
+// mapsOneToOne reports whether tbl maps the whole partition sector for
+// sector: a plain linear at offset 0, or (if origin is set) also a
+// snapshot-origin of it, which reads and writes the partition in place.
+func mapsOneToOne(tbl []dmsnap.TargetSpec, ud userdata, origin bool) bool {
+	if len(tbl) != 1 || tbl[0].Start != 0 || tbl[0].Length != ud.Sectors {
+		return false
+	}
+	dev := fmt.Sprintf("%d:%d", ud.Dev.Major, ud.Dev.Minor)
+	return tbl[0].Type == "linear" && tbl[0].Params == dev+" 0" ||
+		origin && tbl[0].Type == "snapshot-origin" && tbl[0].Params == dev
 }
 
 func (e *bootEnv) mount(dev string) error {

@@ -413,10 +413,7 @@ func (sc *sysCtx) bindToPartition(m *fiemap.Map) (*fiemap.Map, error) {
 	if err != nil {
 		return nil, err
 	}
-	origin := fmt.Sprintf("%d:%d", sc.ud.Dev.Major, sc.ud.Dev.Minor)
-	oneToOne := len(tbl) == 1 && tbl[0].Start == 0 && tbl[0].Length == sc.ud.Sectors &&
-		(tbl[0].Type == "linear" && tbl[0].Params == origin+" 0" || tbl[0].Type == "snapshot-origin" && tbl[0].Params == origin)
-	if !oneToOne {
+	if !mapsOneToOne(tbl, sc.ud, true) {
 		return nil, fmt.Errorf("userdata is mounted through %s (%s), which does not map %s 1:1: refusing to guess the COW file's blocks",
 			d.DMName, dmsnap.FormatTable(tbl), sc.ud.Path)
 	}

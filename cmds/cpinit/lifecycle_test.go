@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,6 +72,32 @@ func TestSplitMountOpts(t *testing.T) {
 		f, d := splitMountOpts(in)
 		if f != want.flags || d != want.data {
 			t.Errorf("splitMountOpts(%q) = %#x, %q; want %#x, %q", in, f, d, want.flags, want.data)
+		}
+	}
+}
+
+func TestMapsOneToOne(t *testing.T) {
+	ud := userdata{Dev: dmsnap.Dev{Major: 254, Minor: 32}, Sectors: 1000}
+	tbl := func(typ, params string, length uint64) []dmsnap.TargetSpec {
+		return []dmsnap.TargetSpec{{Start: 0, Length: length, Type: typ, Params: params}}
+	}
+	for _, c := range []struct {
+		tbl          []dmsnap.TargetSpec
+		plain, store bool
+	}{
+		{tbl("linear", "254:32 0", 1000), true, true},
+		{tbl("snapshot-origin", "254:32", 1000), false, true},
+		{tbl("linear", "254:32 8", 1000), false, false},
+		{tbl("linear", "254:48 0", 1000), false, false},
+		{tbl("linear", "254:32 0", 999), false, false},
+		{tbl("snapshot-merge", "254:32 254:33 P 8", 1000), false, false},
+		{append(tbl("linear", "254:32 0", 500), dmsnap.TargetSpec{Start: 500, Length: 500, Type: "linear", Params: "254:32 500"}), false, false},
+	} {
+		if got := isPlainLinear(c.tbl, ud); got != c.plain {
+			t.Errorf("isPlainLinear(%v) = %v", c.tbl, got)
+		}
+		if got := mapsOneToOne(c.tbl, ud, true); got != c.store {
+			t.Errorf("mapsOneToOne(%v, origin) = %v", c.tbl, got)
 		}
 	}
 }
