@@ -38,11 +38,19 @@ func TestExtentsCLI(t *testing.T) {
 	sh(t, "truncate", "-s", "64M", img)
 	sh(t, "mkfs.ext4", "-q", "-F", img)
 	loop := strings.TrimSpace(sh(t, "losetup", "-f", "--show", img))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v %s", loop, err, out)
+		}
+	})
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	sh(t, "mount", loop, mnt)
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	t.Cleanup(func() {
+		if err := testutil.Unmount(mnt); err != nil {
+			t.Error(err)
+		}
+	})
 	file := filepath.Join(mnt, "cow")
 	sh(t, "fallocate", "-l", "8M", file)
 
@@ -122,7 +130,11 @@ func TestExtentsCLIRejectsTmpfs(t *testing.T) {
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=16m"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Unmount(dir, 0) })
+	t.Cleanup(func() {
+		if err := testutil.Unmount(dir); err != nil {
+			t.Error(err)
+		}
+	})
 	f := filepath.Join(dir, "cow")
 	if err := os.WriteFile(f, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,9 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // EnvInVM is set to "1" by the test init in the QEMU guest (qemu-tests). Tests
@@ -83,4 +86,27 @@ func LookPath(t testing.TB, name string) string {
 	}
 	t.Skipf("test needs %s (not installed): %v", name, err)
 	return ""
+}
+
+// Unmount unmounts dir, retrying for a while when the kernel says EBUSY.
+//
+// Tests that mount run in parallel with tests that start commands. Between
+// fork and exec, a child of os/exec holds a copy of the parent's whole file
+// descriptor table (O_CLOEXEC only closes at exec), so a file another test
+// has just closed can still be open in someone else's child for a moment and
+// umount fails with "target is busy". That is a property of the test process,
+// not of the code under test, so a short retry is the fix; a file really left
+// open still fails after the deadline.
+func Unmount(dir string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := unix.Unmount(dir, 0)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EBUSY || time.Now().After(deadline) {
+			return &os.PathError{Op: "umount", Path: dir, Err: err}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -18,7 +18,6 @@ import (
 var smallReserve = AllocOptions{Reserve: 1 << 20}
 
 func TestAllocateContiguous(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 128, 4096)
 	dir := fs.privateDir(".cpinit")
 	cow := filepath.Join(dir, "cow")
@@ -127,7 +126,6 @@ func TestAllocateContiguous(t *testing.T) {
 // segment on the raw device are the file's bytes, for a fragmented file
 // whose extents interleave with another file's.
 func TestMapPointsAtFileBytes(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 32, 1024, "-N", "4096", "-m", "0")
 	fragment(t, fs.mnt, 3300)
 	p := fs.path("data")
@@ -187,7 +185,6 @@ func TestMapPointsAtFileBytes(t *testing.T) {
 // at every segment (what dm-snapshot does) and check that no other file and
 // no fs metadata changed.
 func TestAllocateFragmented(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 32, 1024, "-N", "20000", "-I", "128", "-m", "0")
 	smallDir := fs.path("small")
 	if err := os.Mkdir(smallDir, 0o755); err != nil {
@@ -313,7 +310,6 @@ func snapshotFiles(t testing.TB, dir string) map[string]string {
 }
 
 func TestMap10kExtents(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 48, 1024, "-N", "1024", "-m", "0")
 	fragment(t, fs.mnt, 14000)
 	p := fs.path("many")
@@ -359,7 +355,6 @@ func TestMap10kExtents(t *testing.T) {
 }
 
 func TestMapHole(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 16, 4096)
 	for name, mk := range map[string]func(f *os.File) error{
 		// data, hole, data
@@ -409,7 +404,6 @@ func TestMapHole(t *testing.T) {
 }
 
 func TestMapUnwritten(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 16, 4096)
 	p := fs.path("unwritten")
 	f, err := os.Create(p)
@@ -467,11 +461,10 @@ func TestMapUnwritten(t *testing.T) {
 }
 
 func TestUnsupportedFilesystems(t *testing.T) {
-	t.Parallel()
 	testutil.RequireRoot(t)
 	mnt := t.TempDir()
 	run(t, "mount", "-t", "tmpfs", "-o", "size=16m", "cpinit-test", mnt)
-	t.Cleanup(func() { run(t, "umount", mnt) })
+	t.Cleanup(func() { umount(t, mnt) })
 	p := filepath.Join(mnt, "f")
 	if err := os.WriteFile(p, make([]byte, 8192), 0o600); err != nil {
 		t.Fatal(err)
@@ -501,7 +494,7 @@ func TestUnsupportedFilesystems(t *testing.T) {
 	}
 	run(t, "mount", "-t", "overlay", "overlay", "-o",
 		"lowerdir="+ext.path("lower")+",upperdir="+ext.path("upper")+",workdir="+ext.path("work"), ext.path("merged"))
-	t.Cleanup(func() { run(t, "umount", ext.path("merged")) })
+	t.Cleanup(func() { umount(t, ext.path("merged")) })
 	_, err = MapFile(ext.path("merged/f"))
 	if !errors.Is(err, ErrUnsupportedFS) || !strings.Contains(err.Error(), "overlay") {
 		t.Errorf("MapFile on overlay: %v", err)
@@ -522,7 +515,6 @@ func TestUnsupportedFilesystems(t *testing.T) {
 // TestXFSReflinkShared: a reflinked copy on xfs shares its blocks with the
 // original; Validate must reject both as SHARED, and MapFile refuses xfs.
 func TestXFSReflinkShared(t *testing.T) {
-	t.Parallel()
 	requireTool(t, "mkfs.xfs", "xfsprogs")
 	fs := newFS(t, "xfs", 320, "-q", "-f", "-m", "reflink=1")
 	a, b := fs.path("a"), fs.path("b")
@@ -588,7 +580,6 @@ func TestXFSReflinkShared(t *testing.T) {
 // churn of other files, e4defrag, unmount, e2fsck -f (repairing mode),
 // remount.
 func TestExtentsStable(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 96, 4096)
 	cow := filepath.Join(fs.privateDir(".cpinit"), "cow")
 	m, err := Allocate(cow, 24<<20, smallReserve)
@@ -660,7 +651,6 @@ func TestExtentsStable(t *testing.T) {
 
 // TestAllocateResume simulates crashes at each step of Allocate and Release.
 func TestAllocateResume(t *testing.T) {
-	t.Parallel()
 	fs := newExt4(t, 64, 4096)
 	dir := fs.privateDir(".cpinit")
 	cow := filepath.Join(dir, "cow")
@@ -769,7 +759,6 @@ func TestAllocateResume(t *testing.T) {
 // the partition (the fs's st_dev), and the map names the partition. Reading
 // the whole disk at partition start + offset gives the same bytes.
 func TestMapOnPartition(t *testing.T) {
-	t.Parallel()
 	testutil.RequireRoot(t)
 	requireTool(t, "mkfs.ext4", "e2fsprogs")
 	requireTool(t, "partx", "util-linux")
@@ -817,7 +806,7 @@ func TestMapOnPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, "mount", part, mnt)
-	t.Cleanup(func() { run(t, "umount", mnt) })
+	t.Cleanup(func() { umount(t, mnt) })
 	p := filepath.Join(mnt, "data")
 	if err := os.WriteFile(p, nil, 0o600); err != nil {
 		t.Fatal(err)
