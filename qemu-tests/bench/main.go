@@ -1,38 +1,31 @@
-// Command bench runs pkg/dmsnap's checkpoint benchmark (TestBenchCheckpointInGuest)
-// in one QEMU boot and prints its tables: 4 KiB O_DIRECT writes through
-// snapshot-origin (first writes and rewrites, sequential and random) against
-// the raw device, and the merge of the resulting COW against dd of the same
-// bytes, for chunk sizes 4, 16 and 64 KiB, with ratios measured side by side
-// on the same virtual disk. `make bench` runs it; docs/BENCHMARKS.md records
-// the results.
+// Command bench measures what a checkpoint costs, as ratios to a baseline
+// measured side by side in the same run, and prints one table per section
+// (`make bench`; results and reasoning in docs/BENCHMARKS.md):
 //
-// The guest is the usual test guest (qemu-tests/guestinit, 512 MiB, one
-// vCPU, TCG unless CPINIT_QEMU_ACCEL=kvm) with dd added, and one 1 GiB sparse
-// scratch disk.
+//   - size: the cpinit initramfs, compressed;
+//   - boot: kernel start to switch_root, cpinit in state fresh vs a minimal
+//     init that only mounts userdata;
+//   - setup: setting up a checkpoint on a 1 GiB COW file of 10, 10k and
+//     200k extents;
+//   - io: writes through snapshot-origin (first writes and rewrites) vs the
+//     raw device, and the rollback merge vs dd, by chunk size.
+//
+// -only picks sections. Guests run under TCG unless CPINIT_QEMU_ACCEL=kvm.
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"regexp"
 	"runtime"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
-
-	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 var (
-	seqMiB  = flag.Int("seqmib", 16, "MiB written sequentially in 4 KiB writes")
-	rand    = flag.Int("rand", 1024, "random 4 KiB writes (distinct 64 KiB slots of 256 MiB)")
-	chunks  = flag.String("chunks", "4,16,64", "chunk sizes to try, in KiB")
-	timeout = flag.Duration("timeout", 40*time.Minute, "give up on the guest after this long")
-	reps    = flag.Int("reps", 3, "rounds over all chunk sizes (tables show medians and ranges)")
+	only    = flag.String("only", "", "sections to run, comma separated (default: all, in the order size, boot, setup, io)")
+	timeout = flag.Duration("timeout", 40*time.Minute, "give up on a guest after this long")
 	verbose = flag.Bool("v", false, "show the whole console, kernel messages included")
 )
 
@@ -44,98 +37,56 @@ func main() {
 	}
 }
 
-var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
-
-// console prints the guest's progress lines as they arrive.
-type console struct{ w *io.PipeWriter }
-
-func newConsole() *console {
-	r, w := io.Pipe()
-	go func() {
-		s := bufio.NewScanner(r)
-		for s.Scan() {
-			l := strings.TrimRight(s.Text(), "\r")
-			if *verbose || strings.HasPrefix(l, "DMSNAP-BENCH-LOG ") || strings.Contains(l, "--- ") || strings.Contains(l, "WATCHDOG") || strings.Contains(l, "bench_vm_test.go") {
-				fmt.Printf("  | %s\n", strings.TrimPrefix(l, "DMSNAP-BENCH-LOG "))
-			}
-		}
-	}()
-	return &console{w}
+type section struct {
+	name string
+	run  func(tmp string) error
 }
 
-func (c *console) Write(b []byte) (int, error) { return c.w.Write(b) }
+// sections in the order they run; each prints its own tables. Each
+// section's file adds itself with register from an init function.
+var sections []section
+
+// order is the order in which sections run and -only's default.
+var order = []string{"size", "boot", "setup", "io"}
+
+func register(name string, run func(tmp string) error) {
+	if !slices.Contains(order, name) {
+		panic("bench: section " + name + " missing from order")
+	}
+	sections = append(sections, section{name, run})
+	slices.SortFunc(sections, func(a, b section) int {
+		return slices.Index(order, a.name) - slices.Index(order, b.name)
+	})
+}
 
 func run() error {
-	tmp, err := os.MkdirTemp("", "cpinit-bench-")
-	if err != nil {
-		return err
+	want := map[string]bool{}
+	for _, s := range sections {
+		want[s.name] = *only == ""
 	}
-	defer os.RemoveAll(tmp)
-	k, err := qt.FetchKernel()
-	if err != nil {
-		return err
-	}
-	// The test guest's initramfs plus dd, the merge's baseline.
-	var files []string
-	for _, f := range append(append([]string(nil), qt.GuestTools...), "/usr/bin/dd") {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("%s missing on the host (make deps installs the packages): %w", f, err)
+	for _, name := range strings.Split(*only, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
 		}
-		files = append(files, f+":"+strings.TrimPrefix(f, "/"))
+		if _, ok := want[name]; !ok {
+			return fmt.Errorf("-only: unknown section %q (have %s)", name, strings.Join(order, ", "))
+		}
+		want[name] = true
 	}
-	base := filepath.Join(tmp, "guest.cpio")
-	fmt.Println("building the guest initramfs and pkg/dmsnap's test binary...")
-	if err := qt.BuildInitramfs(base, "guestinit", files, "./qemu-tests/guestinit"); err != nil {
-		return err
-	}
-	bin := filepath.Join(tmp, "dmsnap.test")
-	if err := qt.BuildTestBinary("./pkg/dmsnap", bin); err != nil {
-		return err
-	}
-	args := []string{
-		"-test.v", "-test.run=^TestBenchCheckpointInGuest$", fmt.Sprintf("-test.timeout=%s", *timeout-time.Minute),
-		"-dmsnap.bench", fmt.Sprintf("-dmsnap.bench.seqmib=%d", *seqMiB), fmt.Sprintf("-dmsnap.bench.rand=%d", *rand),
-		"-dmsnap.bench.chunks=" + *chunks, fmt.Sprintf("-dmsnap.bench.reps=%d", *reps),
-	}
-	overlay := filepath.Join(tmp, "overlay.cpio")
-	if err := qt.TestOverlay(overlay, bin, args, nil); err != nil {
-		return err
-	}
-	disk := filepath.Join(tmp, "vda.img")
-	if err := qt.MakeDisk(disk, 1<<30); err != nil {
-		return err
-	}
-	accel := "tcg"
-	if os.Getenv("CPINIT_QEMU_ACCEL") == "kvm" {
-		accel = "kvm"
-	}
-	fmt.Printf("host: %s, %d CPUs, %s; guest: kernel %s, 1 vCPU, 512 MiB, accel %s, virtio-blk cache=writeback on a sparse 1 GiB image in %s\n",
-		cpuModel(), runtime.NumCPU(), loadAvg(), k.Release, accel, tmp)
-	fmt.Printf("guest runs: dmsnap.test %s\n", strings.Join(args, " "))
-	started := time.Now()
-	vm, err := qt.Start(qt.Options{
-		Kernel: k.Vmlinuz,
-		Initrd: []string{base, overlay},
-		Append: "vmtest.disks=1",
-		Disks:  []string{disk},
-		Log:    newConsole(),
-	})
-	if err != nil {
-		return err
-	}
-	defer vm.Kill()
-	m, err := vm.Expect(exitRe, *timeout)
-	out := vm.Output()
-	if err != nil {
-		return fmt.Errorf("%v (QEMU: %s)", err, vm.Cmdline)
-	}
-	if code, _ := strconv.Atoi(m[1]); code != 0 || !strings.Contains(out, "--- PASS: TestBenchCheckpointInGuest") {
-		return fmt.Errorf("the benchmark failed in the guest (exit %s); rerun with -v for the whole console", m[1])
-	}
-	fmt.Printf("\nguest run took %v; host %s\n\n", time.Since(started).Round(time.Second), loadAvg())
-	for _, l := range strings.Split(out, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimRight(l, "\r"), "DMSNAP-BENCH|"); ok {
-			fmt.Println(rest)
+	fmt.Printf("host: %s, %d CPUs, %s\n", cpuModel(), runtime.NumCPU(), loadAvg())
+	for _, s := range sections {
+		if !want[s.name] {
+			continue
+		}
+		tmp, err := os.MkdirTemp("", "cpinit-bench-"+s.name+"-")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\n== %s ==\n", s.name)
+		err = s.run(tmp)
+		os.RemoveAll(tmp)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
 	return nil
