@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bytes"
+	"compress/gzip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -58,6 +59,21 @@ func TestBuildReproducible(t *testing.T) {
 		if target != "bbin/cpinit" {
 			t.Errorf("/init -> %q, want bbin/cpinit (cpinit must be PID 1 itself)", target)
 		}
+	}
+
+	// Issue 7's budget: ≤ 4 MiB compressed. gzip -9 is the compressor
+	// every kernel can unpack (CONFIG_RD_GZIP); `make bench` (size section)
+	// reports xz, zstd and lz4 too.
+	var gz bytes.Buffer
+	w, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	w.Write(imgs[0])
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const budget = 4 << 20
+	t.Logf("initramfs: %d bytes with gzip -9 (budget %d)", gz.Len(), budget)
+	if gz.Len() > budget {
+		t.Errorf("initramfs is %d bytes with gzip -9, over the %d-byte budget: see the size section of make bench for what takes the space", gz.Len(), budget)
 	}
 }
 
