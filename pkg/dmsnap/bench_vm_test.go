@@ -5,34 +5,49 @@ package dmsnap
 // The checkpoint benchmark (docs/BENCHMARKS.md, "pkg/dmsnap: checkpoint write
 // cost and merge throughput"). It runs only in the guest and only when asked
 // with -dmsnap.bench: `go run ./qemu-tests/bench` (make bench) boots the guest
-// with a 1 GiB scratch disk and this test alone. Its name does not start with
-// TestVM, so the in-guest suite (-test.run=^TestVM, where a skip fails) never
-// selects it; on the host RequireVM skips it.
+// with a 1 GiB scratch disk, fio and dd, and runs this test alone. Its name
+// does not start with TestVM, so the in-guest suite (-test.run=^TestVM, where
+// a skip fails) never selects it; on the host RequireVM skips it.
 //
-// For each chunk size it measures, on the same disk in the same boot, 4 KiB
-// O_DIRECT writes on the raw device and through snapshot-origin with a fresh
-// snapshot (first writes: every one copies its chunk out), rewrites of the
-// same blocks (chunks already copied), sequentially and at random, then the
-// merge of the resulting COW against dd copying the same number of bytes
-// device to device. It prints the results as markdown tables with ratios
-// (ours / raw, merge / dd), on lines starting with "DMSNAP-BENCH|".
+// For each round and chunk size, on the same disk in the same boot:
+//
+//   - fio (O_DIRECT 4 KiB writes, one job at a time, replaying a list of
+//     offsets) on the raw device: sequential and random, at queue depth 1
+//     and -dmsnap.bench.qd, plus write+fsync at depth 1 (the cost of a
+//     flush);
+//   - checkpoint A: the sequential writes again, same offsets, through
+//     snapshot-origin (first writes: each chunk is copied out once), then
+//     again (rewrites); then the merge of that COW (consecutive chunks: the
+//     best case) and dd copying as many bytes;
+//   - checkpoint B: the same for the random writes (one per distinct chunk:
+//     the scattered COW, the worst case for the merge).
+//
+// It prints markdown tables with ratios (ours / raw, merge / dd) on lines
+// starting with "DMSNAP-BENCH|".
 //
 // Disk layout (1 GiB, /dev/vda):
 //
-//	[0, seq)            sequential writes (-dmsnap.bench.seqmib, default 16 MiB)
+//	[0, S)              sequential writes at depth 1 (S = -dmsnap.bench.seqmib)
+//	[S, 2S)             sequential writes at depth -dmsnap.bench.qd
 //	[32 MiB, 288 MiB)   random writes: one 4 KiB block at a random offset in
-//	                    each of -dmsnap.bench.rand distinct random 64 KiB slots,
-//	                    so that every random write is a first write to its
-//	                    chunk at every chunk size tried
+//	                    each of 2 x -dmsnap.bench.rand distinct random 64 KiB
+//	                    slots (the first half at depth 1, the rest deep), so
+//	                    that every random write is a first write to its chunk
+//	                    at every chunk size tried
+//	[288 MiB, 289 MiB)  write+fsync
 //	[320 MiB, 768 MiB)  dd's destination
 //	[768 MiB, 1 GiB)    the COW "file": 1 MiB extents in a shuffled order
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,10 +59,13 @@ import (
 
 var (
 	benchFlag       = flag.Bool("dmsnap.bench", false, "run TestBenchCheckpointInGuest (in the guest; go run ./qemu-tests/bench)")
-	benchSeqMiB     = flag.Int("dmsnap.bench.seqmib", 16, "MiB written sequentially in 4 KiB writes")
-	benchRandWrites = flag.Int("dmsnap.bench.rand", 1024, "random 4 KiB writes (at most 4096)")
+	benchSeqMiB     = flag.Int("dmsnap.bench.seqmib", 16, "MiB written sequentially in 4 KiB writes, at each queue depth")
+	benchRandWrites = flag.Int("dmsnap.bench.rand", 512, "random 4 KiB writes at each queue depth (at most 2048)")
 	benchChunks     = flag.String("dmsnap.bench.chunks", "4,16,64", "chunk sizes to try, in KiB")
 	benchReps       = flag.Int("dmsnap.bench.reps", 3, "rounds over all chunk sizes; the tables show medians and ranges")
+	benchQD         = flag.Int("dmsnap.bench.qd", 32, "the deep queue depth")
+	benchEngine     = flag.String("dmsnap.bench.ioengine", "libaio", "fio ioengine for all writes")
+	benchModParams  = flag.String("dmsnap.bench.modparams", "", "module parameters to set first, e.g. dm_mod/kcopyd_subjob_size_kb=1024,dm_snapshot/snapshot_copy_throttle=50")
 )
 
 const (
@@ -55,21 +73,36 @@ const (
 	benchRandStart = 32 << 20
 	benchRandSlots = 4096 // 64 KiB slots: 256 MiB
 	benchSlot      = 64 << 10
-	benchBigStart  = 288 << 20
+	benchSyncStart = 288 << 20
+	benchSyncN     = 256
 	benchDDStart   = 320 << 20
 	benchCowStart  = 768 << 20
 	benchCowBytes  = 256 << 20
 )
 
+// benchParams are the module parameters that could change the merge or
+// the copy-out, logged at the start.
+var benchParams = []string{"dm_snapshot/snapshot_copy_throttle", "dm_snapshot/snapshot_cow_threshold", "dm_mod/kcopyd_subjob_size_kb"}
+
+// fioRes is one fio job's write result.
+type fioRes struct {
+	bw       float64 // bytes/s
+	iops     float64
+	p50, p99 float64 // latency from submission to completion, ns
+	syncLat  float64 // mean fsync latency, ns (write+fsync job only)
+}
+
+// mergeRes is one merge and its dd baselines.
+type mergeRes struct {
+	cowBytes, metaBytes  uint64
+	chunks, batches      int
+	merge, ddChunk, dd1M time.Duration
+}
+
 type benchRow struct {
-	chunkKiB                        int
-	rawSeq, firstSeq, reSeq         time.Duration
-	rawBig, firstBig                time.Duration
-	rawRand, firstRand, reRand      time.Duration
-	cowBytes, metaBytes             uint64
-	merge, ddChunk, dd1M            time.Duration
-	seqBytes, randBytes             int64
-	seqChunkCopies, randChunkCopies int
+	chunkKiB int
+	w        map[string]fioRes // "raw seq 1", "first rand 32", "re seq 1", ..., "fsync"
+	m        [2]mergeRes       // sequential COW, scattered COW
 }
 
 func TestBenchCheckpointInGuest(t *testing.T) {
@@ -83,6 +116,14 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dd, the merge baseline, is not in the guest (qemu-tests/bench adds it): %v", err)
 	}
+	fio, err := exec.LookPath("fio")
+	if err != nil {
+		t.Fatalf("fio is not in the guest (qemu-tests/bench adds it): %v", err)
+	}
+	nr, qd := *benchRandWrites, *benchQD
+	if nr < 1 || nr > benchRandSlots/2 || *benchSeqMiB < 1 || 2**benchSeqMiB > benchRandStart>>20 || qd < 2 || qd > 256 {
+		t.Fatalf("-dmsnap.bench.rand must be in 1..%d, -dmsnap.bench.seqmib in 1..%d, -dmsnap.bench.qd in 2..256", benchRandSlots/2, benchRandStart>>21)
+	}
 	var chunks []int
 	for _, s := range strings.Split(*benchChunks, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -90,14 +131,29 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 			t.Fatalf("-dmsnap.bench.chunks: %q is not a power of two in 4..64 KiB", s)
 		}
 		chunks = append(chunks, n)
-		// The COW must hold every copied chunk, with room for metadata.
-		if need := (2*(*benchSeqMiB<<20) + *benchRandWrites*n<<10) * 9 / 8; need > benchCowBytes {
+		if need := (2*nr*n<<10 + 2*(*benchSeqMiB<<20)) * 9 / 8; need > benchCowBytes {
 			t.Fatalf("chunk %d KiB: the writes would need a %d MiB COW, there are %d", n, need>>20, benchCowBytes>>20)
 		}
 	}
-	if *benchRandWrites < 1 || *benchRandWrites > benchRandSlots || *benchSeqMiB < 1 || *benchSeqMiB > benchRandStart>>20 {
-		t.Fatalf("-dmsnap.bench.rand must be in 1..%d and -dmsnap.bench.seqmib in 1..%d", benchRandSlots, benchRandStart>>20)
+	for _, kv := range strings.Split(*benchModParams, ",") {
+		if p, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+			if err := os.WriteFile("/sys/module/"+filepath.Dir(p)+"/parameters/"+filepath.Base(p), []byte(v), 0); err != nil {
+				t.Fatalf("-dmsnap.bench.modparams: %v", err)
+			}
+		} else if kv != "" {
+			t.Fatalf("-dmsnap.bench.modparams: %q is not module/param=value", kv)
+		}
 	}
+	var params []string
+	for _, p := range benchParams {
+		b, err := os.ReadFile("/sys/module/" + filepath.Dir(p) + "/parameters/" + filepath.Base(p))
+		params = append(params, fmt.Sprintf("%s=%s", p, strings.TrimSpace(string(b))))
+		if err != nil {
+			params[len(params)-1] = fmt.Sprintf("%s: %v", p, err)
+		}
+	}
+	benchf("module parameters: %s", strings.Join(params, ", "))
+
 	c, err := Open()
 	if err != nil {
 		t.Fatal(err)
@@ -124,15 +180,23 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 	fillPattern(t, disk, 99, 0, benchDiskBytes/blockSize)
 	benchf("prefilled %d MiB in %v (%.0f MB/s, 1 MiB O_DIRECT writes)", benchDiskBytes>>20, time.Since(start).Round(time.Millisecond), mbps(benchDiskBytes, time.Since(start)))
 
-	seq := make([]int64, *benchSeqMiB<<20/blockSize)
-	for i := range seq {
-		seq[i] = int64(i) * blockSize
+	// The offsets: sequential at depth 1 and deep, random at depth 1 and deep.
+	seqN := *benchSeqMiB << 20 / blockSize
+	offs := map[string][]int64{}
+	for i := 0; i < 2*seqN; i++ {
+		k := "seq 1"
+		if i >= seqN {
+			k = "seq " + strconv.Itoa(qd)
+		}
+		offs[k] = append(offs[k], int64(i)*blockSize)
 	}
 	rng := rand.New(rand.NewPCG(4, 7))
-	slots := rng.Perm(benchRandSlots)[:*benchRandWrites]
-	rnd := make([]int64, len(slots))
-	for i, s := range slots {
-		rnd[i] = benchRandStart + int64(s)*benchSlot + int64(rng.IntN(benchSlot/blockSize))*blockSize
+	for i, s := range rng.Perm(benchRandSlots)[:2*nr] {
+		k := "rand 1"
+		if i >= nr {
+			k = "rand " + strconv.Itoa(qd)
+		}
+		offs[k] = append(offs[k], benchRandStart+int64(s)*benchSlot+int64(rng.IntN(benchSlot/blockSize))*blockSize)
 	}
 	n := benchCowBytes / (1 << 20)
 	order := rand.New(rand.NewPCG(7, 7)).Perm(n)
@@ -140,116 +204,268 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 	for i, j := range order {
 		cow[i] = Segment{Dev: dev, Start: uint64(benchCowStart>>9 + j*(1<<20>>9)), Length: 1 << 20 >> 9}
 	}
-
-	// Warm up: the first writes after the prefill ran slower than later ones.
-	benchWrites(t, disk, seq, blockSize, 1)
-	big := make([]int64, *benchSeqMiB)
-	for i := range big {
-		big[i] = benchBigStart + int64(i)<<20
+	dir := t.TempDir()
+	// job is one fio job: name, offsets ("seq 1", "rand 32", ...) written on dev.
+	type job struct{ name, offs, dev string }
+	runFio := func(jobs ...job) map[string]fioRes {
+		t.Helper()
+		args := []string{"--output-format=json", "--thread", "--disk_util=0", "--direct=1", "--ioengine=" + *benchEngine,
+			"--stonewall", "--end_fsync=1", "--lat_percentiles=1"}
+		for _, j := range jobs {
+			args = append(args, "--name="+j.name)
+			if j.offs == "fsync" {
+				args = append(args, "--filename="+j.dev, "--rw=write", "--bs=4k", "--iodepth=1", "--fsync=1",
+					fmt.Sprintf("--offset=%d", benchSyncStart), fmt.Sprintf("--size=%d", benchSyncN*blockSize))
+				continue
+			}
+			depth := strings.Fields(j.offs)[1]
+			log := filepath.Join(dir, strings.ReplaceAll(j.name, " ", "_")+".iolog")
+			var b strings.Builder
+			fmt.Fprintf(&b, "fio version 2 iolog\n%s add\n%s open\n", j.dev, j.dev)
+			for _, o := range offs[j.offs] {
+				fmt.Fprintf(&b, "%s write %d %d\n", j.dev, o, blockSize)
+			}
+			fmt.Fprintf(&b, "%s close\n", j.dev)
+			if err := os.WriteFile(log, []byte(b.String()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--read_iolog="+log, "--iodepth="+depth)
+		}
+		return fioRun(t, fio, args, len(jobs))
 	}
+	rawJobs := func(prefix string) []job {
+		var js []job
+		for _, o := range []string{"seq 1", "seq " + strconv.Itoa(qd), "rand 1", "rand " + strconv.Itoa(qd)} {
+			js = append(js, job{prefix + o, o, disk})
+		}
+		return js
+	}
+
+	// Warm up (the first writes after the prefill ran slower than later
+	// ones), and check which of libaio and io_uring this fio and kernel run.
+	for _, e := range []string{"libaio", "io_uring"} {
+		out, err := exec.Command(fio, "--name=probe", "--filename="+disk, "--direct=1", "--ioengine="+e, "--iodepth=8",
+			"--rw=randwrite", "--bs=4k", "--size=1M", fmt.Sprintf("--offset=%d", benchSyncStart), "--thread", "--minimal").CombinedOutput()
+		benchf("fio %s: ioengine %s works: %v %s", fio, e, err == nil, strings.TrimSpace(string(out[:min(len(out), 120)])))
+	}
+	runFio(rawJobs("warmup ")...)
+
 	reps := max(*benchReps, 1)
 	rows := make([][]benchRow, len(chunks))
+	ctx := context.Background()
 	for rep := 0; rep < reps; rep++ {
 		for ci, ck := range chunks {
-			r := benchRow{chunkKiB: ck, seqBytes: int64(len(seq)) * blockSize, randBytes: int64(len(rnd)) * blockSize}
-			r.seqChunkCopies = len(seq) * blockSize / (ck << 10)
-			r.randChunkCopies = len(rnd)
+			r := benchRow{chunkKiB: ck, w: runFio(append(rawJobs("raw "), job{"fsync", "fsync", disk})...)}
 			cfg := Config{Origin: dev, OriginSectors: size, Cow: cow, ChunkSectors: uint32(ck << 10 >> 9), PollInterval: 10 * time.Millisecond}
-			k := newCheckpoint(t, c, cfg)
-			ctx := context.Background()
-
-			r.rawSeq = benchWrites(t, disk, seq, blockSize, 1)
-			r.rawBig = benchWrites(t, disk, big, 1<<20, 1)
-			r.rawRand = benchWrites(t, disk, rnd, blockSize, 2)
-			if err := k.StartCheckpoint(ctx); err != nil {
-				t.Fatal(err)
+			for mi, kind := range []string{"seq", "rand"} {
+				k := newCheckpoint(t, c, cfg)
+				if err := k.StartCheckpoint(ctx); err != nil {
+					t.Fatal(err)
+				}
+				origin := c.NodePath(k.Config().Names.Origin)
+				var js []job
+				var written []int64
+				for _, pre := range []string{"first ", "re "} {
+					for _, d := range []int{1, qd} {
+						o := fmt.Sprintf("%s %d", kind, d)
+						js = append(js, job{pre + o, o, origin})
+						if pre == "first " {
+							written = append(written, offs[o]...)
+						}
+					}
+				}
+				for name, res := range runFio(js...) {
+					r.w[name] = res
+				}
+				st, err := k.SnapshotStatus()
+				if err != nil || st.State != SnapActive {
+					t.Fatalf("snapshot after the writes: %+v %v", st, err)
+				}
+				m := mergeRes{cowBytes: st.DataSectors() * 512, metaBytes: st.Metadata * 512}
+				m.chunks, m.batches = mergeBatches(written, ck<<10)
+				if want := uint64(m.chunks) * uint64(ck<<10); m.cowBytes != want {
+					t.Errorf("chunk %d KiB, %s: COW holds %d data bytes, want %d (one chunk per first write)", ck, kind, m.cowBytes, want)
+				}
+				start := time.Now()
+				if err := k.StartMerge(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := k.WaitMerge(ctx, nil); err != nil {
+					t.Fatal(err)
+				}
+				m.merge = time.Since(start)
+				if err := k.FinishMerge(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := k.Teardown(ctx); err != nil {
+					t.Fatal(err)
+				}
+				// The baseline: dd copying as many bytes, device to device
+				// with O_DIRECT, from the COW extents to a free region, with
+				// the merge's I/O size (one chunk) and with 1 MiB.
+				m.ddChunk = benchDD(t, dd, disk, ck<<10, m.cowBytes)
+				m.dd1M = benchDD(t, dd, disk, 1<<20, m.cowBytes)
+				r.m[mi] = m
 			}
-			origin := c.NodePath(k.Config().Names.Origin)
-			r.firstSeq = benchWrites(t, origin, seq, blockSize, 3)
-			r.reSeq = benchWrites(t, origin, seq, blockSize, 4)
-			r.firstBig = benchWrites(t, origin, big, 1<<20, 3)
-			r.firstRand = benchWrites(t, origin, rnd, blockSize, 5)
-			r.reRand = benchWrites(t, origin, rnd, blockSize, 6)
-			st, err := k.SnapshotStatus()
-			if err != nil || st.State != SnapActive {
-				t.Fatalf("snapshot after the writes: %+v %v", st, err)
-			}
-			r.cowBytes, r.metaBytes = st.DataSectors()*512, st.Metadata*512
-			if want := uint64(2*r.seqChunkCopies+r.randChunkCopies) * uint64(ck<<10); r.cowBytes != want {
-				t.Errorf("chunk %d KiB: COW holds %d data bytes, want %d (one chunk per first write)", ck, r.cowBytes, want)
-			}
-			start := time.Now()
-			if err := k.StartMerge(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := k.WaitMerge(ctx, nil); err != nil {
-				t.Fatal(err)
-			}
-			r.merge = time.Since(start)
-			if err := k.FinishMerge(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := k.Teardown(ctx); err != nil {
-				t.Fatal(err)
-			}
-			// The baseline: dd copying as many bytes, device to device with
-			// O_DIRECT, from the COW extents to a free region, with the merge's
-			// I/O size (one chunk) and with 1 MiB.
-			r.ddChunk = benchDD(t, dd, disk, ck<<10, r.cowBytes)
-			r.dd1M = benchDD(t, dd, disk, 1<<20, r.cowBytes)
 			ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-			benchf("round %d/%d, chunk %d KiB: seq raw/first/rewrite %v/%v/%v, 1 MiB seq raw/first %v/%v, random %v/%v/%v; COW %.2f MiB, merge %v, dd bs=%dK %v, dd bs=1M %v",
-				rep+1, reps, ck, ms(r.rawSeq), ms(r.firstSeq), ms(r.reSeq), ms(r.rawBig), ms(r.firstBig), ms(r.rawRand), ms(r.firstRand), ms(r.reRand),
-				float64(r.cowBytes)/(1<<20), ms(r.merge), ck, ms(r.ddChunk), ms(r.dd1M))
+			var sb strings.Builder
+			for _, k := range []string{"seq 1", "seq " + strconv.Itoa(qd), "rand 1", "rand " + strconv.Itoa(qd)} {
+				fmt.Fprintf(&sb, " %s: %.1f/%.1f/%.1f;", k, r.w["raw "+k].bw/1e6, r.w["first "+k].bw/1e6, r.w["re "+k].bw/1e6)
+			}
+			benchf("round %d/%d, chunk %d KiB, MB/s raw/first/rewrite:%s write+fsync %.2f ms; merge seq %v (%d batches), dd %v/%v; merge scattered %v (%d batches), dd %v/%v",
+				rep+1, reps, ck, sb.String(), r.w["fsync"].syncLat/1e6+r.w["fsync"].p50/1e6,
+				ms(r.m[0].merge), r.m[0].batches, ms(r.m[0].ddChunk), ms(r.m[0].dd1M), ms(r.m[1].merge), r.m[1].batches, ms(r.m[1].ddChunk), ms(r.m[1].dd1M))
 			rows[ci] = append(rows[ci], r)
 		}
 	}
+	benchTables(rows, reps, qd, nr)
+}
 
+// benchTables prints the results as markdown, on lines starting with
+// DMSNAP-BENCH|.
+func benchTables(rows [][]benchRow, reps, qd, nr int) {
+	p := func(format string, args ...any) { fmt.Printf("DMSNAP-BENCH|"+format+"\n", args...) }
 	fmt.Println()
-	fmt.Printf("DMSNAP-BENCH|4 KiB O_DIRECT writes, MB/s, and in brackets the ratio to the raw device in the same round; median of %d rounds, ratio range after it. Sequential: %d MiB; random: %d writes over 256 MiB, each to its own chunk.\n", reps, *benchSeqMiB, len(rnd))
-	fmt.Println("DMSNAP-BENCH|")
-	fmt.Println("DMSNAP-BENCH|| chunk | seq raw | seq first write | seq rewrite | random raw | random first write | random rewrite |")
-	fmt.Println("DMSNAP-BENCH||---|---|---|---|---|---|---|")
-	for _, rs := range rows {
-		r := rs[0]
-		sb, rb := r.seqBytes, r.randBytes
-		fmt.Printf("DMSNAP-BENCH|| %d KiB | %.1f | %.1f (%s) | %.1f (%s) | %.2f | %.2f (%s) | %.2f (%s) |\n", r.chunkKiB,
-			med(rs, func(r benchRow) float64 { return mbps(sb, r.rawSeq) }),
-			med(rs, func(r benchRow) float64 { return mbps(sb, r.firstSeq) }), ratios(rs, func(r benchRow) float64 { return ratio(r.rawSeq, r.firstSeq) }),
-			med(rs, func(r benchRow) float64 { return mbps(sb, r.reSeq) }), ratios(rs, func(r benchRow) float64 { return ratio(r.rawSeq, r.reSeq) }),
-			med(rs, func(r benchRow) float64 { return mbps(rb, r.rawRand) }),
-			med(rs, func(r benchRow) float64 { return mbps(rb, r.firstRand) }), ratios(rs, func(r benchRow) float64 { return ratio(r.rawRand, r.firstRand) }),
-			med(rs, func(r benchRow) float64 { return mbps(rb, r.reRand) }), ratios(rs, func(r benchRow) float64 { return ratio(r.rawRand, r.reRand) }))
+	p("4 KiB O_DIRECT writes (fio, %s, replaying the same offsets on the raw device and through the checkpoint), MB/s, and in brackets the ratio to the raw device in the same round; median of %d rounds, ratio range after it. Sequential: %d MiB; random: %d writes over 256 MiB, each to its own chunk; each at queue depth 1 and %d, on its own region.", *benchEngine, reps, *benchSeqMiB, nr, qd)
+	p("")
+	p("| chunk | QD | seq raw | seq first write | seq rewrite | random raw | random first write | random rewrite |")
+	p("|---|---|---|---|---|---|---|---|")
+	bw := func(k string) func(benchRow) float64 { return func(r benchRow) float64 { return r.w[k].bw / 1e6 } }
+	rat := func(k, base string) func(benchRow) float64 {
+		return func(r benchRow) float64 { return r.w[k].bw / r.w[base].bw }
 	}
-	fmt.Println("DMSNAP-BENCH|")
-	fmt.Printf("DMSNAP-BENCH|1 MiB O_DIRECT writes, %d MiB sequential (one write in flight; snapshot-origin splits each into chunks, whose copies and exception commits then overlap), MB/s (ratio to raw, median of %d rounds, range).\n", *benchSeqMiB, reps)
-	fmt.Println("DMSNAP-BENCH|")
-	fmt.Println("DMSNAP-BENCH|| chunk | 1 MiB raw | 1 MiB first write |")
-	fmt.Println("DMSNAP-BENCH||---|---|---|")
 	for _, rs := range rows {
-		sb := rs[0].seqBytes
-		fmt.Printf("DMSNAP-BENCH|| %d KiB | %.1f | %.1f (%s) |\n", rs[0].chunkKiB,
-			med(rs, func(r benchRow) float64 { return mbps(sb, r.rawBig) }),
-			med(rs, func(r benchRow) float64 { return mbps(sb, r.firstBig) }), ratios(rs, func(r benchRow) float64 { return ratio(r.rawBig, r.firstBig) }))
+		for _, d := range []int{1, qd} {
+			s, q := fmt.Sprintf("seq %d", d), fmt.Sprintf("rand %d", d)
+			p("| %d KiB | %d | %.1f | %.1f (%s) | %.1f (%s) | %.2f | %.2f (%s) | %.2f (%s) |", rs[0].chunkKiB, d,
+				med(rs, bw("raw "+s)), med(rs, bw("first "+s)), ratios(rs, rat("first "+s, "raw "+s)), med(rs, bw("re "+s)), ratios(rs, rat("re "+s, "raw "+s)),
+				med(rs, bw("raw "+q)), med(rs, bw("first "+q)), ratios(rs, rat("first "+q, "raw "+q)), med(rs, bw("re "+q)), ratios(rs, rat("re "+q, "raw "+q)))
+		}
 	}
-	fmt.Println("DMSNAP-BENCH|")
-	fmt.Printf("DMSNAP-BENCH|Merge of the COW those writes left vs dd copying the same bytes (O_DIRECT, device to device, COW region to a free region), MB/s; merge/dd ratios are medians of %d rounds with their range.\n", reps)
-	fmt.Println("DMSNAP-BENCH|")
-	fmt.Println("DMSNAP-BENCH|| chunk | COW data (+ metadata) | merge time | merge | dd bs=chunk | dd bs=1M | merge / dd bs=chunk | merge / dd bs=1M |")
-	fmt.Println("DMSNAP-BENCH||---|---|---|---|---|---|---|---|")
+	p("")
+	p("Latency of those writes from submission to completion (fio lat: slat+clat; with libaio under TCG a write can complete within io_submit, so clat alone reads ~0), median (99th percentile), ms; median over the rounds. fsync: write+fsync at depth 1 on the raw device, %d writes, mean fsync latency (the cost of one flush).", benchSyncN)
+	p("")
+	p("| chunk | QD | seq raw | seq first write | seq rewrite | random raw | random first write | random rewrite | fsync |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	lat := func(rs []benchRow, k string) string {
+		return fmt.Sprintf("%.2f (%.2f)", med(rs, func(r benchRow) float64 { return r.w[k].p50 / 1e6 }), med(rs, func(r benchRow) float64 { return r.w[k].p99 / 1e6 }))
+	}
 	for _, rs := range rows {
-		r := rs[0]
-		b := int64(r.cowBytes)
-		fmt.Printf("DMSNAP-BENCH|| %d KiB | %.2f MiB (+%.2f) | %.2f s | %.1f | %.1f | %.1f | %s | %s |\n", r.chunkKiB,
-			float64(r.cowBytes)/(1<<20), float64(r.metaBytes)/(1<<20),
-			med(rs, func(r benchRow) float64 { return r.merge.Seconds() }),
-			med(rs, func(r benchRow) float64 { return mbps(b, r.merge) }),
-			med(rs, func(r benchRow) float64 { return mbps(b, r.ddChunk) }),
-			med(rs, func(r benchRow) float64 { return mbps(b, r.dd1M) }),
-			ratios(rs, func(r benchRow) float64 { return ratio(r.ddChunk, r.merge) }),
-			ratios(rs, func(r benchRow) float64 { return ratio(r.dd1M, r.merge) }))
+		for i, d := range []int{1, qd} {
+			var cells []string
+			for _, kind := range []string{"seq", "rand"} {
+				for _, pre := range []string{"raw ", "first ", "re "} {
+					cells = append(cells, lat(rs, fmt.Sprintf("%s%s %d", pre, kind, d)))
+				}
+			}
+			fs := ""
+			if i == 0 {
+				fs = fmt.Sprintf("%.2f", med(rs, func(r benchRow) float64 { return r.w["fsync"].syncLat / 1e6 }))
+			}
+			p("| %d KiB | %d | %s | %s |", rs[0].chunkKiB, d, strings.Join(cells, " | "), fs)
+		}
 	}
-	fmt.Println("DMSNAP-BENCH|")
+	p("")
+	p("Merge vs dd copying the same bytes (O_DIRECT, device to device, COW region to a free region, conv=fsync), MB/s; merge/dd ratios are medians of %d rounds with their range. Sequential COW: the chunks of the sequential first writes (consecutive: merged in batches of up to one metadata area, chunk/16 exceptions); scattered: those of the random writes, one batch each. A batch = one kcopyd copy, an origin flush, a metadata write with flush+FUA.", reps)
+	p("")
+	p("| chunk | COW | COW data (+ metadata) | chunks / batches | merge time | per batch | merge | dd bs=chunk | dd bs=1M | merge / dd bs=chunk | merge / dd bs=1M |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, rs := range rows {
+		for mi, kind := range []string{"sequential", "scattered"} {
+			m := rs[0].m[mi]
+			b := int64(m.cowBytes)
+			f := func(g func(mergeRes) float64) func(benchRow) float64 {
+				return func(r benchRow) float64 { return g(r.m[mi]) }
+			}
+			p("| %d KiB | %s | %.2f MiB (+%.2f) | %d / %d | %.2f s | %.2f ms | %.1f | %.1f | %.1f | %s | %s |", rs[0].chunkKiB, kind,
+				float64(m.cowBytes)/(1<<20), float64(m.metaBytes)/(1<<20), m.chunks, m.batches,
+				med(rs, f(func(m mergeRes) float64 { return m.merge.Seconds() })),
+				med(rs, f(func(m mergeRes) float64 { return m.merge.Seconds() * 1e3 / float64(m.batches) })),
+				med(rs, f(func(m mergeRes) float64 { return mbps(b, m.merge) })),
+				med(rs, f(func(m mergeRes) float64 { return mbps(b, m.ddChunk) })),
+				med(rs, f(func(m mergeRes) float64 { return mbps(b, m.dd1M) })),
+				ratios(rs, f(func(m mergeRes) float64 { return m.ddChunk.Seconds() / m.merge.Seconds() })),
+				ratios(rs, f(func(m mergeRes) float64 { return m.dd1M.Seconds() / m.merge.Seconds() })))
+		}
+	}
+	p("")
+}
+
+// fioRun runs fio with args (JSON output) and returns each job's write
+// result by job name.
+func fioRun(t *testing.T, fio string, args []string, njobs int) map[string]fioRes {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(fio, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("fio %s: %v\n%s%s", strings.Join(args, " "), err, stdout.Bytes(), stderr.Bytes())
+	}
+	var out struct {
+		Jobs []struct {
+			Name  string `json:"jobname"`
+			Error int    `json:"error"`
+			Write struct {
+				IOBytes int64 `json:"io_bytes"`
+				Runtime int64 `json:"runtime"` // ms
+				Lat     struct {
+					Percentile map[string]float64 `json:"percentile"`
+				} `json:"lat_ns"`
+			} `json:"write"`
+			Sync struct {
+				Lat struct {
+					Mean float64 `json:"mean"`
+				} `json:"lat_ns"`
+			} `json:"sync"`
+		} `json:"jobs"`
+	}
+	b := stdout.Bytes()
+	if i := bytes.IndexByte(b, '{'); i > 0 {
+		b = b[i:] // fio may print warnings first
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("fio %s: %v\n%s", strings.Join(args, " "), err, stdout.Bytes())
+	}
+	res := map[string]fioRes{}
+	for _, j := range out.Jobs {
+		w := j.Write
+		if j.Error != 0 || w.Runtime <= 0 || w.IOBytes <= 0 {
+			t.Fatalf("fio job %s: error %d, %d bytes in %d ms\n%s", j.Name, j.Error, w.IOBytes, w.Runtime, stderr.Bytes())
+		}
+		bw := float64(w.IOBytes) / (float64(w.Runtime) / 1e3)
+		res[j.Name] = fioRes{bw: bw, iops: bw / blockSize, p50: w.Lat.Percentile["50.000000"], p99: w.Lat.Percentile["99.000000"], syncLat: j.Sync.Lat.Mean}
+	}
+	if len(res) != njobs {
+		t.Fatalf("fio ran %d jobs, want %d\n%s", len(res), njobs, stdout.Bytes())
+	}
+	return res
+}
+
+// mergeBatches returns how many chunks the first writes at offs (in this
+// order) copied out, and in how many batches snapshot-merge copies them
+// back: dm-snapshot's persistent store records the exceptions in the order
+// they were allocated, chunk/16 of them per metadata area, each area
+// followed by its data chunks; the merge walks each area backwards and
+// copies one run of exceptions consecutive in both origin and COW chunk per
+// batch (persistent_prepare_merge).
+func mergeBatches(offs []int64, chunk int) (chunks, batches int) {
+	perArea := chunk / 16
+	seen := map[int64]bool{}
+	var old []int64
+	for _, o := range offs {
+		if c := o / int64(chunk); !seen[c] {
+			seen[c] = true
+			old = append(old, c)
+		}
+	}
+	for i, c := range old {
+		// COW chunks are consecutive within an area, so a run breaks only
+		// at an area boundary or where the origin chunks are not consecutive.
+		if i%perArea == 0 || c != old[i-1]+1 {
+			batches++
+		}
+	}
+	return len(old), batches
 }
 
 func med(rs []benchRow, f func(benchRow) float64) float64 {
@@ -282,31 +498,6 @@ func benchf(format string, args ...any) {
 }
 
 func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
-
-// ratio is the throughput of the measured run relative to the baseline.
-func ratio(base, measured time.Duration) float64 { return base.Seconds() / measured.Seconds() }
-
-// benchWrites writes size bytes at each offset of path with O_DIRECT, in
-// order (one write in flight), then flushes, and returns the time taken.
-func benchWrites(t *testing.T, path string, offs []int64, size int, seed uint64) time.Duration {
-	t.Helper()
-	d := openDirect(t, path, true)
-	defer d.Close()
-	buf := alignedBuf(t, size)
-	for i := 0; i < size/blockSize; i++ {
-		patternBlock(buf[i*blockSize:(i+1)*blockSize], seed, uint64(i))
-	}
-	start := time.Now()
-	for _, o := range offs {
-		if _, err := d.f.WriteAt(buf, o); err != nil {
-			t.Fatalf("write %s at %d: %v", path, o, err)
-		}
-	}
-	if err := d.f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	return time.Since(start)
-}
 
 // benchDD copies n bytes from the COW region to dd's region of disk.
 func benchDD(t *testing.T, dd, disk string, bs int, n uint64) time.Duration {

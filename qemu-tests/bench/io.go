@@ -17,13 +17,18 @@ import (
 )
 
 // The io section: pkg/dmsnap's TestBenchCheckpointInGuest in one boot:
-// write cost through snapshot-origin and merge vs dd, by chunk size.
+// fio write cost through snapshot-origin vs the raw device at queue depth 1
+// and deep, and the merge of a sequential and a scattered COW vs dd, by
+// chunk size.
 
 var (
-	seqMiB = flag.Int("seqmib", 16, "MiB written sequentially in 4 KiB writes")
-	rand   = flag.Int("rand", 1024, "random 4 KiB writes (distinct 64 KiB slots of 256 MiB)")
-	chunks = flag.String("chunks", "4,16,64", "chunk sizes to try, in KiB")
-	reps   = flag.Int("reps", 3, "rounds over all chunk sizes (tables show medians and ranges)")
+	seqMiB    = flag.Int("seqmib", 16, "MiB written sequentially in 4 KiB writes, at each queue depth")
+	rand      = flag.Int("rand", 512, "random 4 KiB writes at each queue depth (distinct 64 KiB slots of 256 MiB)")
+	chunks    = flag.String("chunks", "4,16,64", "chunk sizes to try, in KiB")
+	reps      = flag.Int("reps", 3, "rounds over all chunk sizes (tables show medians and ranges)")
+	qd        = flag.Int("qd", 32, "the deep queue depth (the other is 1)")
+	ioengine  = flag.String("ioengine", "libaio", "fio ioengine (libaio or io_uring)")
+	modparams = flag.String("modparams", "", "module parameters the guest sets first, e.g. dm_mod/kcopyd_subjob_size_kb=1024")
 )
 
 var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
@@ -54,9 +59,10 @@ func runIO(tmp string) error {
 	if err != nil {
 		return err
 	}
-	// The test guest's initramfs plus dd, the merge's baseline.
+	// The test guest's initramfs plus dd, the merge's baseline, and fio,
+	// which writes (u-root adds their shared libraries).
 	var files []string
-	for _, f := range append(append([]string(nil), qt.GuestTools...), "/usr/bin/dd") {
+	for _, f := range append(append([]string(nil), qt.GuestTools...), "/usr/bin/dd", "/usr/bin/fio") {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("%s missing on the host (make deps installs the packages): %w", f, err)
 		}
@@ -75,6 +81,10 @@ func runIO(tmp string) error {
 		"-test.v", "-test.run=^TestBenchCheckpointInGuest$", fmt.Sprintf("-test.timeout=%s", *timeout-time.Minute),
 		"-dmsnap.bench", fmt.Sprintf("-dmsnap.bench.seqmib=%d", *seqMiB), fmt.Sprintf("-dmsnap.bench.rand=%d", *rand),
 		"-dmsnap.bench.chunks=" + *chunks, fmt.Sprintf("-dmsnap.bench.reps=%d", *reps),
+		fmt.Sprintf("-dmsnap.bench.qd=%d", *qd), "-dmsnap.bench.ioengine=" + *ioengine,
+	}
+	if *modparams != "" {
+		args = append(args, "-dmsnap.bench.modparams="+*modparams)
 	}
 	overlay := filepath.Join(tmp, "overlay.cpio")
 	if err := qt.TestOverlay(overlay, bin, args, nil); err != nil {
