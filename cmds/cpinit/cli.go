@@ -27,8 +27,13 @@ commands:
   begin [--size N] [--slot S] [--tries N] [--reserve N]
                      allocate and pin the COW file, record its extents and
                      arm the checkpoint for the update's first boot
-  commit             keep the update: mark the slot good, drop the snapshot
-                     online, delete the COW file
+  commit [--if-trial]
+                     keep the update: mark the slot good, drop the snapshot
+                     online, delete the COW file. --if-trial (for the
+                     systemd unit run at boot-complete.target): commit only
+                     when this boot is the update's trial boot, and succeed
+                     doing nothing otherwise (no checkpoint, checkpoints off,
+                     another slot, a rollback pending)
   rollback           request a rollback of userdata at the next boot
   merge              run a pending rollback now (recovery mode; userdata
                      unmounted), with progress
@@ -42,9 +47,34 @@ commands:
   Every command but params and extents takes --metadata, --misc, --userdata,
   --data and --cmdline to override what the kernel command line says.
   help               this text
+
+exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage.
 `
 
 var errUsage = errors.New("bad usage (see cpinit help)")
+
+// usageErr is a bad command line: exit status 2, like flag's own.
+func usageErr(synopsis string) error {
+	return fmt.Errorf("usage: cpinit %s: %w", synopsis, errUsage)
+}
+
+// Exit statuses of the command line tool (docs/cli.md).
+const (
+	exitOK    = 0 // done, or nothing to do
+	exitError = 1 // failed or refused; what was on disk is unchanged or resumable
+	exitUsage = 2 // bad command line; nothing was done
+)
+
+// exitStatus maps runCLI's error to the process exit status.
+func exitStatus(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errUsage):
+		return exitUsage
+	}
+	return exitError
+}
 
 func runCLI(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
@@ -72,7 +102,7 @@ func runCLI(args []string, stdout io.Writer) error {
 	case "recover":
 		return cmdRecover(args[1:], stdout)
 	}
-	return fmt.Errorf("unknown command %q (see cpinit help)", args[0])
+	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }
 
 func cmdParams(args []string, stdout io.Writer) error {
@@ -110,7 +140,7 @@ func cmdExtents(args []string, stdout io.Writer) error {
 	fs.SetOutput(io.Discard)
 	asJSON := fs.Bool("json", false, "print the extent map as JSON")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		return fmt.Errorf("usage: cpinit extents [--json] FILE")
+		return usageErr("extents [--json] FILE")
 	}
 	m, err := fiemap.MapFile(fs.Arg(0))
 	if err != nil {

@@ -59,6 +59,9 @@ type sysCtx struct {
 	ud       userdata
 }
 
+// errNoMetadata: checkpoints are off on this system.
+var errNoMetadata = errors.New("no metadata store: set cpinit.metadata= on the kernel command line or pass --metadata")
+
 type commonFlags struct {
 	cmdline, metadata, misc, userdata, data string
 }
@@ -107,7 +110,7 @@ func (c *commonFlags) open() (*sysCtx, error) {
 		sc.dataDir = c.data
 	}
 	if p.Metadata == nil {
-		return nil, errors.New("no metadata store: set cpinit.metadata= on the kernel command line or pass --metadata")
+		return nil, errNoMetadata
 	}
 	var err error
 	if sc.storeDev, err = devspec.Resolve(*p.Metadata); err != nil {
@@ -148,7 +151,7 @@ func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*
 		extra(fs)
 	}
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return nil, fmt.Errorf("usage: cpinit %s", synopsis)
+		return nil, usageErr(synopsis)
 	}
 	return cf.open()
 }
@@ -421,11 +424,28 @@ func (sc *sysCtx) bindToPartition(m *fiemap.Map) (*fiemap.Map, error) {
 }
 
 func cmdCommit(args []string, stdout io.Writer) error {
-	sc, r, err := openCmdRecord("commit", "commit", args)
+	var ifTrial *bool
+	sc, err := openCmd("commit", "commit [--if-trial]", args, func(fs *flag.FlagSet) {
+		ifTrial = fs.Bool("if-trial", false, "commit only on the update's trial boot; otherwise do nothing and succeed")
+	})
+	if *ifTrial && errors.Is(err, errNoMetadata) {
+		fmt.Fprintln(stdout, "nothing to commit: checkpoints are off (no cpinit.metadata=)")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	defer sc.close()
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
+	if *ifTrial {
+		if skip := notATrial(r, sc.bootedSlot()); skip != "" {
+			fmt.Fprintf(stdout, "nothing to commit: %s\n", skip)
+			return nil
+		}
+	}
 	switch r.State {
 	case bootstate.StateFresh:
 		fmt.Fprintln(stdout, "nothing to commit: no checkpoint")
@@ -472,6 +492,25 @@ func cmdCommit(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, "committed: the update's data is kept, the checkpoint is gone")
 	return nil
+}
+
+// notATrial says why commit --if-trial has nothing to do at this boot, or
+// "" when this boot is the update's trial and the commit should go ahead. A
+// committed record still goes ahead: commit finishes a cleanup (snapshot
+// teardown, COW file deletion) that a cut interrupted, and is otherwise a
+// no-op.
+func notATrial(r *bootstate.Record, booted string) string {
+	switch {
+	case r.State == bootstate.StateFresh:
+		return "no checkpoint"
+	case r.State == bootstate.StateRollbackPending:
+		return fmt.Sprintf("a rollback is pending (%s); it runs at the next boot", r.Reason)
+	case r.State == bootstate.StateCheckpointing && !bootstate.SameSlot(booted, r.TargetSlot):
+		return fmt.Sprintf("running slot %q is not the update's slot %q", booted, r.TargetSlot)
+	case r.State == bootstate.StateCheckpointing && !r.Active:
+		return "the checkpoint is armed; the update has not booted yet"
+	}
+	return ""
 }
 
 func cmdRollback(args []string, stdout io.Writer) error {

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
+	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"golang.org/x/sys/unix"
 )
@@ -98,6 +102,57 @@ func TestMapsOneToOne(t *testing.T) {
 		}
 		if got := mapsOneToOne(c.tbl, ud, true); got != c.store {
 			t.Errorf("mapsOneToOne(%v, origin) = %v", c.tbl, got)
+		}
+	}
+}
+
+func TestNotATrial(t *testing.T) {
+	rec := func(st bootstate.State, target string, active bool) *bootstate.Record {
+		r := bootstate.NewFreshRecord()
+		r.State, r.TargetSlot, r.Active = st, target, active
+		return &r
+	}
+	for _, c := range []struct {
+		name   string
+		r      *bootstate.Record
+		booted string
+		skip   string // substring of the reason; "" = commit goes ahead
+	}{
+		{"fresh", rec(bootstate.StateFresh, "", false), "_a", "no checkpoint"},
+		{"trial boot", rec(bootstate.StateCheckpointing, "_b", true), "_b", ""},
+		{"trial boot, suffix without underscore", rec(bootstate.StateCheckpointing, "_b", true), "b", ""},
+		{"old slot", rec(bootstate.StateCheckpointing, "_b", true), "_a", "not the update's slot"},
+		{"armed", rec(bootstate.StateCheckpointing, "_b", false), "_b", "armed"},
+		{"rollback pending", rec(bootstate.StateRollbackPending, "_b", true), "_b", "rollback is pending"},
+		{"committed, cleanup may be left", rec(bootstate.StateCommitted, "_b", false), "_b", ""},
+	} {
+		got := notATrial(c.r, c.booted)
+		if (c.skip == "") != (got == "") || !strings.Contains(got, c.skip) {
+			t.Errorf("%s: notATrial = %q, want %q", c.name, got, c.skip)
+		}
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{errors.New("refusing to commit: a rollback is pending"), 1},
+		{usageErr("status [--json]"), 2},
+		{errUsage, 2},
+		{fmt.Errorf("wrapped: %w", usageErr("x")), 2},
+	} {
+		if got := exitStatus(c.err); got != c.want {
+			t.Errorf("exitStatus(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+	// Every command's bad flags are usage errors.
+	for _, args := range [][]string{{"status", "--bogus"}, {"commit", "x"}, {"begin", "--size"}, {"extents"}, {"recover"}, {"nosuch"}} {
+		err := runCLI(append(args, "--cmdline", "cpinit.userdata=/dev/null"), io.Discard)
+		if exitStatus(err) != 2 {
+			t.Errorf("%v: %v (exit %d), want a usage error", args, err, exitStatus(err))
 		}
 	}
 }

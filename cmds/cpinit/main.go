@@ -24,6 +24,6 @@ func main() {
 	}
 	if err := runCLI(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "cpinit: %v\n", err)
-		os.Exit(1)
+		os.Exit(exitStatus(err))
 	}
 }
