@@ -415,7 +415,7 @@ func TestBadInputOverflow(t *testing.T) {
 	otaBegin(t, d, "16M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
 	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	vm.ExpectT(t, `COW used: +unusable: the snapshot is Invalid \(the COW overflowed or hit an I/O error\)`, slotBootTimeout)
+	vm.ExpectT(t, `COW used: +unusable: the snapshot is invalid \(the COW overflowed or hit an I/O error\)`, slotBootTimeout)
 	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
 	vm.ExpectT(t, `note: +the COW overflowed: rollback is no longer possible`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {

@@ -14,56 +14,6 @@ import (
 	"golang.org/x/term"
 )
 
-// StatusSchema is the version of `cpinit status --json`. Fields are only
-// ever added within a version; a rename or a change of meaning bumps it.
-const StatusSchema = 1
-
-// Status is what `cpinit status --json` prints.
-type Status struct {
-	Schema     int    `json:"schema"`
-	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending; unreadable (no valid record)
-	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
-	Reason     string `json:"reason,omitempty"` // why the state was entered
-	Counter    string `json:"counter,omitempty"`
-	TargetSlot string `json:"target_slot,omitempty"`
-	BootedSlot string `json:"booted_slot,omitempty"`
-	TriesLeft  int    `json:"tries_left,omitempty"` // native counter only
-	Attempts   int    `json:"attempts"`             // trial boots counted
-	COWPath    string `json:"cow_path,omitempty"`
-	COWBytes   uint64 `json:"cow_bytes,omitempty"`
-	ChunkBytes uint64 `json:"chunk_bytes,omitempty"`
-	// Snapshot is the live dm-snapshot, when one is mapped.
-	Snapshot *SnapshotUsage `json:"snapshot,omitempty"`
-	// Merge is the progress of a running rollback merge.
-	Merge *SnapshotUsage `json:"merge,omitempty"`
-	// RollbackPossible: a rollback would restore the checkpoint.
-	RollbackPossible bool `json:"rollback_possible"`
-	// Store describes each copy of the metadata store when no valid record
-	// could be chosen (state "unreadable").
-	Store []string `json:"store,omitempty"`
-	Note  string   `json:"note,omitempty"`
-}
-
-// SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
-type SnapshotUsage struct {
-	State         string  `json:"state"` // active, invalid, overflow, merge-failed
-	UsedBytes     uint64  `json:"used_bytes"`
-	TotalBytes    uint64  `json:"total_bytes"`
-	MetadataBytes uint64  `json:"metadata_bytes"`
-	UsedPercent   float64 `json:"used_percent"`
-}
-
-func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
-	if s == nil {
-		return nil
-	}
-	u := &SnapshotUsage{State: s.State.String(), UsedBytes: s.Allocated * 512, TotalBytes: s.Total * 512, MetadataBytes: s.Metadata * 512}
-	if s.Total > 0 {
-		u.UsedPercent = 100 * float64(s.Allocated) / float64(s.Total)
-	}
-	return u
-}
-
 func collectStatus(sc *sysCtx) (*Status, error) {
 	r, err := sc.load()
 	var se *bootstate.StoreError
@@ -115,7 +65,7 @@ func collectStatus(sc *sysCtx) (*Status, error) {
 			c.Close()
 		}
 	}
-	invalid := st.Snapshot != nil && st.Snapshot.State != dmsnap.SnapActive.String()
+	invalid := st.Snapshot != nil && st.Snapshot.State != snapActive
 	switch {
 	case r.State == bootstate.StateRollbackPending:
 		st.RollbackPossible = !invalid
@@ -168,7 +118,7 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, ")")
 		fmt.Fprintf(stdout, "COW file:          %s, %.0f MiB, chunk %d KiB\n", st.COWPath, float64(st.COWBytes)/mib, st.ChunkBytes/1024)
 	}
-	if u := st.Snapshot; u != nil && u.State != dmsnap.SnapActive.String() {
+	if u := st.Snapshot; u != nil && u.State != snapActive {
 		// The kernel reports no usage for an Invalid snapshot.
 		fmt.Fprintf(stdout, "COW used:          unusable: the snapshot is %s (the COW overflowed or hit an I/O error)\n", u.State)
 	} else if u != nil {

@@ -1,0 +1,72 @@
+package main
+
+import "github.com/cpinit/cpinit/pkg/dmsnap"
+
+// StatusSchema is the version of `cpinit status --json`. Fields are only
+// ever added within a version; a rename or a change of meaning bumps it.
+const StatusSchema = 1
+
+// Status is what `cpinit status --json` prints.
+type Status struct {
+	Schema     int    `json:"schema"`
+	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending; unreadable (no valid record)
+	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
+	Reason     string `json:"reason,omitempty"` // why the state was entered
+	Counter    string `json:"counter,omitempty"`
+	TargetSlot string `json:"target_slot,omitempty"`
+	BootedSlot string `json:"booted_slot,omitempty"`
+	TriesLeft  int    `json:"tries_left,omitempty"` // native counter only
+	Attempts   int    `json:"attempts"`             // trial boots counted
+	COWPath    string `json:"cow_path,omitempty"`
+	COWBytes   uint64 `json:"cow_bytes,omitempty"`
+	ChunkBytes uint64 `json:"chunk_bytes,omitempty"`
+	// Snapshot is the live dm-snapshot, when one is mapped.
+	Snapshot *SnapshotUsage `json:"snapshot,omitempty"`
+	// Merge is the progress of a running rollback merge.
+	Merge *SnapshotUsage `json:"merge,omitempty"`
+	// RollbackPossible: a rollback would restore the checkpoint.
+	RollbackPossible bool `json:"rollback_possible"`
+	// Store describes each copy of the metadata store when no valid record
+	// could be chosen (state "unreadable").
+	Store []string `json:"store,omitempty"`
+	Note  string   `json:"note,omitempty"`
+}
+
+// SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
+type SnapshotUsage struct {
+	State         string  `json:"state"` // active, invalid, overflow, merge-failed, unknown
+	UsedBytes     uint64  `json:"used_bytes"`
+	TotalBytes    uint64  `json:"total_bytes"`
+	MetadataBytes uint64  `json:"metadata_bytes"`
+	UsedPercent   float64 `json:"used_percent"`
+}
+
+func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
+	if s == nil {
+		return nil
+	}
+	u := &SnapshotUsage{State: snapStateName(s.State), UsedBytes: s.Allocated * 512, TotalBytes: s.Total * 512, MetadataBytes: s.Metadata * 512}
+	if s.Total > 0 {
+		u.UsedPercent = 100 * float64(s.Allocated) / float64(s.Total)
+	}
+	return u
+}
+
+const snapActive = "active"
+
+// snapStateName is the schema's stable name of a snapshot state; the kernel
+// prints "Invalid", "Merge failed", "Overflow" (dm-snap.c snapshot_status),
+// which is neither stable nor convenient as a JSON value.
+func snapStateName(s dmsnap.SnapState) string {
+	switch s {
+	case dmsnap.SnapActive:
+		return snapActive
+	case dmsnap.SnapInvalid:
+		return "invalid"
+	case dmsnap.SnapMergeFailed:
+		return "merge-failed"
+	case dmsnap.SnapOverflow:
+		return "overflow"
+	}
+	return "unknown"
+}
