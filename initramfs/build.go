@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/u-root/u-root/pkg/cpio"
 )
 
 // RepoRoot is the root of the cpinit module (the directory holding go.mod).
@@ -67,7 +69,16 @@ type BuildOptions struct {
 	InitCmd string   // command run as /init (basename of one of Pkgs)
 	Files   []string // extra u-root -files host:guest entries
 	Pkgs    []string // Go command packages, relative to the module root
-	Log     io.Writer
+	// Base is an existing initramfs (an uncompressed newc cpio) to add
+	// cpinit to, for the early-hook mode: the base keeps its files, its
+	// /init is kept as /inito (u-root's -base convention) and cpinit
+	// becomes /init; boot with cpinit.init=/inito and without cpinit.root=
+	// so cpinit maps and mounts userdata, then execs the base's init. A
+	// u-root busybox image cannot be a base (its bbin/bb would be
+	// replaced by ours): build its commands together with cpinit in Pkgs
+	// instead.
+	Base string
+	Log  io.Writer
 }
 
 // Build makes an initramfs: u-root with InitCmd as /init (-initcmd, not
@@ -130,6 +141,13 @@ func Build(o BuildOptions) error {
 	for _, f := range o.Files {
 		args = append(args, "-files", f)
 	}
+	if o.Base != "" {
+		base, err := checkBase(o.Base)
+		if err != nil {
+			return err
+		}
+		args = append(args, "-base", base)
+	}
 	args = append(args, o.Pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = RepoRoot()
@@ -163,4 +181,44 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return o.Close()
+}
+
+// checkBase makes sure a base archive can take cpinit: a newc cpio with an
+// /init to hand over to, and none of the paths our build writes (u-root
+// silently keeps our file and drops the base's on a conflict, which would
+// break the base, e.g. its bbin/bb busybox). It returns the absolute path.
+func checkBase(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	r := cpio.Newc.Reader(f)
+	hasInit := false
+	for {
+		rec, err := r.ReadRecord()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", fmt.Errorf("base initramfs %s: not an uncompressed newc cpio (decompress it first, e.g. with unmkinitramfs or zstd -d): %w", path, err)
+		}
+		name := strings.TrimPrefix(rec.Name, "/")
+		switch {
+		case name == "init":
+			hasInit = true
+		case name == "inito":
+			return "", fmt.Errorf("base initramfs %s already has an /inito: was cpinit already added to it?", path)
+		case strings.HasPrefix(name, "bbin/") || name == "etc/cpinit" || strings.HasPrefix(name, "etc/cpinit/"):
+			return "", fmt.Errorf("base initramfs %s has %s, which the cpinit build writes too: a u-root image cannot be a base, build its commands together with ./cmds/cpinit instead", path, name)
+		}
+	}
+	if !hasInit {
+		return "", fmt.Errorf("base initramfs %s has no /init to hand over to", path)
+	}
+	return abs, nil
 }

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/u-root/u-root/pkg/cpio"
@@ -81,4 +82,98 @@ func readAll(r cpio.Record) (string, error) {
 	b := make([]byte, r.FileSize)
 	_, err := r.ReadAt(b, 0)
 	return string(b), err
+}
+
+// writeCpio writes a newc archive of the given records (and the trailer).
+func writeCpio(t *testing.T, path string, recs ...cpio.Record) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := cpio.Newc.Writer(f)
+	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBuildBase adds cpinit to an existing (non-u-root) initramfs: the
+// base keeps its files, its /init becomes /inito, cpinit is /init. Bases
+// that cannot work are refused with the reason. The boot through such an
+// image is qemu-tests TestEarlyHook.
+func TestBuildBase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an initramfs (~10 s); not in -short")
+	}
+	k := pinnedKernel(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.cpio")
+	script := "#!/bin/sh\necho base init\n"
+	writeCpio(t, base,
+		cpio.StaticFile("init", script, 0o755),
+		cpio.StaticFile("scripts/local-top/x", "x", 0o644),
+	)
+	out := filepath.Join(dir, "hooked.cpio")
+	if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Base: base}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]cpio.Record{}
+	for _, r := range recs {
+		have[r.Name] = r
+	}
+	for name, want := range map[string]string{"init": "bbin/cpinit", "inito": script, "scripts/local-top/x": "x"} {
+		r, ok := have[name]
+		if !ok {
+			t.Errorf("hooked image lacks %s", name)
+			continue
+		}
+		if got, _ := readAll(r); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if _, ok := have["lib/modules/"+k.Release+"/kernel/drivers/md/dm-snapshot.ko"]; !ok {
+		t.Error("hooked image lacks the modules")
+	}
+
+	for _, c := range []struct {
+		name string
+		recs []cpio.Record
+		want string
+	}{
+		{"u-root", []cpio.Record{cpio.StaticFile("init", "bbin/init", 0o777), cpio.StaticFile("bbin/bb", "elf", 0o755)}, "cannot be a base"},
+		{"noinit", []cpio.Record{cpio.StaticFile("etc/x", "x", 0o644)}, "no /init"},
+		{"twice", []cpio.Record{cpio.StaticFile("init", "x", 0o755), cpio.StaticFile("inito", "x", 0o755)}, "already"},
+	} {
+		p := filepath.Join(dir, c.name+".cpio")
+		writeCpio(t, p, c.recs...)
+		err := Build(BuildOptions{Modules: k.Modules, Out: filepath.Join(dir, "x.cpio"), InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Base: p})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("base %s: %v, want an error naming it and %q", c.name, err, c.want)
+		}
+	}
+	gz := filepath.Join(dir, "base.cpio.gz")
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	b, _ := os.ReadFile(base)
+	w.Write(b)
+	w.Close()
+	os.WriteFile(gz, buf.Bytes(), 0o644)
+	if _, err := checkBase(gz); err == nil || !strings.Contains(err.Error(), "decompress") {
+		t.Errorf("compressed base: %v", err)
+	}
 }

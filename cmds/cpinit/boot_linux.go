@@ -53,16 +53,24 @@ func pid1Main() {
 	if err != nil {
 		fatal(onFatal, err)
 	}
-	if next == "" {
+	if next.init == "" {
 		log.Printf("no next init to run: powering off")
 		pid1.Stop(pid1.PowerOff)
 	}
-	log.Printf("switch_root to %s, exec %s", newRoot, next)
+	if !next.switchRoot {
+		// The early hook: no cpinit.root, so the initramfs stays the root
+		// and its own init (e.g. the base image's, kept as /init.base by
+		// initramfs.Build) carries on as PID 1 with userdata mounted.
+		log.Printf("exec %s in the initramfs (no cpinit.root=)", next.init)
+		err = unix.Exec(next.init, []string{next.init}, os.Environ())
+		fatal(onFatal, &os.PathError{Op: "exec", Path: next.init, Err: err})
+	}
+	log.Printf("switch_root to %s, exec %s", newRoot, next.init)
 	// SwitchRoot moves /dev, /proc, /sys and /run into the new root, frees
 	// the initramfs and execs the next init as PID 1. It only returns on
 	// failure.
-	err = mount.SwitchRoot(newRoot, next)
-	fatal(onFatal, fmt.Errorf("switch_root to %s, init %s: %w", newRoot, next, err))
+	err = mount.SwitchRoot(newRoot, next.init)
+	fatal(onFatal, fmt.Errorf("switch_root to %s, init %s: %w", newRoot, next.init, err))
 }
 
 func fatal(a pid1.StopAction, err error) {
@@ -71,17 +79,24 @@ func fatal(a pid1.StopAction, err error) {
 	pid1.Stop(a)
 }
 
-// boot does the PID 1 work up to the point of handing over. It returns the
-// next init to exec inside newRoot, or "" when there is none.
-func boot(onFatal *pid1.StopAction) (string, error) {
+// handover is what PID 1 runs next: init inside newRoot after switch_root,
+// or, without cpinit.root=, init inside the initramfs itself. An empty init
+// means power off.
+type handover struct {
+	init       string
+	switchRoot bool
+}
+
+// boot does the PID 1 work up to the point of handing over.
+func boot(onFatal *pid1.StopAction) (handover, error) {
 	if err := pid1.MountAll(pid1.EarlyMounts); err != nil {
-		return "", err
+		return handover{}, err
 	}
 	log.Reopen()
 	log.Printf("starting as PID %d", os.Getpid())
 	cmdline, err := readCmdline()
 	if err != nil {
-		return "", err
+		return handover{}, err
 	}
 	p, warnings, perr := ParseParams(cmdline)
 	*onFatal = p.OnFatal
@@ -89,11 +104,11 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 		log.Errorf("warning: %s", w)
 	}
 	if perr != nil {
-		return "", perr
+		return handover{}, perr
 	}
 	mods, err := pid1.LoadModuleList(pid1.ModuleListPath)
 	if err != nil {
-		return "", err
+		return handover{}, err
 	}
 	log.Printf("loaded kernel modules: %v", mods)
 
@@ -105,10 +120,10 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 	if p.Root != nil {
 		rootDev, err := devspec.WaitResolve(ctx, *p.Root, pollInterval)
 		if err != nil {
-			return "", fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
+			return handover{}, fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
 		}
 		if err := mountDev(rootDev, newRoot, p.RootFSType, unix.MS_RDONLY, ""); err != nil {
-			return "", fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
+			return handover{}, fmt.Errorf("root device (cpinit.root=%s): %w", p.Root, err)
 		}
 		dataDir = filepath.Join(newRoot, p.DataDir)
 	}
@@ -118,32 +133,54 @@ func boot(onFatal *pid1.StopAction) (string, error) {
 			"inspect with `cpinit status`, resolve with `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
 		log.Printf("state=recovery userdata=(not mounted) action=none")
 		if p.Root == nil {
-			return "", nil
+			return initramfsInit(p.Init)
 		}
 		if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
-			return "", fmt.Errorf("recovery mode: next init %s in cpinit.root=%s: %w", p.Init, p.Root, err)
+			return handover{}, fmt.Errorf("recovery mode: next init %s in cpinit.root=%s: %w", p.Init, p.Root, err)
 		}
-		return p.Init, nil
+		return handover{p.Init, true}, nil
 	}
 
 	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
 	if err != nil {
-		return "", fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+		return handover{}, fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
 	}
 	if err := mapAndMount(ctx, p, cmdline, dev, dataDir); err != nil {
-		return "", err
+		return handover{}, err
 	}
 	if p.Root == nil {
-		return "", unmountForPowerOff(dataDir)
+		h, err := initramfsInit(p.Init)
+		if err != nil || h.init != "" {
+			return h, err
+		}
+		return handover{}, unmountForPowerOff(dataDir)
 	}
 	if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			log.Printf("next init %s not found in cpinit.root=%s", p.Init, p.Root)
-			return "", unmountForPowerOff(dataDir)
+			return handover{}, unmountForPowerOff(dataDir)
 		}
-		return "", err
+		return handover{}, err
 	}
-	return p.Init, nil
+	return handover{p.Init, true}, nil
+}
+
+// initramfsInit is the handover without cpinit.root=: init if it exists in
+// the initramfs and is not cpinit itself (cpinit.init=/init would run this
+// boot again, on top of what it just set up), else nothing (power off).
+func initramfsInit(init string) (handover, error) {
+	st, err := os.Stat(init)
+	if errors.Is(err, os.ErrNotExist) {
+		log.Printf("next init %s not in the initramfs (and no cpinit.root=)", init)
+		return handover{}, nil
+	}
+	if err != nil {
+		return handover{}, err
+	}
+	if self, err := os.Stat("/proc/self/exe"); err == nil && os.SameFile(st, self) {
+		return handover{}, fmt.Errorf("cpinit.init=%s is cpinit itself: name the init that runs after it (initramfs.Build keeps a base image's /init as /init.base)", init)
+	}
+	return handover{init: init}, nil
 }
 
 // pollInterval is how often to look again for a block device that has not

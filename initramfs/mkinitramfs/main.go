@@ -3,6 +3,7 @@
 // initramfs/modules.list and a modules.dep for u-root's pkg/kmodule.
 //
 //	go run ./initramfs/mkinitramfs -o out/cpinit.cpio ./cmds/cpinit
+//	go run ./initramfs/mkinitramfs -base existing.cpio -o out/hooked.cpio ./cmds/cpinit
 //
 // Without -modules it fetches the pinned kernel (initramfs/fetch-kernel.sh)
 // and uses its modules.
@@ -36,6 +37,7 @@ func run() error {
 	flag.StringVar(&o.List, "list", "", "module list (default initramfs/modules.list)")
 	flag.StringVar(&o.Out, "o", "", "output cpio file (required)")
 	flag.StringVar(&o.InitCmd, "initcmd", "cpinit", "command run as /init (basename of one of the packages)")
+	flag.StringVar(&o.Base, "base", "", "existing uncompressed cpio initramfs to add cpinit to (its /init is kept as /inito; boot with cpinit.init=/inito and no cpinit.root=)")
 	flag.Var(&files, "files", "extra host:guest file for u-root -files (repeatable); u-root adds the shared libraries of ELF binaries")
 	flag.Parse()
 	if o.Out == "" || flag.NArg() == 0 {
