@@ -352,10 +352,12 @@ func cmdBegin(args []string, stdout io.Writer) error {
 		return err
 	}
 	full := filepath.Join(sc.dataDir, DefaultCOWPath)
+	done := step(stdout, "allocating and pinning a %d MiB COW file %s", want>>20, full)
 	m, err := fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve})
 	if err != nil {
 		return err
 	}
+	done()
 	onPart, err := sc.bindToPartition(m)
 	if err != nil {
 		return err
@@ -481,12 +483,14 @@ func cmdCommit(args []string, stdout io.Writer) error {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	done := step(stdout, "dropping the snapshot and deleting the COW file")
 	if err := k.Commit(ctx); err != nil {
 		return fmt.Errorf("committed, but tearing the snapshot down failed (the next boot finishes it): %w", err)
 	}
 	if err := fiemap.Release(filepath.Join(sc.dataDir, r.COWPath)); err != nil {
 		return fmt.Errorf("committed, but deleting the COW file failed (the next boot retries): %w", err)
 	}
+	done()
 	if _, err := sc.save(r, bootstate.Step{Event: bootstate.EventCleanupDone}); err != nil {
 		return err
 	}

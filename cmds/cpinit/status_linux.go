@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
-	"github.com/cpinit/cpinit/pkg/dmsnap"
-	"golang.org/x/term"
 )
 
 func collectStatus(sc *sysCtx) (*Status, error) {
@@ -178,37 +175,4 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "done: %s\n", a.Message)
 	return nil
-}
-
-// progressBar draws a merge progress bar on a terminal, and stays quiet
-// (one line at the end) when stdout is not one.
-func progressBar(w io.Writer) func(dmsnap.Progress) {
-	f, ok := w.(*os.File)
-	tty := ok && term.IsTerminal(int(f.Fd()))
-	return func(p dmsnap.Progress) {
-		const mib = 1 << 20
-		if !tty {
-			if p.Done {
-				fmt.Fprintf(w, "merge: %.1f MiB copied back in %s\n", float64(p.BytesTotal)/mib, p.Elapsed.Round(time.Millisecond))
-			}
-			return
-		}
-		frac := 1.0
-		if p.BytesTotal > 0 {
-			frac = 1 - float64(p.BytesLeft)/float64(p.BytesTotal)
-		}
-		const width = 40
-		n := int(frac * width)
-		bar := make([]byte, width)
-		for i := range bar {
-			bar[i] = ' '
-			if i < n {
-				bar[i] = '#'
-			}
-		}
-		fmt.Fprintf(w, "\rmerge [%s] %5.1f%%  %.1f MiB left  %.1f MiB/s", bar, 100*frac, float64(p.BytesLeft)/mib, p.Rate/mib)
-		if p.Done {
-			fmt.Fprintln(w)
-		}
-	}
 }
