@@ -11,16 +11,16 @@ package dmsnap
 //
 // For each round and chunk size, on the same disk in the same boot:
 //
+//   - write+fsync at depth 1 on the raw device (the cost of a flush);
 //   - fio (O_DIRECT 4 KiB writes, one job at a time, replaying a list of
-//     offsets) on the raw device: sequential and random, at queue depth 1
-//     and -dmsnap.bench.qd, plus write+fsync at depth 1 (the cost of a
-//     flush);
-//   - checkpoint A: the sequential writes again, same offsets, through
-//     snapshot-origin (first writes: each chunk is copied out once), then
-//     again (rewrites); then the merge of that COW (consecutive chunks: the
-//     best case) and dd copying as many bytes;
-//   - checkpoint B: the same for the random writes (one per distinct chunk:
-//     the scattered COW, the worst case for the merge).
+//     offsets) on the raw device: sequential writes at queue depth 1 and
+//     -dmsnap.bench.qd;
+//   - checkpoint A: the same writes, same offsets, through snapshot-origin
+//     (first writes: each chunk is copied out once), then again (rewrites);
+//     then the merge of that COW (consecutive chunks: the best case) and dd
+//     copying as many bytes;
+//   - the same for the random writes, with checkpoint B (one write per
+//     distinct chunk: the scattered COW, the worst case for the merge).
 //
 // It prints markdown tables with ratios (ours / raw, merge / dd) on lines
 // starting with "DMSNAP-BENCH|".
@@ -102,7 +102,7 @@ type mergeRes struct {
 type benchRow struct {
 	chunkKiB int
 	w        map[string]fioRes // "raw seq 1", "first rand 32", "re seq 1", ..., "fsync"
-	m        [2]mergeRes       // sequential COW, scattered COW
+	m        [3]mergeRes       // sequential COW, scattered COW, one chunk
 }
 
 func TestBenchCheckpointInGuest(t *testing.T) {
@@ -233,10 +233,13 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 		}
 		return fioRun(t, fio, args, len(jobs))
 	}
-	rawJobs := func(prefix string) []job {
+	rawJobs := func(prefix string, kinds ...string) []job {
 		var js []job
-		for _, o := range []string{"seq 1", "seq " + strconv.Itoa(qd), "rand 1", "rand " + strconv.Itoa(qd)} {
-			js = append(js, job{prefix + o, o, disk})
+		for _, kind := range kinds {
+			for _, d := range []int{1, qd} {
+				o := fmt.Sprintf("%s %d", kind, d)
+				js = append(js, job{prefix + o, o, disk})
+			}
 		}
 		return js
 	}
@@ -246,36 +249,56 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 	for _, e := range []string{"libaio", "io_uring"} {
 		out, err := exec.Command(fio, "--name=probe", "--filename="+disk, "--direct=1", "--ioengine="+e, "--iodepth=8",
 			"--rw=randwrite", "--bs=4k", "--size=1M", fmt.Sprintf("--offset=%d", benchSyncStart), "--thread", "--minimal").CombinedOutput()
-		benchf("fio %s: ioengine %s works: %v %s", fio, e, err == nil, strings.TrimSpace(string(out[:min(len(out), 120)])))
+		if err != nil {
+			benchf("fio ioengine %s fails here: %v %s", e, err, bytes.TrimSpace(out))
+		} else {
+			benchf("fio ioengine %s works", e)
+		}
 	}
-	runFio(rawJobs("warmup ")...)
+	runFio(rawJobs("warmup ", "seq", "rand")...)
 
 	reps := max(*benchReps, 1)
 	rows := make([][]benchRow, len(chunks))
 	ctx := context.Background()
 	for rep := 0; rep < reps; rep++ {
 		for ci, ck := range chunks {
-			r := benchRow{chunkKiB: ck, w: runFio(append(rawJobs("raw "), job{"fsync", "fsync", disk})...)}
+			r := benchRow{chunkKiB: ck, w: runFio(job{"fsync", "fsync", disk})}
 			cfg := Config{Origin: dev, OriginSectors: size, Cow: cow, ChunkSectors: uint32(ck << 10 >> 9), PollInterval: 10 * time.Millisecond}
-			for mi, kind := range []string{"seq", "rand"} {
+			// "one": a single 4 KiB write, for the merge's fixed cost.
+			for mi, kind := range []string{"seq", "rand", "one"} {
+				// The raw device, then through the checkpoint, same offsets.
+				if kind != "one" {
+					for name, res := range runFio(rawJobs("raw ", kind)...) {
+						r.w[name] = res
+					}
+				}
 				k := newCheckpoint(t, c, cfg)
 				if err := k.StartCheckpoint(ctx); err != nil {
 					t.Fatal(err)
 				}
 				origin := c.NodePath(k.Config().Names.Origin)
 				var js []job
-				var written []int64
-				for _, pre := range []string{"first ", "re "} {
-					for _, d := range []int{1, qd} {
-						o := fmt.Sprintf("%s %d", kind, d)
-						js = append(js, job{pre + o, o, origin})
-						if pre == "first " {
-							written = append(written, offs[o]...)
+				written := []int64{0}
+				if kind == "one" {
+					d := openDirect(t, origin, true)
+					if _, err := d.f.WriteAt(alignedBuf(t, blockSize), 0); err != nil {
+						t.Fatal(err)
+					}
+					d.Close()
+				} else {
+					written = nil
+					for _, pre := range []string{"first ", "re "} {
+						for _, d := range []int{1, qd} {
+							o := fmt.Sprintf("%s %d", kind, d)
+							js = append(js, job{pre + o, o, origin})
+							if pre == "first " {
+								written = append(written, offs[o]...)
+							}
 						}
 					}
-				}
-				for name, res := range runFio(js...) {
-					r.w[name] = res
+					for name, res := range runFio(js...) {
+						r.w[name] = res
+					}
 				}
 				st, err := k.SnapshotStatus()
 				if err != nil || st.State != SnapActive {
@@ -312,9 +335,9 @@ func TestBenchCheckpointInGuest(t *testing.T) {
 			for _, k := range []string{"seq 1", "seq " + strconv.Itoa(qd), "rand 1", "rand " + strconv.Itoa(qd)} {
 				fmt.Fprintf(&sb, " %s: %.1f/%.1f/%.1f;", k, r.w["raw "+k].bw/1e6, r.w["first "+k].bw/1e6, r.w["re "+k].bw/1e6)
 			}
-			benchf("round %d/%d, chunk %d KiB, MB/s raw/first/rewrite:%s write+fsync %.2f ms; merge seq %v (%d batches), dd %v/%v; merge scattered %v (%d batches), dd %v/%v",
+			benchf("round %d/%d, chunk %d KiB, MB/s raw/first/rewrite:%s write+fsync %.2f ms; merge seq %v (%d batches), dd %v/%v; merge scattered %v (%d batches), dd %v/%v; merge of one chunk %v",
 				rep+1, reps, ck, sb.String(), r.w["fsync"].syncLat/1e6+r.w["fsync"].p50/1e6,
-				ms(r.m[0].merge), r.m[0].batches, ms(r.m[0].ddChunk), ms(r.m[0].dd1M), ms(r.m[1].merge), r.m[1].batches, ms(r.m[1].ddChunk), ms(r.m[1].dd1M))
+				ms(r.m[0].merge), r.m[0].batches, ms(r.m[0].ddChunk), ms(r.m[0].dd1M), ms(r.m[1].merge), r.m[1].batches, ms(r.m[1].ddChunk), ms(r.m[1].dd1M), ms(r.m[2].merge))
 			rows[ci] = append(rows[ci], r)
 		}
 	}
@@ -366,19 +389,19 @@ func benchTables(rows [][]benchRow, reps, qd, nr int) {
 		}
 	}
 	p("")
-	p("Merge vs dd copying the same bytes (O_DIRECT, device to device, COW region to a free region, conv=fsync), MB/s; merge/dd ratios are medians of %d rounds with their range. Sequential COW: the chunks of the sequential first writes (consecutive: merged in batches of up to one metadata area, chunk/16 exceptions); scattered: those of the random writes, one batch each. A batch = one kcopyd copy, an origin flush, a metadata write with flush+FUA.", reps)
+	p("Merge vs dd copying the same bytes (O_DIRECT, device to device, COW region to a free region, conv=fsync), MB/s; merge/dd ratios are medians of %d rounds with their range. Sequential COW: the chunks of the sequential first writes (consecutive: merged in batches of up to one metadata area, chunk/16 exceptions); scattered: those of the random writes, one batch each; one chunk: a single 4 KiB write, the merge's fixed cost (switch to snapshot-merge, status polled every 10 ms) plus one batch. A batch = one kcopyd copy, an origin flush, a metadata write with flush+FUA.", reps)
 	p("")
 	p("| chunk | COW | COW data (+ metadata) | chunks / batches | merge time | per batch | merge | dd bs=chunk | dd bs=1M | merge / dd bs=chunk | merge / dd bs=1M |")
 	p("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, rs := range rows {
-		for mi, kind := range []string{"sequential", "scattered"} {
+		for mi, kind := range []string{"sequential", "scattered", "one chunk"} {
 			m := rs[0].m[mi]
 			b := int64(m.cowBytes)
 			f := func(g func(mergeRes) float64) func(benchRow) float64 {
 				return func(r benchRow) float64 { return g(r.m[mi]) }
 			}
-			p("| %d KiB | %s | %.2f MiB (+%.2f) | %d / %d | %.2f s | %.2f ms | %.1f | %.1f | %.1f | %s | %s |", rs[0].chunkKiB, kind,
-				float64(m.cowBytes)/(1<<20), float64(m.metaBytes)/(1<<20), m.chunks, m.batches,
+			p("| %d KiB | %s | %.0f KiB (+%.0f) | %d / %d | %.2f s | %.2f ms | %.1f | %.1f | %.1f | %s | %s |", rs[0].chunkKiB, kind,
+				float64(m.cowBytes)/(1<<10), float64(m.metaBytes)/(1<<10), m.chunks, m.batches,
 				med(rs, f(func(m mergeRes) float64 { return m.merge.Seconds() })),
 				med(rs, f(func(m mergeRes) float64 { return m.merge.Seconds() * 1e3 / float64(m.batches) })),
 				med(rs, f(func(m mergeRes) float64 { return mbps(b, m.merge) })),
