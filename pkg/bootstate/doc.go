@@ -72,15 +72,20 @@
 // # User-space protocols (cmds/cpinit)
 //
 //   - begin: Save prepare(path); allocate and pin the file, take FIEMAP
-//     extents; Save begin; then (Android) SetActive(target) in misc.
+//     extents; Save begin; then (Android) SetUnbootable(target) and
+//     SetActive(target) in misc, as update_engine does (a slot that once
+//     booted successfully would otherwise never be counted down).
 //   - commit: (Android) MarkSuccessful(current) in misc first, then Save
 //     commit, then tear down cp-snap, delete the file, Save cleanup-done
 //     (or leave that to the next boot). Marking the slot first means a cut
 //     in between leaves a good slot with a pending trial, which cpinit's
 //     attempt cap ends; the other order could let the bootloader fall back
 //     to the old slot with committed data.
-//   - rollback: Save rollback(abort) if active, else cancel; then
-//     (Android) SetActive(old slot); reboot.
+//   - rollback: (Android) SetActive(old slot) in misc first, then Save
+//     rollback(abort) if active, else cancel; reboot. A cut in between
+//     boots the old slot on a checkpointing record: a slot fallback, the
+//     same rollback. The other order could boot the new slot on a
+//     rollback-pending record and merge the old data under the new system.
 //   - recovery: CmdStatus to inspect; CmdKeepCurrent writes
 //     RecoveryKeepCurrent(path) with Store.Format.
 //
