@@ -1,20 +1,16 @@
 package qemutests
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	mf "github.com/cpinit/cpinit/internal/manifest"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
@@ -172,34 +168,9 @@ func (d *ABDevice) Record() (*bootstate.Record, error) {
 }
 
 // Manifest is path → "mode size sha256" of every regular file and directory
-// in userdata, except lost+found and cpinit's own .cpinit directory.
-type Manifest map[string]string
-
-// Diff lists the differences, at most max of them.
-func (m Manifest) Diff(o Manifest, max int) []string {
-	var d []string
-	keys := map[string]bool{}
-	for k := range m {
-		keys[k] = true
-	}
-	for k := range o {
-		keys[k] = true
-	}
-	var all []string
-	for k := range keys {
-		all = append(all, k)
-	}
-	sort.Strings(all)
-	for _, k := range all {
-		if m[k] != o[k] {
-			d = append(d, fmt.Sprintf("%s: %q vs %q", k, m[k], o[k]))
-			if len(d) == max {
-				break
-			}
-		}
-	}
-	return d
-}
+// in userdata, except lost+found and cpinit's own .cpinit directory
+// (internal/manifest, which the guest's sysinit uses too).
+type Manifest = mf.Manifest
 
 // UserdataManifest reads userdata from the host with debugfs (e2fsprogs),
 // which reads the image itself: no mount, no kernel involved, an independent
@@ -217,36 +188,7 @@ func (d *ABDevice) UserdataManifest() (Manifest, error) {
 	if b, err := exec.Command("debugfs", "-R", "rdump / "+out, d.Userdata).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("debugfs rdump: %v\n%s", err, b)
 	}
-	m := Manifest{}
-	err = filepath.WalkDir(out, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(out, p)
-		if e.IsDir() && (rel == "lost+found" || rel == ".cpinit") {
-			return filepath.SkipDir
-		}
-		info, err := e.Info()
-		if err != nil {
-			return err
-		}
-		if e.IsDir() {
-			m[rel] = fmt.Sprintf("dir %v", info.Mode().Perm())
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		m[rel] = fmt.Sprintf("%v %d %s", info.Mode().Perm(), info.Size(), hex.EncodeToString(h.Sum(nil)))
-		return nil
-	})
-	return m, err
+	return mf.Dir(out)
 }
 
 // COWFileExists reports whether userdata still holds the COW file.

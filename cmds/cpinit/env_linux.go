@@ -320,7 +320,7 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 	if err != nil {
 		return zero, err
 	}
-	if err := setReadOnly(snap); err != nil {
+	if err := setBlockRO(snap, true); err != nil {
 		return zero, err
 	}
 	if err := mountDev(snap, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {

@@ -448,6 +448,14 @@ func cmdCommit(args []string, stdout io.Writer) error {
 			return nil
 		}
 	}
+	return sc.commit(r, stdout)
+}
+
+// commit keeps the update's data: misc, record, online teardown, cleanup.
+// It is idempotent: each step is recorded before the next, and a committed
+// record only finishes the cleanup.
+func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
+	var err error
 	switch r.State {
 	case bootstate.StateFresh:
 		fmt.Fprintln(stdout, "nothing to commit: no checkpoint")
@@ -523,6 +531,13 @@ func cmdRollback(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer sc.close()
+	return sc.rollback(r, stdout)
+}
+
+// rollback makes the old slot active and records the rollback (or cancels
+// an armed checkpoint); the next boot merges.
+func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
+	var err error
 	switch {
 	case r.State == bootstate.StateRollbackPending:
 		fmt.Fprintln(stdout, "rollback already pending: reboot to run it")
