@@ -8,8 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cpinit/cpinit/internal/devspec"
@@ -40,10 +38,6 @@ func chunkFor(blockSize uint32) uint32 {
 	}
 	return c
 }
-
-// minCOW is the smallest checkpoint worth making: below it the first few
-// minutes of a booting system overflow it, and the rollback is lost anyway.
-const minCOW = 16 << 20
 
 // sysCtx is what the lifecycle commands share on a running system: the
 // kernel parameters (overridable by flags, for recovery mode), the metadata
@@ -233,39 +227,6 @@ func (sc *sysCtx) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, *dmsna
 	return k, c, nil
 }
 
-// parseSize accepts bytes or a K/M/G/T (binary) suffix.
-func parseSize(s string) (uint64, error) {
-	mult := uint64(1)
-	switch {
-	case strings.HasSuffix(s, "K"):
-		mult = 1 << 10
-	case strings.HasSuffix(s, "M"):
-		mult = 1 << 20
-	case strings.HasSuffix(s, "G"):
-		mult = 1 << 30
-	case strings.HasSuffix(s, "T"):
-		mult = 1 << 40
-	}
-	n, err := strconv.ParseUint(strings.TrimRight(s, "KMGT"), 10, 64)
-	if err != nil || n == 0 || n > (1<<63)/mult {
-		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with K, M, G or T", s)
-	}
-	return n * mult, nil
-}
-
-// defaultCOWSize picks the COW size from the free space of userdata. The
-// COW and the trial's new data compete for the same free space F (less the
-// reserve R): every block the trial writes first copies a chunk into the COW,
-// and new files also take space in the filesystem. With a COW of X the trial
-// can write min(X, F-R-X) before either runs out, which is largest at
-// X = (F-R)/2.
-func defaultCOWSize(free, reserve uint64) uint64 {
-	if free <= reserve {
-		return 0
-	}
-	return (free - reserve) / 2 &^ (1<<20 - 1)
-}
-
 // checkCOWFits refuses, before anything is written, a COW file that would
 // leave less than reserve free in userdata (free is what statfs reports
 // available). fiemap.Allocate checks again, but by then the record names the
@@ -283,7 +244,7 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	var size, slot, reserveS *string
 	var tries *uint
 	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N]", args, func(fs *flag.FlagSet) {
-		size = fs.String("size", "", "COW file size (default: half the free space above the reserve)")
+		size = fs.String("size", "", "COW file size, e.g. 2G, or a percentage of the free space above the reserve, e.g. 50% (default: cpinit.cow_size=, else 50%)")
 		slot = fs.String("slot", "", "slot the update will boot (default: the other slot, with misc)")
 		tries = fs.Uint("tries", 0, "trial boots without an A/B counter (native counter; default 3)")
 		reserveS = fs.String("reserve", "128M", "free space to leave in userdata after allocating")
@@ -329,17 +290,17 @@ func cmdBegin(args []string, stdout io.Writer) error {
 		return &os.PathError{Op: "statfs", Path: sc.dataDir, Err: err}
 	}
 	free := st.Bavail * uint64(st.Bsize)
-	var want uint64
+	req := sc.p.COWSize
 	if *size != "" {
-		if want, err = parseSize(*size); err != nil {
+		if req, err = parseCOWSize(*size); err != nil {
 			return fmt.Errorf("--size: %w", err)
 		}
-	} else {
-		want = defaultCOWSize(free, reserve)
 	}
+	want := req.resolve(free, reserve)
 	if want < minCOW {
-		return fmt.Errorf("refusing to begin: a %d MiB checkpoint is too small to be useful (userdata has %d MiB free, reserve %d MiB); free some space",
-			want>>20, free>>20, reserve>>20)
+		return fmt.Errorf("refusing to begin: a %d MiB checkpoint (%s) is too small to be useful: userdata has %d MiB free and begin keeps --reserve %d MiB; "+
+			"the trial's writes, new files included, must fit in the COW (docs/cow-sizing.md): free some space in userdata",
+			want>>20, req, free>>20, reserve>>20)
 	}
 	want &^= 4095
 	if err := checkCOWFits(want, free, reserve); err != nil {

@@ -156,3 +156,31 @@ func TestExitStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCOWSize(t *testing.T) {
+	const free, reserve = 10 << 30, 128 << 20
+	for in, want := range map[string]uint64{
+		"512M": 512 << 20,
+		"2G":   2 << 30,
+		"50%":  (free - reserve) / 2,
+		"100%": free - reserve,
+		"1%":   (free - reserve) / 100 &^ (1<<20 - 1),
+	} {
+		c, err := parseCOWSize(in)
+		if err != nil {
+			t.Errorf("%q: %v", in, err)
+			continue
+		}
+		if got := c.resolve(free, reserve); got != want {
+			t.Errorf("%q resolves to %d, want %d", in, got, want)
+		}
+	}
+	for _, in := range []string{"", "0%", "101%", "-5%", "x%", "12Q", "0"} {
+		if _, err := parseCOWSize(in); err == nil || !strings.Contains(err.Error(), "COW size") {
+			t.Errorf("%q: %v, want an error naming the COW size", in, err)
+		}
+	}
+	if got := (cowSize{percent: 50}).resolve(100<<20, 128<<20); got != 0 {
+		t.Errorf("less free than the reserve: %d", got)
+	}
+}

@@ -63,6 +63,10 @@ type Params struct {
 	// after a boot stopped for recovery. Userdata is never mounted raw
 	// while a checkpoint may exist, so there is no "mount it anyway" mode.
 	Recovery bool
+	// cpinit.cow_size= (default 50%): the COW file size `cpinit begin`
+	// allocates when not given --size: a size (512M, 2G) or a percentage
+	// of userdata's free space above the reserve (see sizing.go).
+	COWSize cowSize
 	// cpinit.slot= (or androidboot.slot_suffix=): the slot this kernel was
 	// booted from. Read by bootstate.SlotFromCmdline; listed here so the
 	// key is known.
@@ -77,6 +81,7 @@ func DefaultParams() Params {
 		Init:       "/sbin/init",
 		RootWait:   10 * time.Second,
 		OnFatal:    pid1.Halt,
+		COWSize:    cowSize{percent: defaultCOWPercent},
 	}
 }
 
@@ -197,6 +202,13 @@ func ParseParams(cmdline string) (Params, []string, error) {
 			} else {
 				p.Recovery = on
 			}
+		case "cpinit.cow_size":
+			c, err := parseCOWSize(val)
+			if err != nil {
+				bad("%v", err)
+				continue
+			}
+			p.COWSize = c
 		case "cpinit.slot":
 			// bootstate.SlotFromCmdline reads it.
 		case "cpinit.on_fatal":
@@ -219,7 +231,7 @@ func ParseParams(cmdline string) (Params, []string, error) {
 var knownKeys = func() []string {
 	k := []string{"cpinit.userdata", "cpinit.root", "cpinit.fstype", "cpinit.rootfstype", "cpinit.mountopts",
 		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal", "cpinit.metadata", "cpinit.misc",
-		"cpinit.abort", "cpinit.recovery", "cpinit.slot"}
+		"cpinit.abort", "cpinit.recovery", "cpinit.slot", "cpinit.cow_size"}
 	sort.Strings(k)
 	return k
 }()

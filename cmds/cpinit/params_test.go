@@ -34,7 +34,7 @@ func TestParseParamsAll(t *testing.T) {
 	p, warn, err := ParseParams("cpinit.userdata=PARTLABEL=userdata cpinit.root=LABEL=system_a " +
 		"cpinit.fstype=f2fs cpinit.rootfstype=ext2 cpinit.mountopts=noatime cpinit.datadir=/var/data " +
 		"cpinit.init=/lib/systemd/systemd cpinit.rootwait=3 cpinit.on_fatal=reboot " +
-		"cpinit.metadata=PARTLABEL=metadata cpinit.misc=/dev/vde cpinit.abort=1 cpinit.recovery=yes cpinit.slot=_b")
+		"cpinit.metadata=PARTLABEL=metadata cpinit.misc=/dev/vde cpinit.abort=1 cpinit.recovery=yes cpinit.slot=_b cpinit.cow_size=2G")
 	if err != nil || len(warn) != 0 {
 		t.Fatalf("err %v, warnings %q", err, warn)
 	}
@@ -52,6 +52,7 @@ func TestParseParamsAll(t *testing.T) {
 		Misc:       &devspec.Spec{Kind: devspec.Path, Value: "/dev/vde"},
 		Abort:      true,
 		Recovery:   true,
+		COWSize:    cowSize{bytes: 2 << 30},
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("got %+v\nwant %+v", p, want)
