@@ -34,9 +34,17 @@
 //	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
 //	                                 separated; "+" separates several
 //	                                 commands, run in order) and power off
+//	sysinit.action=bootbench         the boot benchmark's next init (see
+//	                                 bootbench.go): mark its start in the
+//	                                 kernel log, print the boot's kernel log
+//	                                 from the initramfs unpacking on as
+//	                                 "BOOTBENCH kmsg" lines and one
+//	                                 "BOOTBENCH run_init_us=…" line, unmount
+//	                                 /data and power off (no `cpinit status`)
 //
-// Every action that returns ends with `cpinit status` (when /usr/bin/cpinit
-// exists, so the console shows the state the system saw) and a power off.
+// Every other action that returns ends with `cpinit status` (when
+// /usr/bin/cpinit exists, so the console shows the state the system saw)
+// and a power off.
 package main
 
 import (
@@ -55,7 +63,13 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	act := run
+	if params()["action"] == "bootbench" {
+		// First, before anything else costs time: the benchmark measures
+		// up to here. It powers off itself and returns only on failure.
+		act = bootbench
+	}
+	if err := act(); err != nil {
 		fmt.Printf("sysinit: error: %v\n", err)
 	}
 	status()
