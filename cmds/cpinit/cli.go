@@ -35,6 +35,13 @@ commands:
                      doing nothing otherwise (no checkpoint, checkpoints off,
                      another slot, a rollback pending)
   rollback           request a rollback of userdata at the next boot
+  watch [--policy abort|commit|warn] [--warn P] [--act P] [--interval D]
+        [--lead D] [--once] [--no-reboot]
+                     during a trial, watch the COW fill up: warn at P%
+                     (75), and at P% (90), or when it would be full within
+                     --lead (30s), roll back and reboot (abort, the
+                     default), commit, or only warn; exits at once when
+                     there is no trial, 1 if the COW overflowed
   merge              run a pending rollback now (recovery mode; userdata
                      unmounted), with progress
   recover keep-current [--yes] [--cow-path P]
@@ -101,6 +108,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdMerge(args[1:], stdout)
 	case "recover":
 		return cmdRecover(args[1:], stdout)
+	case "watch":
+		return cmdWatch(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

@@ -24,6 +24,8 @@ type Status struct {
 	Snapshot *SnapshotUsage `json:"snapshot,omitempty"`
 	// Merge is the progress of a running rollback merge.
 	Merge *SnapshotUsage `json:"merge,omitempty"`
+	// Fill is how fast the live snapshot's COW fills, when known.
+	Fill *FillRate `json:"fill,omitempty"`
 	// RollbackPossible: a rollback would restore the checkpoint.
 	RollbackPossible bool `json:"rollback_possible"`
 	// Store describes each copy of the metadata store when no valid record
@@ -50,6 +52,15 @@ func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
 		u.UsedPercent = 100 * float64(s.Allocated) / float64(s.Total)
 	}
 	return u
+}
+
+// FillRate is the COW's recent fill rate and, at that rate, the time until
+// it is full (absent while it is not filling).
+type FillRate struct {
+	RateBytesPerSec float64  `json:"rate_bytes_per_sec"`
+	SecondsToFull   *float64 `json:"seconds_to_full,omitempty"`
+	WindowSeconds   float64  `json:"window_seconds"`
+	Source          string   `json:"source"` // "watch" (cpinit watch's samples) or "sampled" (by status itself)
 }
 
 const snapActive = "active"

@@ -6,12 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
 )
 
-func collectStatus(sc *sysCtx) (*Status, error) {
+func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 	r, err := sc.load()
 	var se *bootstate.StoreError
 	if errors.As(err, &se) {
@@ -62,6 +65,9 @@ func collectStatus(sc *sysCtx) (*Status, error) {
 			c.Close()
 		}
 	}
+	if st.Snapshot != nil && st.Snapshot.State == snapActive && r.State == bootstate.StateCheckpointing {
+		st.Fill = sc.fillRate(&r.Map, window)
+	}
 	invalid := st.Snapshot != nil && st.Snapshot.State != snapActive
 	switch {
 	case r.State == bootstate.StateRollbackPending:
@@ -82,14 +88,16 @@ func collectStatus(sc *sysCtx) (*Status, error) {
 
 func cmdStatus(args []string, stdout io.Writer) error {
 	var asJSON *bool
+	var window *time.Duration
 	sc, err := openCmd("status", "status [--json]", args, func(fs *flag.FlagSet) {
 		asJSON = fs.Bool("json", false, "machine-readable output (schema in docs)")
+		window = fs.Duration("window", time.Second, "during a trial without cpinit watch: sample the COW over this long for its fill rate (0: don't)")
 	})
 	if err != nil {
 		return err
 	}
 	defer sc.close()
-	st, err := collectStatus(sc)
+	st, err := collectStatus(sc, *window)
 	if err != nil {
 		return err
 	}
@@ -120,6 +128,13 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "COW used:          unusable: the snapshot is %s (the COW overflowed or hit an I/O error)\n", u.State)
 	} else if u != nil {
 		fmt.Fprintf(stdout, "COW used:          %.1f of %.1f MiB (%.1f%%), %s\n", float64(u.UsedBytes)/mib, float64(u.TotalBytes)/mib, u.UsedPercent, u.State)
+	}
+	if f := st.Fill; f != nil {
+		full := "not filling"
+		if f.SecondsToFull != nil {
+			full = "full in " + (time.Duration(*f.SecondsToFull) * time.Second).String()
+		}
+		fmt.Fprintf(stdout, "COW fill rate:     %.2f MiB/s over %.0f s (%s), %s\n", f.RateBytesPerSec/mib, f.WindowSeconds, f.Source, full)
 	}
 	if u := st.Merge; u != nil {
 		fmt.Fprintf(stdout, "merge:             %.1f MiB left to copy back\n", float64(u.UsedBytes-u.MetadataBytes)/mib)
@@ -175,4 +190,36 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "done: %s\n", a.Message)
 	return nil
+}
+
+// fillRate is the COW's fill rate: from cpinit watch's latest samples if it
+// runs, else from two readings window apart.
+func (sc *sysCtx) fillRate(m *bootstate.ExtentMap, window time.Duration) *FillRate {
+	if ws, ok := readWatchState(time.Now()); ok {
+		return &FillRate{RateBytesPerSec: ws.Rate, SecondsToFull: ws.SecondsToFull, WindowSeconds: ws.Window, Source: "watch"}
+	}
+	if window <= 0 {
+		return nil
+	}
+	var samples []usageSample
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			time.Sleep(window)
+		}
+		snap, err := sc.observeSnapshot(m)
+		if err != nil || snap.State != dmsnap.SnapActive {
+			return nil
+		}
+		samples = append(samples, usageSample{At: time.Now(), Used: snap.Allocated * 512, Total: snap.Total * 512})
+	}
+	e, ok := estimateFill(samples)
+	if !ok {
+		return nil
+	}
+	f := &FillRate{RateBytesPerSec: e.Rate, WindowSeconds: e.Window.Seconds(), Source: "sampled"}
+	if !math.IsInf(e.SecondsToFull, 1) {
+		v := e.SecondsToFull
+		f.SecondsToFull = &v
+	}
+	return f
 }

@@ -98,6 +98,7 @@ func checkStruct(t *testing.T, root, obj *schemaNode, typ reflect.Type, prefix s
 			t.Errorf("docs/status.schema.json lacks %s%s (a field of %s)", prefix, name, typ)
 			continue
 		}
+		def := strings.TrimPrefix(p.Ref, "#/$defs/")
 		p = p.resolve(root)
 		want := jsonType(f.Type)
 		if p.Type != want {
@@ -105,7 +106,7 @@ func checkStruct(t *testing.T, root, obj *schemaNode, typ reflect.Type, prefix s
 		}
 		seen[prefix+name] = want
 		if want == "object" {
-			checkStruct(t, root, p, f.Type.Elem(), "usage.", seen)
+			checkStruct(t, root, p, f.Type.Elem(), def+".", seen)
 		}
 	}
 	for name := range obj.Properties {
@@ -244,6 +245,12 @@ func TestStatusJSONValidates(t *testing.T) {
 			TargetSlot: "_b", BootedSlot: "_b", Attempts: 1, COWPath: DefaultCOWPath,
 			COWBytes: 64 << 20, ChunkBytes: 4096, RollbackPossible: true,
 			Snapshot: snapshotUsage(&dmsnap.SnapshotStatus{State: dmsnap.SnapActive, Allocated: 2048, Total: 131072, Metadata: 16}),
+			Fill:     &FillRate{RateBytesPerSec: 1 << 20, SecondsToFull: new(float64), WindowSeconds: 10, Source: "watch"},
+		},
+		{
+			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "android", Attempts: 2,
+			Snapshot: snapshotUsage(&dmsnap.SnapshotStatus{State: dmsnap.SnapActive, Allocated: 2048, Total: 131072, Metadata: 16}),
+			Fill:     &FillRate{WindowSeconds: 1, Source: "sampled"},
 		},
 		{
 			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "native", TriesLeft: 2,

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// The policy of `cpinit watch`, pure so that it is tested without a
+// snapshot: from samples of the COW's usage, estimate how fast it fills and
+// decide when to warn and when to act.
+
+// usageSample is one reading of the snapshot's dm status and of userdata.
+type usageSample struct {
+	At        time.Time
+	Used      uint64 // COW bytes in use, metadata included
+	Total     uint64 // COW capacity
+	FreeBytes uint64 // userdata's free space (statfs f_bavail)
+}
+
+func (s usageSample) percent() float64 {
+	if s.Total == 0 {
+		return 0
+	}
+	return 100 * float64(s.Used) / float64(s.Total)
+}
+
+// fillEstimate is how fast the COW fills, over the samples' window.
+type fillEstimate struct {
+	Rate          float64       // bytes per second, ≥ 0
+	SecondsToFull float64       // +Inf when not filling
+	Window        time.Duration // time between the oldest and newest sample
+}
+
+// estimateFill is the average fill rate over the window (newest − oldest
+// sample): usage only grows during a trial (chunks are never released), so
+// the average is the honest rate, and a window of several samples smooths
+// bursts like a writeback flush.
+func estimateFill(samples []usageSample) (fillEstimate, bool) {
+	if len(samples) < 2 {
+		return fillEstimate{}, false
+	}
+	a, b := samples[0], samples[len(samples)-1]
+	w := b.At.Sub(a.At)
+	if w <= 0 {
+		return fillEstimate{}, false
+	}
+	e := fillEstimate{Window: w, SecondsToFull: math.Inf(1)}
+	if b.Used > a.Used {
+		e.Rate = float64(b.Used-a.Used) / w.Seconds()
+	}
+	if e.Rate > 0 && b.Total > b.Used {
+		e.SecondsToFull = float64(b.Total-b.Used) / e.Rate
+	}
+	if b.Total > 0 && b.Used >= b.Total {
+		e.SecondsToFull = 0
+	}
+	return e, true
+}
+
+// watchPolicy is what watch does at the action threshold.
+type watchPolicy int
+
+const (
+	// policyAbort rolls back: the update has not declared itself healthy
+	// and would lose its rollback; like vold's checkpoint health check
+	// (Checkpoint.cpp cp_healthDaemon reboots with
+	// "checkpoint-resources-exhausted"), give up the update.
+	policyAbort watchPolicy = iota
+	// policyCommit keeps the update's data and gives up the rollback.
+	policyCommit
+	// policyWarn only warns.
+	policyWarn
+)
+
+func (p watchPolicy) String() string {
+	return [...]string{"abort", "commit", "warn"}[p]
+}
+
+func parseWatchPolicy(s string) (watchPolicy, error) {
+	for p := policyAbort; p <= policyWarn; p++ {
+		if p.String() == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("--policy %q: want abort (roll back and reboot), commit (keep the data, give up the rollback) or warn", s)
+}
+
+// watchConfig are watch's thresholds.
+type watchConfig struct {
+	Warn     float64       // percent used: warn
+	Act      float64       // percent used: apply the policy
+	Interval time.Duration // between samples
+	// Lead is how long before the COW is full, at the current rate, watch
+	// acts regardless of Act: acting takes time (a commit's teardown, a
+	// rollback's misc and store writes, a freeze) and the writes go on
+	// meanwhile.
+	Lead   time.Duration
+	Policy watchPolicy
+}
+
+func (c watchConfig) validate() error {
+	if !(c.Warn > 0 && c.Warn <= c.Act && c.Act < 100) {
+		return fmt.Errorf("thresholds --warn %g%% and --act %g%%: want 0 < warn ≤ act < 100", c.Warn, c.Act)
+	}
+	if c.Interval <= 0 || c.Lead < 0 {
+		return fmt.Errorf("--interval %s, --lead %s: want a positive interval and a lead ≥ 0", c.Interval, c.Lead)
+	}
+	return nil
+}
+
+// verdict is watch's decision for the newest sample.
+type verdict int
+
+const (
+	verdictOK verdict = iota
+	verdictWarn
+	verdictAct
+)
+
+// judge decides from the newest sample and the estimate. why carries the
+// numbers that caused the verdict, for the log.
+func judge(c watchConfig, s usageSample, e fillEstimate, haveRate bool) (verdict, string) {
+	pct := s.percent()
+	nums := fmt.Sprintf("COW %.1f%% used (%.1f of %.1f MiB), userdata %.1f MiB free", pct, mib(s.Used), mib(s.Total), mib(s.FreeBytes))
+	if haveRate {
+		nums += fmt.Sprintf(", filling at %.2f MiB/s over %s", e.Rate/(1<<20), e.Window.Round(time.Millisecond))
+		if !math.IsInf(e.SecondsToFull, 1) {
+			nums += fmt.Sprintf(", full in %.0f s", e.SecondsToFull)
+		}
+	}
+	switch {
+	case pct >= c.Act:
+		return verdictAct, fmt.Sprintf("%s: at or above the %g%% action threshold", nums, c.Act)
+	case haveRate && e.SecondsToFull < c.Lead.Seconds():
+		return verdictAct, fmt.Sprintf("%s: full within the %s lead", nums, c.Lead)
+	case pct >= c.Warn:
+		return verdictWarn, fmt.Sprintf("%s: at or above the %g%% warning threshold", nums, c.Warn)
+	}
+	return verdictOK, nums
+}
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }
