@@ -1,0 +1,150 @@
+package dist
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/internal/testutil"
+)
+
+// The shipped units: where a package or an administrator installs them.
+var units = map[string]string{
+	"systemd/cpinit-commit.service":                "usr/lib/systemd/system/cpinit-commit.service",
+	"systemd/examples/cpinit-health-check.service": "etc/systemd/system/cpinit-health-check.service",
+}
+
+// Programs the units run, made (empty, executable) in the test root:
+// systemd-analyze verify checks that ExecStart= names an executable. The
+// health check's program is the example's placeholder for a real check.
+var programs = []string{"usr/bin/cpinit", "usr/local/libexec/update-health-check"}
+
+// unitRoot makes a root for systemctl/systemd-analyze --root: the host's
+// unit files, cpinit's units installed, their programs present.
+func unitRoot(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "usr/lib/systemd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", "/usr/lib/systemd/system", filepath.Join(root, "usr/lib/systemd/")).CombinedOutput(); err != nil {
+		t.Fatalf("copy the host's units: %v\n%s", err, out)
+	}
+	for src, dst := range units {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(root, dst), b, 0o644)
+	}
+	for _, p := range programs {
+		writeFile(t, filepath.Join(root, p), nil, 0o755)
+	}
+	return root
+}
+
+func writeFile(t *testing.T, path string, b []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// needSystemd returns systemd-analyze and systemctl, or skips loudly (fails
+// under CI).
+func needSystemd(t *testing.T) (analyze, systemctl string) {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/systemd/system/boot-complete.target"); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("the host's systemd units are missing (Debian package systemd), which CI must install: %v", err)
+		}
+		t.Skipf("SKIPPING: the host's systemd units are missing (install systemd): %v", err)
+	}
+	return testutil.LookPath(t, "systemd-analyze"), testutil.LookPath(t, "systemctl")
+}
+
+// verify runs systemd-analyze verify in root and returns its output:
+// warnings ("Unknown key ...", "... ignoring") exit 0, so any output counts.
+func verify(t *testing.T, analyze, root string, names ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(analyze, append([]string{"--root=" + root, "verify"}, names...)...).CombinedOutput()
+	return string(out), err
+}
+
+// TestUnitsVerify enables the shipped units as `systemctl enable` does and
+// checks them, and boot-complete.target with the health check hanging off
+// it, with systemd-analyze verify: any warning fails.
+func TestUnitsVerify(t *testing.T) {
+	analyze, systemctl := needSystemd(t)
+	root := unitRoot(t)
+	if out, err := exec.Command(systemctl, "--root="+root, "enable", "cpinit-commit.service", "cpinit-health-check.service").CombinedOutput(); err != nil {
+		t.Fatalf("systemctl --root enable: %v\n%s", err, out)
+	}
+	for _, link := range []string{
+		"etc/systemd/system/basic.target.wants/cpinit-commit.service",
+		"etc/systemd/system/boot-complete.target.requires/cpinit-health-check.service",
+	} {
+		if _, err := os.Lstat(filepath.Join(root, link)); err != nil {
+			t.Errorf("enabling made no %s: %v", link, err)
+		}
+	}
+	if out, err := verify(t, analyze, root, "cpinit-commit.service", "cpinit-health-check.service", "boot-complete.target"); err != nil || out != "" {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestVerifyCatchesWarnings: the check above is not vacuous. A unit with
+// an unknown key verifies with exit status 0 and a warning, which must show.
+func TestVerifyCatchesWarnings(t *testing.T) {
+	analyze, _ := needSystemd(t)
+	root := unitRoot(t)
+	p := filepath.Join(root, "usr/lib/systemd/system/cpinit-commit.service")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, p, bytes.Replace(b, []byte("[Service]\n"), []byte("[Service]\nNoSuchKey=1\n"), 1), 0o644)
+	out, _ := verify(t, analyze, root, "cpinit-commit.service")
+	if !strings.Contains(out, "NoSuchKey") {
+		t.Fatalf("systemd-analyze verify did not report an unknown key; output:\n%s", out)
+	}
+}
+
+// TestDocQuotesUnits: docs/systemd.md quotes every shipped unit, each in
+// the fenced block after a "<!-- file: dist/… -->" marker, exactly.
+func TestDocQuotesUnits(t *testing.T) {
+	doc, err := os.ReadFile("../docs/systemd.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile("(?s)<!-- file: dist/([^ ]+) -->\n```[a-z]*\n(.*?)```\n")
+	quoted := map[string]string{}
+	for _, m := range re.FindAllStringSubmatch(string(doc), -1) {
+		quoted[m[1]] = m[2]
+	}
+	for src := range units {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, ok := quoted[src]
+		if !ok {
+			t.Errorf("docs/systemd.md does not quote dist/%s (<!-- file: dist/%s --> and a fenced block)", src, src)
+			continue
+		}
+		if q != string(b) {
+			t.Errorf("docs/systemd.md quotes dist/%s differently from the file; copy the file into the doc", src)
+		}
+		delete(quoted, src)
+	}
+	for src := range quoted {
+		t.Errorf("docs/systemd.md quotes dist/%s, which is not a shipped unit", src)
+	}
+}

@@ -1,0 +1,249 @@
+package qemutests
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/internal/testutil"
+	"github.com/cpinit/cpinit/pkg/bootstate"
+)
+
+// The systemd tests: slot b runs the host's systemd as its init, with
+// dist/systemd/cpinit-commit.service and the example health check enabled
+// (systemdimage.go). Slot a is the usual sysinit slot whose OTA agent runs
+// `cpinit begin`.
+
+// requireHostSystemd skips (fails under CI) when the host cannot provide
+// the systemd slot's files.
+func requireHostSystemd(t *testing.T) {
+	t.Helper()
+	if m := HostSystemdMissing(); m != "" {
+		if testutil.InCI() {
+			t.Fatalf("%s; CI must install them", m)
+		}
+		t.Skipf("SKIPPING the systemd slot tests: %s", m)
+	}
+}
+
+// newSystemdABDevice is newABDevice with slot b replaced by the systemd slot.
+func newSystemdABDevice(t *testing.T, seed uint64) *ABDevice {
+	t.Helper()
+	requireHostSystemd(t)
+	d := newABDevice(t, seed)
+	img, err := MakeSystemdImage(d.Dir, "system_b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Systems[1] = img
+	return d
+}
+
+// slotStatus is the part of `cpinit status --json` the tests read.
+type slotStatus struct {
+	State      string `json:"state"`
+	Phase      string `json:"phase"`
+	Reason     string `json:"reason"`
+	TargetSlot string `json:"target_slot"`
+	BootedSlot string `json:"booted_slot"`
+	COWPath    string `json:"cow_path"`
+}
+
+// expectStatusJSON waits for the report unit's status and decodes it.
+func expectStatusJSON(t *testing.T, vm *VM) slotStatus {
+	t.Helper()
+	// Indented JSON: from "{" to the "}" that starts a line.
+	m := vm.ExpectT(t, `(?s)cpinit-test: status\r?\n(\{.*?\n\})`, slotBootTimeout)
+	var s slotStatus
+	if err := json.Unmarshal([]byte(m[1]), &s); err != nil {
+		t.Fatalf("status JSON %q: %v", m[1], err)
+	}
+	return s
+}
+
+// setTries plays a bootloader that gives a new slot n tries (update_engine
+// and cpinit begin leave 6): fewer systemd boots under TCG.
+func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
+	t.Helper()
+	bc, err := d.ReadMisc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc.Slots[slot].TriesRemaining = n
+	if err := d.writeMisc(bc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSystemdUpdateCommits: the update's slot boots systemd; the health
+// check passes, boot-complete.target is reached, cpinit-commit.service runs
+// `cpinit commit --if-trial`. The update's data is kept, the COW file is
+// gone, the slot is marked successful, and systemd's clean power off leaves
+// userdata clean (e2fsck -fn before the manifest).
+func TestSystemdUpdateCommits(t *testing.T) {
+	d := newSystemdABDevice(t, 11)
+	before := manifest(t, d)
+	otaBegin(t, d, "64M")
+
+	d.Slot[1] = "systemd.setenv=CPINIT_TEST_HEALTH=ok"
+	vm, slot := d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `systemd 252`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
+	// systemd's status lines ([  OK  ] ...), in order: the health check,
+	// the target, the commit unit and what cpinit printed.
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Reached target boot-complete\.target`, slotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, slotBootTimeout)
+	// (systemd shortens status lines to 80 columns: match the start)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, slotBootTimeout)
+	st := expectStatusJSON(t, vm)
+	if st.State != "fresh" || st.Reason != "cleaned" || st.BootedSlot != "_b" {
+		t.Fatalf("status after the commit unit: %+v, want state fresh (reason cleaned: committed, COW deleted) on slot _b", st)
+	}
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if out := vm.Output(); strings.Contains(out, "Dependency failed") || strings.Contains(out, "Ordering cycle") {
+		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", tail(out, 80))
+	}
+
+	wantRecord(t, d, bootstate.StateFresh)
+	after := manifest(t, d)
+	for path, want := range map[string]bool{"new-systemd.bin": true, "d1/f001.bin": false} {
+		if _, ok := after[path]; ok != want {
+			t.Errorf("after the commit, %s present=%v, want %v", path, ok, want)
+		}
+	}
+	if after["d0/f000.bin"] == before["d0/f000.bin"] {
+		t.Error("d0/f000.bin not overwritten by the update's workload")
+	}
+	if got := debugfsCat(t, d, "/hello.txt"); got != SystemdHello {
+		t.Errorf("hello.txt after the commit = %q, want %q", got, SystemdHello)
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after commit (err %v)", err)
+	}
+	bc, err := d.ReadMisc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := bc.Slots[1]; !s.SuccessfulBoot {
+		t.Fatalf("slot b after the commit unit: %+v, want successful", s)
+	}
+}
+
+// TestSystemdHealthCheckVetoes: the health check fails on every boot of the
+// update's slot. boot-complete.target fails, cpinit-commit.service does not
+// run ("Dependency failed"), the slot is never marked successful, the
+// bootloader's tries count down, it falls back to slot a, and cpinit rolls
+// userdata back to exactly what it was before the update.
+func TestSystemdHealthCheckVetoes(t *testing.T) {
+	d := newSystemdABDevice(t, 12)
+	before := manifest(t, d)
+	otaBegin(t, d, "64M")
+	setTries(t, d, 1, 3)
+
+	d.Slot[1] = "systemd.setenv=CPINIT_TEST_HEALTH=fail"
+	d.Slot[0] = "sysinit.action=report"
+	var tries []uint8
+	trials := 0
+	for {
+		bc, err := d.ReadMisc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tries = append(tries, bc.Slots[1].TriesRemaining)
+		vm, slot := d.Boot(t, "")
+		if slot == 0 {
+			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		trials++
+		if trials > 4 {
+			t.Fatalf("bootloader still picks the vetoed slot after %d trials (tries before each: %v)", trials, tries)
+		}
+		action := "reattach-snapshot"
+		if trials == 1 {
+			action = "create-snapshot"
+		}
+		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+		vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
+		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, slotBootTimeout)
+		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
+		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, slotBootTimeout)
+		st := expectStatusJSON(t, vm)
+		if st.State != "checkpointing" || st.Phase != "active" {
+			t.Fatalf("status after a vetoed boot: %+v, want checkpointing/active", st)
+		}
+		if err := vm.Wait(slotBootTimeout); err != nil {
+			t.Fatal(err)
+		}
+		out := vm.Output()
+		if !strings.Contains(out, "boot-complete.target: Job boot-complete.target/start failed with result 'dependency'.") {
+			t.Fatalf("boot-complete.target did not fail on the failed health check:\n%s", tail(out, 80))
+		}
+		if strings.Contains(out, "committed:") || strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
+			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", tail(out, 80))
+		}
+	}
+	t.Logf("slot b vetoed %d times; its tries before each boot: %v", trials, tries)
+	if trials != int(tries[0]) {
+		t.Errorf("slot b booted %d times with %d tries", trials, tries[0])
+	}
+	for i := 1; i < len(tries); i++ {
+		if tries[i] != tries[i-1]-1 {
+			t.Errorf("tries did not count down by one per vetoed boot: %v", tries)
+		}
+	}
+
+	r := wantRecord(t, d, bootstate.StateFresh)
+	if r.COWPath != "" {
+		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
+	}
+	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+		t.Fatalf("userdata after rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after rollback (err %v)", err)
+	}
+}
+
+// TestSystemdSlotUnitsVerify runs systemd-analyze verify over the systemd
+// slot's tree (cpinit's units as installed there, the test units and the
+// health check's drop-in), so a unit error shows here and not as a
+// mysterious boot. Any output is a failure (warnings exit 0).
+func TestSystemdSlotUnitsVerify(t *testing.T) {
+	requireHostSystemd(t)
+	analyze := testutil.LookPath(t, "systemd-analyze")
+	root := filepath.Join(t.TempDir(), "root")
+	if err := SystemdSlotRoot(root); err != nil {
+		t.Fatal(err)
+	}
+	units := []string{"cpinit-commit.service", "cpinit-health-check.service", "cpinit-test.target", "cpinit-test-workload.service", "cpinit-test-report.service"}
+	out, err := exec.Command(analyze, append([]string{"--root=" + root, "--man=no", "verify"}, units...)...).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// debugfsCat reads a file of userdata from the host.
+func debugfsCat(t *testing.T, d *ABDevice, path string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "cat "+path, d.Userdata).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(out)
+}
