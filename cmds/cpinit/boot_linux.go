@@ -106,11 +106,17 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	if perr != nil {
 		return handover{}, perr
 	}
-	mods, err := pid1.LoadModuleList(pid1.ModuleListPath)
+	mods, err := pid1.ReadModuleList(pid1.ModuleListPath)
 	if err != nil {
 		return handover{}, err
 	}
-	log.Printf("loaded kernel modules: %v", mods)
+	// Device-mapper waits until a mapping is needed: a boot with no
+	// checkpoint mounts the partition and never needs it.
+	mods, dmMods := pid1.SplitDeviceMapper(mods)
+	if err := pid1.LoadModules(mods); err != nil {
+		return handover{}, err
+	}
+	log.Printf("loaded kernel modules: %v; device-mapper modules load when needed: %v", mods, dmMods)
 
 	ctx, cancel := context.WithTimeoutCause(context.Background(), p.RootWait,
 		fmt.Errorf("device did not appear within cpinit.rootwait=%s", p.RootWait))
@@ -145,7 +151,7 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	if err != nil {
 		return handover{}, fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
 	}
-	if err := mapAndMount(ctx, p, cmdline, dev, dataDir); err != nil {
+	if err := mapAndMount(ctx, p, cmdline, dev, dataDir, dmMods); err != nil {
 		return handover{}, err
 	}
 	if p.Root == nil {
@@ -212,7 +218,7 @@ func unmountForPowerOff(dataDir string) error {
 // mapAndMount takes this boot's step of the checkpoint state machine and
 // mounts userdata accordingly: plainly, through a snapshot-origin, or after a
 // rollback merge. It prints the one machine-readable line of the boot.
-func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) error {
+func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dmMods []string) error {
 	ud, err := findUserdata(dev)
 	if err != nil {
 		return fmt.Errorf("userdata device %s: %w", dev, err)
@@ -225,6 +231,8 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string) er
 		verifyDir: "/run/cpinit/verify",
 		logf:      log.Printf,
 		progress:  consoleProgress(log.Printf),
+		dmModules: dmMods,
+		lazyDM:    true,
 	}
 	if p.Metadata == nil {
 		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")

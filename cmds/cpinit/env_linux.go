@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/internal/pid1"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"github.com/cpinit/cpinit/pkg/fiemap"
@@ -60,6 +61,11 @@ type bootEnv struct {
 	// filesystem (set when no merge has started yet).
 	checkCurrent bool
 
+	// dmModules are loaded on the first use of device-mapper when lazyDM
+	// (PID 1): a fresh boot needs no dm and does not pay for loading it.
+	dmModules []string
+	lazyDM    bool
+
 	dm      *dmsnap.Client // opened on first use: a fresh boot needs no dm
 	mounted string         // the device mounted at dataDir, once mounted
 }
@@ -70,9 +76,17 @@ func (e *bootEnv) client() (*dmsnap.Client, error) {
 	if e.dm != nil {
 		return e.dm, nil
 	}
+	var loadErr error
+	if e.lazyDM && len(e.dmModules) > 0 {
+		if loadErr = pid1.LoadModules(e.dmModules); loadErr == nil {
+			e.logf("loaded device-mapper modules: %v", e.dmModules)
+		}
+		e.dmModules = nil
+	}
 	c, err := dmsnap.Open()
 	if err != nil {
-		return nil, err
+		// Say why dm is missing when loading it failed.
+		return nil, errors.Join(err, loadErr)
 	}
 	if err := c.CheckTargets(); err != nil {
 		c.Close()
@@ -105,6 +119,13 @@ func (e *bootEnv) MountPlain() error {
 		return nil
 	}
 	dev := e.ud.Path
+	// A mapping left by this boot (after a merge or an online commit) can
+	// only exist if device-mapper is in the kernel; PID 1 loads it lazily,
+	// and mappings do not survive a reboot, so without it there is nothing
+	// to look for.
+	if e.lazyDM && !pid1.DeviceMapperPresent() {
+		return e.mount(dev)
+	}
 	if c, err := e.client(); err == nil {
 		tbl, err := c.Table(dmsnap.DefaultNames.Origin)
 		switch {

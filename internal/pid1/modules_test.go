@@ -28,3 +28,10 @@ func TestParseStopAction(t *testing.T) {
 		t.Errorf("ParseStopAction(explode) error = %v, want one naming the input", err)
 	}
 }
+
+func TestSplitDeviceMapper(t *testing.T) {
+	early, dm := SplitDeviceMapper([]string{"virtio", "dm-mod", "virtio_blk", "dm_bufio", "dm-snapshot", "dmi_sysfs"})
+	if strings.Join(early, " ") != "virtio virtio_blk dmi_sysfs" || strings.Join(dm, " ") != "dm-mod dm_bufio dm-snapshot" {
+		t.Errorf("early %q, dm %q", early, dm)
+	}
+}
