@@ -26,6 +26,18 @@
 //	                                           update's health check failed),
 //	                                           print "sysinit: rollback ok"
 //	                                   hang    wait (the host cuts the power)
+//	                                 With sysinit.watch=POLICY it first
+//	                                 starts `cpinit watch --policy POLICY`
+//	                                 in the background (sysinit.watchargs=,
+//	                                 comma-separated, adds flags; its lines
+//	                                 go to the console); with
+//	                                 sysinit.pace=N it writes at most N
+//	                                 MiB/s, fdatasync'ing each MiB (a
+//	                                 system that keeps writing, so the
+//	                                 COW fills while watch looks); with
+//	                                 sysinit.manifest=1 it prints
+//	                                 "sysinit: manifest=DIGEST" of /data
+//	                                 (internal/manifest) at the end.
 //	                                 With sysinit.unpin=1 it first does
 //	                                 what a rogue update could: clears the
 //	                                 COW file's immutable flag, deletes it
@@ -59,6 +71,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/internal/manifest"
 	"golang.org/x/sys/unix"
 )
 
@@ -118,10 +131,46 @@ func run() error {
 			}
 			fmt.Println("sysinit: deleted the COW file")
 		}
-		if err := workload(p["seed"], p["mib"]); err != nil {
+		if pol := p["watch"]; pol != "" {
+			args := []string{"watch", "--policy", pol}
+			if w := p["watchargs"]; w != "" {
+				args = append(args, strings.Split(w, ",")...)
+			}
+			cmd := exec.Command(cpinitBin, args...)
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+			if err := cmd.Start(); err != nil {
+				return fmt.Errorf("cpinit watch: %w", err)
+			}
+			fmt.Println("sysinit: watch started")
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			defer func() {
+				// A commit ends the trial and with it the watch; one that
+				// has not acted by now is stopped (and says so).
+				select {
+				case err := <-done:
+					fmt.Printf("sysinit: watch exit=%v\n", err)
+				case <-time.After(15 * time.Second):
+					cmd.Process.Signal(unix.SIGTERM)
+					fmt.Printf("sysinit: watch still running after the workload, stopped: %v\n", <-done)
+				}
+			}()
+		}
+		pace, _ := strconv.ParseFloat(p["pace"], 64)
+		if err := workload(p["seed"], p["mib"], pace); err != nil {
 			return fmt.Errorf("workload: %w", err)
 		}
 		fmt.Println("sysinit: workload done")
+		if p["manifest"] == "1" {
+			defer func() {
+				m, err := manifest.Dir("/data")
+				if err != nil {
+					fmt.Printf("sysinit: manifest error: %v\n", err)
+					return
+				}
+				fmt.Printf("sysinit: manifest=%s files=%d\n", m.Digest(), len(m))
+			}()
+		}
 		switch p["then"] {
 		case "commit":
 			if err := cpinit("commit"); err != nil {
@@ -178,8 +227,9 @@ func status() {
 
 // workload changes userdata the way a new system might: it overwrites part
 // of some files in place, deletes others and creates new ones, seeded so a
-// test can rerun it. About mib MiB are written in all.
-func workload(seed, mib string) error {
+// test can rerun it. About mib MiB are written in all; with pace > 0 at most
+// pace MiB/s, each MiB fdatasync'ed.
+func workload(seed, mib string, pace float64) error {
 	n, _ := strconv.Atoi(seed)
 	size, _ := strconv.Atoi(mib)
 	if size <= 0 {
@@ -233,6 +283,7 @@ func workload(seed, mib string) error {
 	if err := os.MkdirAll("/data/new", 0o755); err != nil {
 		return err
 	}
+	t0, paceStart, synced := time.Now(), written, written
 	for j := 0; written < size<<20; j++ {
 		fh, err := os.Create(fmt.Sprintf("/data/new/file%03d", j))
 		if err != nil {
@@ -245,6 +296,16 @@ func workload(seed, mib string) error {
 				return err
 			}
 			written += len(buf)
+			if pace > 0 && written-synced >= 1<<20 {
+				synced = written
+				if err := unix.Fdatasync(int(fh.Fd())); err != nil {
+					fh.Close()
+					return err
+				}
+				if ahead := time.Duration(float64(written-paceStart)/(pace*(1<<20))*float64(time.Second)) - time.Since(t0); ahead > 0 {
+					time.Sleep(ahead)
+				}
+			}
 		}
 		if err := fh.Close(); err != nil {
 			return err

@@ -1,0 +1,90 @@
+package qemutests
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/pkg/bootstate"
+)
+
+// The trial writes twice what its 24 MiB COW holds, at 2 MiB/s, each MiB
+// synced (a system that keeps writing), while `cpinit watch` looks every
+// 250 ms: warn at 50%, act at 75% or when the rate would fill the COW within
+// 5 s. Without watch the same trial overflows (TestBadInputOverflow).
+const watchWorkload = "sysinit.action=workload sysinit.mib=48 sysinit.pace=2 sysinit.manifest=1 " +
+	"sysinit.watchargs=--interval,250ms,--warn,50,--act,75,--lead,5s"
+
+// TestWatchCommitsBeforeOverflow: with policy commit, watch commits the
+// update before the COW fills; the trial goes on writing, nothing is lost
+// (the system's own manifest of /data equals what the host reads from the
+// image afterwards), and the COW never overflowed.
+func TestWatchCommitsBeforeOverflow(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 21)
+	otaBegin(t, d, "24M")
+	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit")
+	vm.ExpectT(t, `cpinit watch: watching the checkpoint of slot _b: COW 24\.0 MiB; warn at 50%, commit at 75% or when full within 5s`, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit watch: WARNING: COW (\d+\.\d)% used .*userdata \d+\.\d MiB free`, slotBootTimeout)
+	t.Logf("warned at %s%%", m[1])
+	m = vm.ExpectT(t, `cpinit watch: committing the update \(policy commit; the rollback is given up to keep the data\): (COW .*)`, slotBootTimeout)
+	t.Logf("acted: %s", m[1])
+	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
+	m = vm.ExpectT(t, `sysinit: manifest=([0-9a-f]+) files=(\d+)`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: watch exit=<nil>`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if out := vm.Output(); strings.Contains(out, "overflowed") || strings.Contains(out, "snapshot is invalid") {
+		t.Fatal("the COW overflowed although watch was running")
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	got := manifest(t, d)
+	if got.Digest() != m[1] {
+		t.Fatalf("userdata on disk (manifest %s, %d entries) is not what the system wrote (manifest %s, %s entries)", got.Digest(), len(got), m[1], m[2])
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after the commit (err %v)", err)
+	}
+}
+
+// TestWatchAbortRollsBack: with policy abort, watch rolls back before the
+// COW fills: it makes the old slot active, records the rollback, freezes
+// userdata so nothing more lands in the COW, and reboots; the bootloader
+// boots the old slot, which merges, and userdata is exactly what it was
+// before the update.
+func TestWatchAbortRollsBack(t *testing.T) {
+	t.Parallel()
+	d := newABDevice(t, 22)
+	before := manifest(t, d)
+	otaBegin(t, d, "24M")
+	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=22 sysinit.watch=abort")
+	m := vm.ExpectT(t, `cpinit watch: aborting the update \(policy abort; rolling userdata back\): (COW .*)`, slotBootTimeout)
+	t.Logf("acted: %s", m[1])
+	vm.ExpectT(t, `rollback scheduled`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit watch: userdata frozen at /data`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit watch: rebooting into the old slot now`, slotBootTimeout)
+	vm.Wait(slotBootTimeout)
+	if strings.Contains(vm.Output(), "sysinit: workload done") {
+		t.Fatal("the workload finished: userdata was not frozen")
+	}
+	wantRecord(t, d, bootstate.StateRollbackPending)
+
+	d.Slot[0] = "sysinit.action=report"
+	vm, slot := d.Boot(t, "")
+	if slot != 0 {
+		t.Fatalf("after the abort the bootloader picked slot %d, want the old slot 0", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	wantRecord(t, d, bootstate.StateFresh)
+	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+		t.Fatalf("userdata after the abort differs from before the update:\n%s", strings.Join(diff, "\n"))
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after the rollback (err %v)", err)
+	}
+}
