@@ -51,16 +51,25 @@ type slotStatus struct {
 	COWPath    string `json:"cow_path"`
 }
 
-// expectStatusJSON waits for the report unit's status and decodes it.
-func expectStatusJSON(t *testing.T, vm *VM) slotStatus {
+// expectReport waits for the report unit's output: how cpinit-commit.service
+// fared (systemctl show: ActiveState, Result, ConditionResult,
+// ConditionTimestampMonotonic, which stays 0 until the condition is
+// evaluated) and `cpinit status --json`, decoded.
+func expectReport(t *testing.T, vm *VM) (map[string]string, slotStatus) {
 	t.Helper()
-	// Indented JSON: from "{" to the "}" that starts a line.
-	m := vm.ExpectT(t, `(?s)cpinit-test: status\r?\n(\{.*?\n\})`, slotBootTimeout)
-	var s slotStatus
-	if err := json.Unmarshal([]byte(m[1]), &s); err != nil {
-		t.Fatalf("status JSON %q: %v", m[1], err)
+	// The JSON is indented: from "{" to the "}" that starts a line.
+	m := vm.ExpectT(t, `(?s)cpinit-test: commit unit\r?\n(.*?)cpinit-test: status\r?\n(\{.*?\n\})`, slotBootTimeout)
+	unit := map[string]string{}
+	for _, l := range strings.Fields(m[1]) {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			unit[k] = v
+		}
 	}
-	return s
+	var s slotStatus
+	if err := json.Unmarshal([]byte(m[2]), &s); err != nil {
+		t.Fatalf("status JSON %q: %v", m[2], err)
+	}
+	return unit, s
 }
 
 // setTries plays a bootloader that gives a new slot n tries (update_engine
@@ -81,7 +90,9 @@ func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
 // check passes, boot-complete.target is reached, cpinit-commit.service runs
 // `cpinit commit --if-trial`. The update's data is kept, the COW file is
 // gone, the slot is marked successful, and systemd's clean power off leaves
-// userdata clean (e2fsck -fn before the manifest).
+// userdata clean (e2fsck -fn before the manifest). Then the unit, still
+// enabled, does nothing at a boot that is no trial, and is skipped by its
+// condition in recovery mode.
 func TestSystemdUpdateCommits(t *testing.T) {
 	d := newSystemdABDevice(t, 11)
 	before := manifest(t, d)
@@ -102,7 +113,10 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, slotBootTimeout)
 	// (systemd shortens status lines to 80 columns: match the start)
 	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, slotBootTimeout)
-	st := expectStatusJSON(t, vm)
+	u, st := expectReport(t, vm)
+	if u["ActiveState"] != "active" || u["Result"] != "success" || u["ConditionResult"] != "yes" {
+		t.Fatalf("cpinit-commit.service after the commit: %v, want active, success, condition yes", u)
+	}
 	if st.State != "fresh" || st.Reason != "cleaned" || st.BootedSlot != "_b" {
 		t.Fatalf("status after the commit unit: %+v, want state fresh (reason cleaned: committed, COW deleted) on slot _b", st)
 	}
@@ -135,6 +149,36 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	}
 	if s := bc.Slots[1]; !s.SuccessfulBoot {
 		t.Fatalf("slot b after the commit unit: %+v, want successful", s)
+	}
+
+	// The unit stays enabled: at a boot that is no trial, the commit does
+	// nothing and succeeds.
+	vm, slot = d.Boot(t, "")
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d after the commit, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
+	vm.ExpectT(t, `nothing to commit: no checkpoint`, slotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, slotBootTimeout)
+	if u, st := expectReport(t, vm); st.State != "fresh" || u["ActiveState"] != "active" || u["Result"] != "success" {
+		t.Fatalf("at the boot after the commit: status %+v, commit unit %v; want fresh, active, success", st, u)
+	}
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+
+	// Recovery mode: userdata is not mounted and the unit is skipped by
+	// its condition.
+	vm, _ = d.Boot(t, "cpinit.recovery=1")
+	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\)`, slotBootTimeout)
+	if u, _ := expectReport(t, vm); u["ActiveState"] != "inactive" || u["ConditionResult"] != "no" || u["ConditionTimestampMonotonic"] == "0" {
+		t.Fatalf("cpinit-commit.service in recovery mode: %v, want inactive with its condition evaluated and false (skipped)", u)
+	}
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if out := vm.Output(); strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
+		t.Fatalf("cpinit-commit.service ran in recovery mode:\n%s", tail(out, 80))
 	}
 }
 
@@ -183,7 +227,10 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, slotBootTimeout)
 		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
 		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, slotBootTimeout)
-		st := expectStatusJSON(t, vm)
+		u, st := expectReport(t, vm)
+		if u["ActiveState"] != "inactive" || u["ConditionTimestampMonotonic"] != "0" {
+			t.Fatalf("cpinit-commit.service after a vetoed boot: %v, want inactive and never started (condition not even evaluated)", u)
+		}
 		if st.State != "checkpointing" || st.Phase != "active" {
 			t.Fatalf("status after a vetoed boot: %+v, want checkpointing/active", st)
 		}

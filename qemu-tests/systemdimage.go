@@ -35,19 +35,21 @@ import (
 //	                              passes, anything else vetoes
 //	cpinit-commit.service         dist/systemd/, enabled (basic.target.wants)
 //	cpinit-test-report.service    after the commit (whether it ran or not):
-//	                              prints "cpinit-test: status" and
+//	                              prints "cpinit-test: commit unit" and the
+//	                              commit unit's state (systemctl show),
+//	                              "cpinit-test: status" and
 //	                              `cpinit status --json`, then powers off
 //	                              (SuccessAction=/FailureAction=poweroff)
 
 // SystemdHostFiles are the host files the systemd slot needs besides unit
 // files; their shared libraries are added by ldd. systemd-shutdown is what
 // PID 1 execs to power off; mount and umount stop mount units at shutdown;
-// the coreutils run the test units (no shell). No systemctl: units are
-// enabled by symlinks made here, and the report unit powers off with
-// SuccessAction=.
+// the coreutils run the test units (no shell); the report unit asks
+// systemctl how the commit unit fared.
 var SystemdHostFiles = []string{
 	"/usr/lib/systemd/systemd",
 	"/usr/lib/systemd/systemd-shutdown",
+	"/usr/bin/systemctl",
 	"/usr/bin/mount",
 	"/usr/bin/umount",
 	"/usr/bin/test",
@@ -123,6 +125,8 @@ FailureAction=poweroff
 
 [Service]
 Type=oneshot
+ExecStart=/usr/bin/echo "cpinit-test: commit unit"
+ExecStart=/usr/bin/systemctl show --property=ActiveState,Result,ConditionResult,ConditionTimestampMonotonic cpinit-commit.service
 ExecStart=/usr/bin/echo "cpinit-test: status"
 ExecStart=/usr/bin/cpinit status --json
 `,
