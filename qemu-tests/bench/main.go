@@ -8,7 +8,9 @@
 //   - setup: setting up a checkpoint on a 1 GiB COW file of 10, 10k and
 //     200k extents;
 //   - io: writes through snapshot-origin (first writes and rewrites) vs the
-//     raw device, and the rollback merge vs dd, by chunk size.
+//     raw device, and the rollback merge vs dd, by chunk size;
+//   - cow: COW consumed per MiB written, overwrites vs new files, by chunk
+//     size.
 //
 // -only picks sections. Guests run under TCG unless CPINIT_QEMU_ACCEL=kvm.
 package main
@@ -24,7 +26,7 @@ import (
 )
 
 var (
-	only    = flag.String("only", "", "sections to run, comma separated (default: all, in the order size, boot, setup, io)")
+	only    = flag.String("only", "", "sections to run, comma separated (default: all, in the order size, boot, setup, io, cow)")
 	timeout = flag.Duration("timeout", 40*time.Minute, "give up on a guest after this long")
 	verbose = flag.Bool("v", false, "show the whole console, kernel messages included")
 )
@@ -47,7 +49,7 @@ type section struct {
 var sections []section
 
 // order is the order in which sections run and -only's default.
-var order = []string{"size", "boot", "setup", "io"}
+var order = []string{"size", "boot", "setup", "io", "cow"}
 
 func register(name string, run func(tmp string) error) {
 	if !slices.Contains(order, name) {
