@@ -15,6 +15,7 @@ import (
 // The shipped units: where a package or an administrator installs them.
 var units = map[string]string{
 	"systemd/cpinit-commit.service":                "usr/lib/systemd/system/cpinit-commit.service",
+	"systemd/cpinit-watch.service":                 "usr/lib/systemd/system/cpinit-watch.service",
 	"systemd/examples/cpinit-health-check.service": "etc/systemd/system/cpinit-health-check.service",
 }
 
@@ -84,18 +85,19 @@ func verify(t *testing.T, analyze, root string, names ...string) (string, error)
 func TestUnitsVerify(t *testing.T) {
 	analyze, systemctl := needSystemd(t)
 	root := unitRoot(t)
-	if out, err := exec.Command(systemctl, "--root="+root, "enable", "cpinit-commit.service", "cpinit-health-check.service").CombinedOutput(); err != nil {
+	if out, err := exec.Command(systemctl, "--root="+root, "enable", "cpinit-commit.service", "cpinit-watch.service", "cpinit-health-check.service").CombinedOutput(); err != nil {
 		t.Fatalf("systemctl --root enable: %v\n%s", err, out)
 	}
 	for _, link := range []string{
 		"etc/systemd/system/basic.target.wants/cpinit-commit.service",
+		"etc/systemd/system/multi-user.target.wants/cpinit-watch.service",
 		"etc/systemd/system/boot-complete.target.requires/cpinit-health-check.service",
 	} {
 		if _, err := os.Lstat(filepath.Join(root, link)); err != nil {
 			t.Errorf("enabling made no %s: %v", link, err)
 		}
 	}
-	if out, err := verify(t, analyze, root, "cpinit-commit.service", "cpinit-health-check.service", "boot-complete.target"); err != nil || out != "" {
+	if out, err := verify(t, analyze, root, "cpinit-commit.service", "cpinit-watch.service", "cpinit-health-check.service", "boot-complete.target"); err != nil || out != "" {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
