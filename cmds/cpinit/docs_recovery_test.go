@@ -76,3 +76,32 @@ func TestDocsReferences(t *testing.T) {
 		t.Error("no test names or command lines found in docs/: the test checks nothing")
 	}
 }
+
+var mdLink = regexp.MustCompile(`\]\(([^)#:\s]+)(#[^)]*)?\)`)
+
+// TestDocsLinks: every relative link in README.md and docs/ names a file
+// that exists.
+func TestDocsLinks(t *testing.T) {
+	docs, _ := filepath.Glob("../../docs/*.md")
+	docs = append(docs, "../../README.md")
+	n := 0
+	for _, doc := range docs {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range mdLink.FindAllStringSubmatch(string(b), -1) {
+			target := filepath.Join(filepath.Dir(doc), m[1])
+			if strings.HasPrefix(m[1], "../shared/") {
+				continue // the design card lives outside the repository
+			}
+			if _, err := os.Stat(target); err != nil {
+				t.Errorf("%s links to %s, which does not exist", filepath.Base(doc), m[1])
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		t.Error("no links found: the test checks nothing")
+	}
+}
