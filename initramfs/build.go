@@ -21,44 +21,80 @@ func RepoRoot() string {
 	return filepath.Dir(filepath.Dir(file))
 }
 
-// Kernel is the pinned kernel, fetched and unpacked by fetch-kernel.sh.
+// Kernel is a pinned kernel, fetched and unpacked by fetch-kernel.sh.
 type Kernel struct {
 	Release string // uname -r of the guest
 	Vmlinuz string
 	Modules string // /lib/modules/<release> of the unpacked package
+	// ModuleList is the module list to build this kernel's initramfs with
+	// (KERNEL_MODULE_LIST of its env file; initramfs/modules.list unless
+	// it says otherwise).
+	ModuleList string
+}
+
+// The pinned kernels' env files in initramfs/ (KERNEL_ENV of
+// fetch-kernel.sh).
+const (
+	// CloudKernel is Debian's cloud kernel: device-mapper and virtio-blk
+	// as modules, ext4 built in, no f2fs. It boots fastest and is the one
+	// every test and the demo boot (FetchKernel).
+	CloudKernel = "kernel.env"
+	// GenericKernel is Debian's generic kernel of the same version, which
+	// has f2fs as a module; its modules are modules-generic.list.
+	GenericKernel = "kernel-generic.env"
+)
+
+type fetched struct {
+	once sync.Once
+	k    Kernel
+	err  error
 }
 
 var (
-	kernelOnce sync.Once
-	kernel     Kernel
-	kernelErr  error
+	kernelsMu sync.Mutex
+	kernels   = map[string]*fetched{}
 )
 
-// FetchKernel runs initramfs/fetch-kernel.sh once per process (the script is
-// itself idempotent) and returns where the kernel is.
-func FetchKernel() (Kernel, error) {
-	kernelOnce.Do(func() {
-		cmd := exec.Command(filepath.Join(RepoRoot(), "initramfs", "fetch-kernel.sh"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			kernelErr = fmt.Errorf("initramfs/fetch-kernel.sh: %w\n%s", err, stderr.Bytes())
-			return
+// FetchKernel fetches the default pinned kernel, CloudKernel.
+func FetchKernel() (Kernel, error) { return FetchPinnedKernel(CloudKernel) }
+
+// FetchPinnedKernel runs initramfs/fetch-kernel.sh with KERNEL_ENV=env once
+// per env and process (the script is itself idempotent) and returns where
+// the kernel is. env is CloudKernel, GenericKernel or another env file in
+// initramfs/.
+func FetchPinnedKernel(env string) (Kernel, error) {
+	kernelsMu.Lock()
+	f, ok := kernels[env]
+	if !ok {
+		f = &fetched{}
+		kernels[env] = f
+	}
+	kernelsMu.Unlock()
+	f.once.Do(func() { f.k, f.err = fetchKernel(env) })
+	return f.k, f.err
+}
+
+func fetchKernel(env string) (Kernel, error) {
+	cmd := exec.Command(filepath.Join(RepoRoot(), "initramfs", "fetch-kernel.sh"))
+	cmd.Env = append(os.Environ(), "KERNEL_ENV="+env)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return Kernel{}, fmt.Errorf("KERNEL_ENV=%s initramfs/fetch-kernel.sh: %w\n%s", env, err, stderr.Bytes())
+	}
+	vars := map[string]string{}
+	s := bufio.NewScanner(bytes.NewReader(out))
+	for s.Scan() {
+		if k, v, ok := strings.Cut(s.Text(), "="); ok {
+			vars[k] = v
 		}
-		vars := map[string]string{}
-		s := bufio.NewScanner(bytes.NewReader(out))
-		for s.Scan() {
-			if k, v, ok := strings.Cut(s.Text(), "="); ok {
-				vars[k] = v
-			}
-		}
-		kernel = Kernel{Release: vars["KERNEL_RELEASE"], Vmlinuz: vars["KERNEL_VMLINUZ"], Modules: vars["KERNEL_MODULES"]}
-		if kernel.Vmlinuz == "" || kernel.Modules == "" {
-			kernelErr = fmt.Errorf("initramfs/fetch-kernel.sh printed no kernel paths:\n%s", out)
-		}
-	})
-	return kernel, kernelErr
+	}
+	k := Kernel{Release: vars["KERNEL_RELEASE"], Vmlinuz: vars["KERNEL_VMLINUZ"], Modules: vars["KERNEL_MODULES"], ModuleList: vars["KERNEL_MODULE_LIST"]}
+	if k.Vmlinuz == "" || k.Modules == "" || k.ModuleList == "" {
+		return Kernel{}, fmt.Errorf("KERNEL_ENV=%s initramfs/fetch-kernel.sh printed no kernel paths:\n%s", env, out)
+	}
+	return k, nil
 }
 
 // BuildOptions describe one initramfs.

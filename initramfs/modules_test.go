@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"debug/elf"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -72,7 +73,14 @@ func pinnedKernel(t *testing.T) Kernel {
 // after what it needs.
 func TestResolvePinnedKernel(t *testing.T) {
 	k := pinnedKernel(t)
-	names, err := ReadList(filepath.Join(RepoRoot(), "initramfs", "modules.list"))
+	list := filepath.Join(RepoRoot(), "initramfs", "modules.list")
+	if k.ModuleList != list {
+		t.Errorf("the default kernel's module list is %s, want %s", k.ModuleList, list)
+	}
+	if !strings.Contains(k.Release, "cloud") {
+		t.Errorf("FetchKernel gave %s, want the cloud kernel (the default)", k.Release)
+	}
+	names, err := ReadList(list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +113,96 @@ func TestResolvePinnedKernel(t *testing.T) {
 	if len(loaded) != 3 || loaded[2] != "dm_snapshot" {
 		t.Fatalf("kmodule load order %v, want dm_mod and dm_bufio before dm_snapshot", loaded)
 	}
+}
+
+// TestResolveGenericKernel: the second pinned kernel (kernel-generic.env)
+// fetches into its own tree, and its module list resolves: f2fs with its
+// hard dependencies, and every soft "pre:" dependency of a listed module
+// (f2fs's crc32, which the closure check of Resolve does not follow) is
+// provided by a module listed before it, by name or alias. kmodule loads
+// f2fs after its dependencies from the generated modules.dep.
+func TestResolveGenericKernel(t *testing.T) {
+	k, err := FetchPinnedKernel(GenericKernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cloud := pinnedKernel(t)
+	if k.Release == cloud.Release || k.Modules == cloud.Modules || k.Vmlinuz == cloud.Vmlinuz {
+		t.Fatalf("generic kernel %+v is not distinct from the cloud kernel %+v", k, cloud)
+	}
+	if want := filepath.Join(RepoRoot(), "initramfs", "modules-generic.list"); k.ModuleList != want {
+		t.Errorf("module list %s, want %s", k.ModuleList, want)
+	}
+	if _, err := os.Stat(k.Vmlinuz); err != nil {
+		t.Fatal(err)
+	}
+	names, err := ReadList(k.ModuleList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := Resolve(k.Modules, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provides := map[string]int{} // name or alias -> position in the list
+	for i, m := range mods {
+		info := modinfo(t, k.Modules, m.RelPath)
+		provides[m.Name] = i
+		for _, a := range info["alias"] {
+			provides[a] = i
+		}
+	}
+	for i, m := range mods {
+		for _, sd := range modinfo(t, k.Modules, m.RelPath)["softdep"] {
+			pre, _, _ := strings.Cut(strings.TrimPrefix(sd, "pre:"), "post:")
+			for _, need := range strings.Fields(pre) {
+				if j, ok := provides[need]; !ok || j > i {
+					t.Errorf("%s needs %s first (softdep %q): list a module providing it before %s", m.Name, need, sd, m.Name)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"f2fs", "virtio_blk", "dm_snapshot", "crc32_generic"} {
+		if _, ok := provides[want]; !ok {
+			t.Errorf("%s not in %s", want, k.ModuleList)
+		}
+	}
+
+	root := t.TempDir()
+	modDir := filepath.Join(root, "lib", "modules", k.Release)
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(modDir, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var loaded []string
+	opts := kmodule.ProbeOpts{RootDir: root, KVer: k.Release, IgnoreProcMods: true,
+		DryRunCB: func(p string) { loaded = append(loaded, CanonicalName(p)) }}
+	if err := kmodule.ProbeOptions("f2fs", "", opts); err != nil {
+		t.Fatal(err)
+	}
+	if len(loaded) < 2 || loaded[len(loaded)-1] != "f2fs" {
+		t.Fatalf("kmodule load order %v, want f2fs last, after its dependencies", loaded)
+	}
+}
+
+func modinfo(t *testing.T, modDir, rel string) map[string][]string {
+	t.Helper()
+	f, err := elf.Open(filepath.Join(modDir, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := f.Section(".modinfo").Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := ParseModinfo(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
 
 func TestResolveRejectsUnlistedDependency(t *testing.T) {

@@ -6,7 +6,10 @@
 //	go run ./initramfs/mkinitramfs -base existing.cpio -o out/hooked.cpio ./cmds/cpinit
 //
 // Without -modules it fetches the pinned kernel (initramfs/fetch-kernel.sh)
-// and uses its modules.
+// and uses its modules and module list; -kernel picks which pinned kernel
+// (an env file in initramfs/, default kernel.env):
+//
+//	go run ./initramfs/mkinitramfs -kernel kernel-generic.env -o out/generic.cpio ./cmds/cpinit
 package main
 
 import (
@@ -33,8 +36,10 @@ func main() {
 func run() error {
 	var o initramfs.BuildOptions
 	var files multi
+	var kernelEnv string
+	flag.StringVar(&kernelEnv, "kernel", initramfs.CloudKernel, "pinned kernel to fetch when -modules is not given: its env file in initramfs/ (e.g. "+initramfs.GenericKernel+")")
 	flag.StringVar(&o.Modules, "modules", "", "the kernel's /lib/modules/<release> directory (default: the pinned kernel's)")
-	flag.StringVar(&o.List, "list", "", "module list (default initramfs/modules.list)")
+	flag.StringVar(&o.List, "list", "", "module list (default: the pinned kernel's, initramfs/modules.list for kernel.env; with -modules, initramfs/modules.list)")
 	flag.StringVar(&o.Out, "o", "", "output cpio file (required)")
 	flag.StringVar(&o.InitCmd, "initcmd", "cpinit", "command run as /init (basename of one of the packages)")
 	flag.StringVar(&o.Base, "base", "", "existing uncompressed cpio initramfs to add cpinit to (its /init is kept as /inito; boot with cpinit.init=/inito and no cpinit.root=)")
@@ -45,11 +50,14 @@ func run() error {
 		return fmt.Errorf("need -o and at least one Go command package")
 	}
 	if o.Modules == "" {
-		k, err := initramfs.FetchKernel()
+		k, err := initramfs.FetchPinnedKernel(kernelEnv)
 		if err != nil {
 			return err
 		}
 		o.Modules = k.Modules
+		if o.List == "" {
+			o.List = k.ModuleList
+		}
 	}
 	o.Files, o.Pkgs, o.Log = files, flag.Args(), os.Stderr
 	return initramfs.Build(o)
