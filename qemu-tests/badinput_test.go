@@ -506,7 +506,7 @@ func TestBadInputBeginTooBig(t *testing.T) {
 	os.Remove(big)
 	d.Slot[0] = "sysinit.action=ota"
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint is too small to be useful \(userdata has \d+ MiB free, reserve 128 MiB\); free some space`, slotBootTimeout)
+	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint \(50%\) is too small to be useful: userdata has \d+ MiB free and begin keeps --reserve 128 MiB; the trial.s writes, new files included, must fit in the COW \(docs/cow-sizing.md\): free some space in userdata`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
 		t.Fatal(err)
