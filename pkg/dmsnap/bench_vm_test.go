@@ -436,7 +436,29 @@ func fioRun(t *testing.T, fio string, args []string, njobs int) map[string]fioRe
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(fio, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Two runs hung here for minutes with the guest idle; on a hang, show
+	// where fio and the devices wait instead of waiting for the watchdog.
+	hung := time.AfterFunc(3*time.Minute, func() {
+		fmt.Printf("fio hangs: %s\n", strings.Join(args, " "))
+		for _, f := range []string{"/sys/block/vda/inflight", "/sys/block/dm-0/inflight", "/sys/block/dm-1/inflight", "/sys/block/dm-2/inflight", "/sys/block/dm-3/inflight"} {
+			b, _ := os.ReadFile(f)
+			fmt.Printf("%s: %s", f, b)
+		}
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", cmd.Process.Pid))
+		for _, task := range tasks {
+			st, _ := os.ReadFile(task + "/stack")
+			fmt.Printf("%s/stack:\n%s", task, st)
+		}
+		os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0) // blocked tasks to the console
+		time.Sleep(2 * time.Second)
+		cmd.Process.Kill()
+	})
+	err := cmd.Wait()
+	hung.Stop()
+	if err != nil {
 		t.Fatalf("fio %s: %v\n%s%s", strings.Join(args, " "), err, stdout.Bytes(), stderr.Bytes())
 	}
 	var out struct {
