@@ -27,8 +27,10 @@
 //
 // Tests: root tests on loop-mounted ext4/xfs/tmpfs images compare every
 // extent list with `filefrag -v` and read the segments back from the raw
-// device; the in-guest TestVMLinearMapsFile (run by ./vmrun on the host)
-// loads DMTable into dm-linear and writes through it.
+// device; the in-guest TestVMLinearMapsFile (run by qemu-tests/fiemapvm)
+// loads DMTable into dm-linear and writes through it; the in-guest
+// TestVMF2FS* tests (run by qemu-tests/f2fsvm) check f2fs the same way and
+// add garbage collection.
 //
 // # UNWRITTEN extents are accepted (policy)
 //
@@ -72,4 +74,30 @@
 // map that moved. On f2fs, Allocate pins the file before allocating
 // (F2FS_IOC_SET_PIN_FILE) so the cleaner never migrates it, and sets the
 // immutable flag as well.
+//
+// # f2fs
+//
+// What the in-guest tests (f2fs_vm_linux_test.go, run by qemu-tests/f2fsvm on
+// Debian's 6.1 generic kernel) showed on a real f2fs:
+//
+//   - A pinned fallocate takes whole sections (2 MiB by default) from the
+//     pinned-data log: the file's raw extents run to the end of its last
+//     section, past EOF (Trim drops that part), and every block of those
+//     sections is the file's and valid. Allocate's free-space check counts
+//     only the size asked for, so it may use up to a section less one block
+//     more than that.
+//   - Garbage collection only collects sections with invalid blocks, so
+//     neither background/foreground GC nor a forced GC of the file's own
+//     sections (F2FS_IOC_GARBAGE_COLLECT_RANGE: EAGAIN) moves them; the pin
+//     is what holds a pinned file in a section that does have invalid blocks
+//     (the same file unpinned is moved). f2fs unpins a file after
+//     gc_pin_file_thresh failed GC attempts on it; Verify refuses an unpinned
+//     file, so this is caught before any use of the map.
+//   - The extents are not UNWRITTEN: reading the file through the filesystem
+//     returns what its blocks hold (stale data when allocated, COW chunks
+//     later). The file is root-only (0600 in a 0700 root directory).
+//   - F2FS_IOC_SET_PIN_FILE fails with EINVAL on a filesystem mounted
+//     mode=lfs; Allocate then fails naming the ioctl and leaves no file. It
+//     works with checkpoint=disable. A pinned file cannot have holes punched
+//     (EOPNOTSUPP).
 package fiemap
