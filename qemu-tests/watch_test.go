@@ -22,8 +22,12 @@ func TestWatchCommitsBeforeOverflow(t *testing.T) {
 	t.Parallel()
 	d := newABDevice(t, 21)
 	otaBegin(t, d, "24M")
-	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit")
+	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit sysinit.statusmid=1")
 	vm.ExpectT(t, `cpinit watch: watching the checkpoint of slot _b: COW 24\.0 MiB; warn at 50%, commit at 75% or when full within 5s`, slotBootTimeout)
+	// status during the trial: usage, and the fill rate from watch's samples.
+	vm.ExpectT(t, `COW used: +\d+\.\d of 24\.0 MiB \(\d+\.\d%\), active`, slotBootTimeout)
+	m0 := vm.ExpectT(t, `COW fill rate: +\d+\.\d\d MiB/s over \d+ s \(watch\), (full in \S+|not filling)`, slotBootTimeout)
+	t.Logf("status: %s", m0[0])
 	m := vm.ExpectT(t, `cpinit watch: WARNING: COW (\d+\.\d)% used .*userdata \d+\.\d MiB free`, slotBootTimeout)
 	t.Logf("warned at %s%%", m[1])
 	m = vm.ExpectT(t, `cpinit watch: committing the update \(policy commit; the rollback is given up to keep the data\): (COW .*)`, slotBootTimeout)

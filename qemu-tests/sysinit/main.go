@@ -37,7 +37,9 @@
 //	                                 COW fills while watch looks); with
 //	                                 sysinit.manifest=1 it prints
 //	                                 "sysinit: manifest=DIGEST" of /data
-//	                                 (internal/manifest) at the end.
+//	                                 (internal/manifest) at the end; with
+//	                                 sysinit.statusmid=1 it runs `cpinit
+//	                                 status` a quarter of the way in.
 //	                                 With sysinit.unpin=1 it first does
 //	                                 what a rogue update could: clears the
 //	                                 COW file's immutable flag, deletes it
@@ -157,7 +159,11 @@ func run() error {
 			}()
 		}
 		pace, _ := strconv.ParseFloat(p["pace"], 64)
-		if err := workload(p["seed"], p["mib"], pace); err != nil {
+		var midway func()
+		if p["statusmid"] == "1" {
+			midway = func() { cpinit("status") }
+		}
+		if err := workload(p["seed"], p["mib"], pace, midway); err != nil {
 			return fmt.Errorf("workload: %w", err)
 		}
 		fmt.Println("sysinit: workload done")
@@ -228,8 +234,9 @@ func status() {
 // workload changes userdata the way a new system might: it overwrites part
 // of some files in place, deletes others and creates new ones, seeded so a
 // test can rerun it. About mib MiB are written in all; with pace > 0 at most
-// pace MiB/s, each MiB fdatasync'ed.
-func workload(seed, mib string, pace float64) error {
+// pace MiB/s, each MiB fdatasync'ed. midway, if set, runs once when a
+// quarter of the new data is written.
+func workload(seed, mib string, pace float64, midway func()) error {
 	n, _ := strconv.Atoi(seed)
 	size, _ := strconv.Atoi(mib)
 	if size <= 0 {
@@ -296,6 +303,10 @@ func workload(seed, mib string, pace float64) error {
 				return err
 			}
 			written += len(buf)
+			if midway != nil && written-paceStart >= (size<<20-paceStart)/4 {
+				midway()
+				midway = nil
+			}
 			if pace > 0 && written-synced >= 1<<20 {
 				synced = written
 				if err := unix.Fdatasync(int(fh.Fd())); err != nil {
