@@ -23,7 +23,9 @@ import (
 //     finished (immutable is the last step): return its map if the size
 //     matches, fail otherwise. If it exists but is not immutable, an earlier
 //     Allocate crashed before handing the file out: remove it and start over.
-//  3. Refuse when free space minus size would drop below the reserve.
+//  3. Refuse when free space minus size would drop below the reserve (on
+//     f2fs, minus size rounded up to whole sections: what a pinned
+//     fallocate takes).
 //  4. Create with O_EXCL, mode 0600. On f2fs, F2FS_IOC_SET_PIN_FILE before
 //     any block is allocated (f2fs_ioc_set_pin_file fails with EFBIG once the
 //     file has data blocks, fs/f2fs/file.c).
@@ -83,9 +85,21 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 	if size%bs != 0 {
 		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("size %d is not a multiple of the %s block size %d: %w", size, fsType, bs, unix.EINVAL)}
 	}
+	// What the file will take: on f2fs a pinned fallocate allocates whole
+	// sections, so the last one's tail past size is used too.
+	need, what := size, ""
+	if fsType == "f2fs" {
+		sec, err := f2fsSectionBytes(filepath.Clean(dir), d)
+		if err != nil {
+			return nil, err
+		}
+		if need = (size + sec - 1) / sec * sec; need != size {
+			what = fmt.Sprintf(" (%d in whole %d-byte f2fs sections)", need, sec)
+		}
+	}
 	free := sfs.Bavail * bs
-	if free < size || free-size < opts.reserve() {
-		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("%d bytes free, %d requested, %d must stay free: %w", free, size, opts.reserve(), unix.ENOSPC)}
+	if free < need || free-need < opts.reserve() {
+		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("%d bytes free, %d requested%s, %d must stay free: %w", free, size, what, opts.reserve(), unix.ENOSPC)}
 	}
 
 	fd, err := unix.Openat(int(d.Fd()), base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)

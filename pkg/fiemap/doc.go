@@ -84,8 +84,8 @@
 //     pinned-data log: the file's raw extents run to the end of its last
 //     section, past EOF (Trim drops that part), and every block of those
 //     sections is the file's and valid. Allocate's free-space check counts
-//     only the size asked for, so it may use up to a section less one block
-//     more than that.
+//     the size rounded up to whole sections (section size from the
+//     superblock).
 //   - Garbage collection only collects sections with invalid blocks, so
 //     neither background/foreground GC nor a forced GC of the file's own
 //     sections (F2FS_IOC_GARBAGE_COLLECT_RANGE: EAGAIN) moves them; the pin

@@ -602,3 +602,45 @@ func TestVMF2FSAllocateRefused(t *testing.T) {
 	}
 	f.fsck()
 }
+
+// TestVMF2FSAllocateReserveCountsSections: a pinned fallocate takes whole
+// sections, so Allocate counts the size rounded up to a section against the
+// reserve. One block asked for uses a whole 2 MiB section: with a reserve
+// that only the block leaves room for, Allocate refuses; with room for the
+// section, it allocates and the reserve is still free afterwards.
+func TestVMF2FSAllocateReserveCountsSections(t *testing.T) {
+	f := newF2FS(t)
+	dir := f.cowDir()
+	cow := filepath.Join(dir, "cow")
+	free := func() uint64 {
+		var sfs unix.Statfs_t
+		if err := unix.Statfs(f.mnt, &sfs); err != nil {
+			t.Fatal(err)
+		}
+		return sfs.Bavail * uint64(sfs.Bsize)
+	}
+	before := free()
+	const size = 4096
+	_, err := Allocate(cow, size, AllocOptions{Reserve: before - 1<<20})
+	t.Logf("%d bytes free; one block with a reserve of free-1MiB: %v", before, err)
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("Allocate of one block that takes a 2 MiB section, leaving less than the reserve: %v, want ENOSPC", err)
+	}
+	if _, err := os.Lstat(cow); !os.IsNotExist(err) {
+		t.Fatalf("refused Allocate left %s: %v", cow, err)
+	}
+	reserve := before - 3<<20
+	m, err := Allocate(cow, size, AllocOptions{Reserve: reserve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := rawExtents(t, cow)
+	after := free()
+	t.Logf("allocated %d bytes: raw extents %v; free %d -> %d (reserve %d)", m.Size, raw, before, after, reserve)
+	if after < reserve {
+		t.Errorf("free space %d fell below the reserve %d", after, reserve)
+	}
+	if err := Release(cow); err != nil {
+		t.Fatal(err)
+	}
+}

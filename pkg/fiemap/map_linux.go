@@ -188,6 +188,42 @@ func checkSuperblock(path, fsType string, st *unix.Statfs_t, dev Device) error {
 	return nil
 }
 
+// f2fsSectionBytes returns the section size of the f2fs holding the
+// directory d: the unit a pinned fallocate allocates in (f2fs_expand_inode_data
+// rounds a pinned file's allocation up to whole sections). It reads the
+// superblock from the device, as checkSuperblock does: struct
+// f2fs_super_block at byte 1024 has __le32 log_blocksize at 16,
+// log_blocks_per_seg at 20 and segs_per_sec at 24 (include/linux/f2fs_fs.h).
+func f2fsSectionBytes(dir string, d *os.File) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.Fd()), &st); err != nil {
+		return 0, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	dev, err := resolveDevice(dir, st.Dev)
+	if err != nil {
+		return 0, err
+	}
+	f, err := openDevice(dir, dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sb := make([]byte, 32)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return 0, &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("read f2fs superblock of %s: %w", dev.Path, err)}
+	}
+	if magic := binary.LittleEndian.Uint32(sb[0:]); magic != unix.F2FS_SUPER_MAGIC {
+		return 0, &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("device %s (%s) has no f2fs superblock (magic %#x)", dev, dev.Path, magic)}
+	}
+	logBlock := binary.LittleEndian.Uint32(sb[16:])
+	logPerSeg := binary.LittleEndian.Uint32(sb[20:])
+	segsPerSec := binary.LittleEndian.Uint32(sb[24:])
+	if logBlock < 9 || logBlock > 16 || logPerSeg > 16 || segsPerSec == 0 || segsPerSec > 1<<16 {
+		return 0, &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("f2fs superblock of %s: implausible geometry (log_blocksize %d, log_blocks_per_seg %d, segs_per_sec %d)", dev.Path, logBlock, logPerSeg, segsPerSec)}
+	}
+	return uint64(segsPerSec) << (logPerSeg + logBlock), nil
+}
+
 // MapFile reads the extent map of the regular file at path with
 // FS_IOC_FIEMAP (FIEMAP_FLAG_SYNC), validates it (see Validate), coalesces
 // it and translates it into sector segments on the block device holding the

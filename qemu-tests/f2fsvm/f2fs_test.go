@@ -151,7 +151,7 @@ func scratchDisk(t *testing.T) string {
 // 256 MiB scratch disk.
 func TestF2FSInGuest(t *testing.T) {
 	out := runGuest(t, []string{"-test.run=^TestVMF2FS"}, []string{scratchDisk(t)}, 4*time.Minute)
-	for _, name := range []string{"TestVMF2FSAllocate", "TestVMF2FSGarbageCollection", "TestVMF2FSAllocateRefused"} {
+	for _, name := range []string{"TestVMF2FSAllocate", "TestVMF2FSGarbageCollection", "TestVMF2FSAllocateRefused", "TestVMF2FSAllocateReserveCountsSections"} {
 		if !strings.Contains(out, "--- PASS: "+name) {
 			t.Errorf("%s did not pass in the guest", name)
 		}
