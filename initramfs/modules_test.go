@@ -162,7 +162,7 @@ func TestResolveGenericKernel(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"f2fs", "virtio_blk", "dm_snapshot", "crc32_generic"} {
+	for _, want := range []string{"f2fs", "virtio_blk", "dm_snapshot", "crc32_generic", "ext4"} {
 		if _, ok := provides[want]; !ok {
 			t.Errorf("%s not in %s", want, k.ModuleList)
 		}

@@ -13,6 +13,7 @@ package f2fsvm
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -155,5 +156,22 @@ func TestF2FSInGuest(t *testing.T) {
 		if !strings.Contains(out, "--- PASS: "+name) {
 			t.Errorf("%s did not pass in the guest", name)
 		}
+	}
+}
+
+// TestLinearMapsFileOnGenericKernel runs pkg/fiemap's ext4 dm-linear test
+// (the one qemu-tests/fiemapvm runs on the cloud kernel) on the generic
+// kernel: its module list loads ext4 and device-mapper as well as f2fs, so
+// the whole lifecycle can run on it. The disk is a 16 MiB ext4 with 1 KiB
+// blocks made on the host, as fiemapvm makes it.
+func TestLinearMapsFileOnGenericKernel(t *testing.T) {
+	mkfs := testutil.LookPath(t, "mkfs.ext4")
+	disk := scratchDisk(t)
+	if out, err := exec.Command(mkfs, "-q", "-F", "-b", "1024", "-m", "0", "-N", "256", disk, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	out := runGuest(t, []string{"-test.run=^TestVMLinearMapsFile$"}, []string{disk}, 3*time.Minute)
+	if !strings.Contains(out, "--- PASS: TestVMLinearMapsFile") {
+		t.Error("TestVMLinearMapsFile did not pass on the generic kernel")
 	}
 }
