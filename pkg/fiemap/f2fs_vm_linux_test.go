@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -338,6 +339,44 @@ func TestVMF2FSAllocate(t *testing.T) {
 	if got := readThroughDevice(t, m2); !bytes.Equal(got, want) {
 		t.Fatal("COW bytes changed across remount")
 	}
+	// Through dm-linear, as cpinit uses it: load DMTable (the fs unmounted:
+	// dm claims the disk, like a mount), write the whole device with a new
+	// pattern, and the filesystem reads it back from the file; fsck clean.
+	f.umount()
+	name := "fiemap-f2fs"
+	dmsetupCmd(t, m.DMTable(), "create", name)
+	removed := false
+	t.Cleanup(func() {
+		if !removed {
+			exec.Command("/usr/sbin/dmsetup", "remove", name).Run()
+		}
+	})
+	if got := dmsetupCmd(t, "", "table", name); got != m.DMTable() {
+		t.Fatalf("dmsetup table differs from DMTable:\n%s\nvs\n%s", got, m.DMTable())
+	}
+	var mj, mn uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(dmsetupCmd(t, "", "info", "-c", "--noheadings", "-o", "major,minor", name)), "%d:%d", &mj, &mn); err != nil {
+		t.Fatal(err)
+	}
+	node := "/dev/fiemap-f2fs-cow"
+	os.Remove(node)
+	if err := unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(mj, mn))); err != nil {
+		t.Fatal(err)
+	}
+	viaDM := writeThroughDevice(t, &Map{Size: m.Size, Device: Device{Path: node}, Segments: []Segment{{Start: 0, Length: m.Size / SectorSize, Offset: 0}}}, 0x3c)
+	dmsetupCmd(t, "", "remove", name)
+	removed = true
+	os.Remove(node)
+	f.fsck()
+	f.mount()
+	dropCaches(t)
+	if got, err := os.ReadFile(cow); err != nil || !bytes.Equal(got, viaDM) {
+		t.Fatalf("the file does not read what was written through dm-linear (%v)", err)
+	}
+	if _, err := Verify(cow, m); err != nil {
+		t.Fatal(err)
+	}
+
 	// Allocate again finds the complete file and returns its map.
 	m3, err := Allocate(cow, size, AllocOptions{Reserve: 1})
 	if err != nil || m3.Fingerprint != m.Fingerprint {
