@@ -2,7 +2,7 @@ package fiemap
 
 // In-guest test: the host kernel has no device-mapper, so the end-to-end
 // check that Map.DMTable really maps the file through dm-linear runs in the
-// QEMU guest (pkg/fiemap/vmrun boots it with one scratch disk). dmsetup,
+// QEMU guest (qemu-tests/fiemapvm boots it with one scratch disk). dmsetup,
 // shipped in the test initramfs, loads our table text as is.
 
 import (
@@ -51,7 +51,7 @@ func TestVMLinearMapsFile(t *testing.T) {
 	testutil.RequireVM(t)
 	testutil.RequireRoot(t)
 	disk := testutil.TestDisks(t, 1)[0]
-	// The host formatted the disk (pkg/fiemap/vmrun: a 16 MiB ext4
+	// The host formatted the disk (qemu-tests/fiemapvm: a 16 MiB ext4
 	// with 1 KiB blocks at its start); the guest's mkfs.ext4 is a dangling
 	// symlink to mke2fs.
 	mnt := t.TempDir()
@@ -212,7 +212,7 @@ func TestVMLinearMapsFile(t *testing.T) {
 	}
 }
 
-// Power-cut tests of Allocate/Release. pkg/fiemap/vmrun boots the guest with
+// Power-cut tests of Allocate/Release. qemu-tests/fiemapvm boots the guest with
 // TestVMAllocateCrashLoop, which allocates and releases the COW file over
 // and over until the host cuts the power at a random moment; the next boot
 // runs TestVMAllocateAfterCrash on the same disk. The disk is a 96 MiB ext4
