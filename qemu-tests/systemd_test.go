@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -125,6 +126,12 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	}
 	if out := vm.Output(); strings.Contains(out, "Dependency failed") || strings.Contains(out, "Ordering cycle") {
 		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", tail(out, 80))
+	}
+	// cpinit-watch.service started on the trial ($CPINIT_WATCH_ARGS
+	// expanded: policy abort) and ended with it (or was stopped by the
+	// report unit first), or found it committed already.
+	if !regexp.MustCompile(`cpinit watch: (watching the checkpoint of slot _b: COW [\d.]+ MiB; warn at 75%, abort at 90%[^\n]*\n(.*\n)*cpinit watch: (the trial ended|stopped by a signal)|nothing to watch: no checkpoint)`).MatchString(vm.Output()) {
+		t.Errorf("cpinit-watch.service did not watch the trial and end with it:\n%s", tail(vm.Output(), 60))
 	}
 
 	wantRecord(t, d, bootstate.StateFresh)

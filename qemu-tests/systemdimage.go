@@ -34,6 +34,7 @@ import (
 //	                              passes: systemd.setenv=CPINIT_TEST_HEALTH=ok
 //	                              passes, anything else vetoes
 //	cpinit-commit.service         dist/systemd/, enabled (basic.target.wants)
+//	cpinit-watch.service          dist/systemd/, enabled in the default target
 //	cpinit-test-report.service    after the commit (whether it ran or not):
 //	                              prints "cpinit-test: commit unit" and the
 //	                              commit unit's state (systemctl show),
@@ -119,12 +120,15 @@ ExecStartPost=/usr/bin/echo "cpinit-test: workload done"
 	"cpinit-test-report.service": `[Unit]
 Description=Test report
 DefaultDependencies=no
-After=basic.target cpinit-test-workload.service boot-complete.target cpinit-commit.service
+After=basic.target cpinit-test-workload.service boot-complete.target cpinit-commit.service cpinit-watch.service
 SuccessAction=poweroff
 FailureAction=poweroff
 
 [Service]
 Type=oneshot
+# Stop the watch first, so its lines do not interleave with the report
+# (Conflicts= would drop the watch from the boot transaction instead).
+ExecStartPre=/usr/bin/systemctl stop cpinit-watch.service
 ExecStart=/usr/bin/echo "cpinit-test: commit unit"
 ExecStart=/usr/bin/systemctl show --property=ActiveState,Result,ConditionResult,ConditionTimestampMonotonic cpinit-commit.service
 ExecStart=/usr/bin/echo "cpinit-test: status"
@@ -232,9 +236,15 @@ func SystemdSlotRoot(root string) error {
 	if err := copyHostFile(filepath.Join(dist, "examples", "cpinit-health-check.service"), filepath.Join(root, "etc/systemd/system/cpinit-health-check.service")); err != nil {
 		return err
 	}
+	if err := copyHostFile(filepath.Join(dist, "cpinit-watch.service"), filepath.Join(root, "usr/lib/systemd/system/cpinit-watch.service")); err != nil {
+		return err
+	}
 	etc := filepath.Join(root, "etc")
 	links := map[string]string{
-		"systemd/system/basic.target.wants/cpinit-commit.service":                  "/usr/lib/systemd/system/cpinit-commit.service",
+		"systemd/system/basic.target.wants/cpinit-commit.service": "/usr/lib/systemd/system/cpinit-commit.service",
+		// WantedBy=multi-user.target, which this image's default target
+		// stands in for.
+		"systemd/system/cpinit-test.target.wants/cpinit-watch.service":             "/usr/lib/systemd/system/cpinit-watch.service",
 		"systemd/system/boot-complete.target.requires/cpinit-health-check.service": "/etc/systemd/system/cpinit-health-check.service",
 		"systemd/system/default.target":                                            "cpinit-test.target",
 	}

@@ -38,10 +38,11 @@ commands:
   watch [--policy abort|commit|warn] [--warn P] [--act P] [--interval D]
         [--lead D] [--once] [--no-reboot]
                      during a trial, watch the COW fill up: warn at P%
-                     (75), and at P% (90), or when it would be full within
-                     --lead (30s), roll back and reboot (abort, the
-                     default), commit, or only warn; exits at once when
-                     there is no trial, 1 if the COW overflowed
+                     (75), and at P% (90), or past the warning when it
+                     would be full within --lead (30s), roll back and
+                     reboot (abort, the default), commit, or only warn;
+                     exits at once when there is no trial, 1 if the COW
+                     overflowed
   merge              run a pending rollback now (recovery mode; userdata
                      unmounted), with progress
   recover keep-current [--yes] [--cow-path P]

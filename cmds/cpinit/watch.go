@@ -92,9 +92,9 @@ type watchConfig struct {
 	Act      float64       // percent used: apply the policy
 	Interval time.Duration // between samples
 	// Lead is how long before the COW is full, at the current rate, watch
-	// acts regardless of Act: acting takes time (a commit's teardown, a
-	// rollback's misc and store writes, a freeze) and the writes go on
-	// meanwhile.
+	// acts once past Warn without waiting for Act: acting takes time (a
+	// commit's teardown, a rollback's misc and store writes, a freeze) and
+	// the writes go on meanwhile.
 	Lead   time.Duration
 	Policy watchPolicy
 }
@@ -132,7 +132,11 @@ func judge(c watchConfig, s usageSample, e fillEstimate, haveRate bool) (verdict
 	switch {
 	case pct >= c.Act:
 		return verdictAct, fmt.Sprintf("%s: at or above the %g%% action threshold", nums, c.Act)
-	case haveRate && e.SecondsToFull < c.Lead.Seconds():
+	case pct >= c.Warn && haveRate && e.SecondsToFull < c.Lead.Seconds():
+		// Only above the warning threshold: a burst early in the trial
+		// (a boot writing its caches) extrapolates to a fill rate the
+		// trial does not sustain, and acting on it would end a healthy
+		// trial. Above it the rate gives the lead the action needs.
 		return verdictAct, fmt.Sprintf("%s: full within the %s lead", nums, c.Lead)
 	case pct >= c.Warn:
 		return verdictWarn, fmt.Sprintf("%s: at or above the %g%% warning threshold", nums, c.Warn)

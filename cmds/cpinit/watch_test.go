@@ -47,8 +47,9 @@ func TestJudge(t *testing.T) {
 		{"no rate yet", 50 << 20, -1, verdictOK, nil},
 		{"warn", 75 << 20, 0.1, verdictWarn, []string{"75.0%", "warning threshold"}},
 		{"act by threshold", 91 << 20, 0, verdictAct, []string{"91.0%", "action threshold"}},
-		{"act by rate", 50 << 20, 10, verdictAct, []string{"filling at 10.00 MiB/s", "full in 5 s", "within the 10s lead"}},
+		{"act by rate", 72 << 20, 5, verdictAct, []string{"filling at 5.00 MiB/s", "full in 6 s", "within the 10s lead"}},
 		{"fast but far", 10 << 20, 1, verdictOK, []string{"full in 90 s"}},
+		{"a burst below the warning threshold", 10 << 20, 10, verdictOK, []string{"full in 9 s"}},
 	} {
 		s := usageSample{Used: tc.used, Total: total, FreeBytes: 200 << 20}
 		var e fillEstimate
