@@ -94,20 +94,12 @@ func DeviceMapperPresent() bool {
 	return err == nil && strings.Contains(string(b), " device-mapper\n")
 }
 
-// LoadModuleList loads the modules named in the list file at path. A missing
-// list is not an error: a kernel with everything built in needs none.
+// LoadModuleList loads the modules named in the list file at path (a
+// missing list loads nothing) and returns their names.
 func LoadModuleList(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	mods, err := ReadModuleList(path)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	mods, err := ParseModuleList(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return mods, LoadModules(mods)
 }

@@ -15,7 +15,7 @@ import (
 	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
-var guestExitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
+var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
 
 // guestBench is one in-guest Go benchmark: a test of pkg, gated by its own
 // flag so that the ordinary in-guest suites never run it, booted once in the
@@ -79,7 +79,7 @@ func (g guestBench) run(tmp string) error {
 		return err
 	}
 	defer vm.Kill()
-	m, err := vm.Expect(guestExitRe, *timeout)
+	m, err := vm.Expect(exitRe, *timeout)
 	out := vm.Output()
 	if err != nil {
 		return fmt.Errorf("%v (QEMU: %s)", err, vm.Cmdline)

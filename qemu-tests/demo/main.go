@@ -7,12 +7,10 @@ package main
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
@@ -57,16 +55,7 @@ func digest(d *qemutests.ABDevice) (string, int, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	var keys []string
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	h := sha256.New()
-	for _, k := range keys {
-		fmt.Fprintf(h, "%s %s\n", k, m[k])
-	}
-	return fmt.Sprintf("%x", h.Sum(nil))[:16], len(keys), nil
+	return m.Digest(), len(m), nil
 }
 
 func showDigest(d *qemutests.ABDevice, when string) (string, error) {
