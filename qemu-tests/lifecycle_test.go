@@ -126,32 +126,11 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report"
-	trials := 0
-	for {
-		vm, slot := d.Boot(t, "")
-		if slot == 0 {
-			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-		trials++
-		if trials > 8 {
-			t.Fatalf("bootloader still picks the crashing slot after %d trials", trials)
-		}
-		action := "reattach-snapshot"
-		if trials == 1 {
-			action = "create-snapshot"
-		}
-		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
 		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
 		vm.Wait(slotBootTimeout)
-	}
+	})
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
 	r := wantRecord(t, d, bootstate.StateFresh)
@@ -164,6 +143,42 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("COW file still in userdata after rollback (err %v)", err)
+	}
+}
+
+// bootUntilFallback boots the device until the bootloader falls back to
+// slot 0 (the old slot; its action should be sysinit.action=report), and
+// checks that that boot rolls userdata back. Each boot of the update's slot
+// is the trial boot n (from 1): its snapshot line is checked, then trial
+// runs, which must wait for the VM. before, if set, runs before each boot.
+// It returns the number of trial boots.
+func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), trial func(vm *VM, n int)) int {
+	t.Helper()
+	for n := 0; ; {
+		if before != nil {
+			before()
+		}
+		vm, slot := d.Boot(t, "")
+		if slot == 0 {
+			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		n++
+		if n > maxTrials {
+			t.Fatalf("bootloader still picks the update's slot after %d trial boots", n-1)
+		}
+		action := "reattach-snapshot"
+		if n == 1 {
+			action = "create-snapshot"
+		}
+		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+		trial(vm, n)
 	}
 }
 

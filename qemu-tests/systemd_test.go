@@ -203,33 +203,13 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 	d.Slot[1] = "systemd.setenv=CPINIT_TEST_HEALTH=fail"
 	d.Slot[0] = "sysinit.action=report"
 	var tries []uint8
-	trials := 0
-	for {
+	trials := bootUntilFallback(t, d, 4, func() {
 		bc, err := d.ReadMisc()
 		if err != nil {
 			t.Fatal(err)
 		}
 		tries = append(tries, bc.Slots[1].TriesRemaining)
-		vm, slot := d.Boot(t, "")
-		if slot == 0 {
-			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-		trials++
-		if trials > 4 {
-			t.Fatalf("bootloader still picks the vetoed slot after %d trials (tries before each: %v)", trials, tries)
-		}
-		action := "reattach-snapshot"
-		if trials == 1 {
-			action = "create-snapshot"
-		}
-		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+	}, func(vm *VM, n int) {
 		vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
 		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, slotBootTimeout)
 		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
@@ -251,7 +231,7 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		if strings.Contains(out, "committed:") || strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
 			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", tail(out, 80))
 		}
-	}
+	})
 	t.Logf("slot b vetoed %d times; its tries before each boot: %v", trials, tries)
 	if trials != int(tries[0]) {
 		t.Errorf("slot b booted %d times with %d tries", trials, tries[0])
