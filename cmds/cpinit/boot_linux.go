@@ -427,8 +427,7 @@ func checkStoreDevice(store *bootstate.Store, dev io.ReaderAt, path string) erro
 // so the look writes nothing. Only filesystems cpinit checkpoints (ext4,
 // f2fs) can hold one.
 func refuseLeftCheckpoint(e *bootEnv, why string) error {
-	opts := map[string]string{"ext4": "noload", "f2fs": "norecovery"}
-	data, ok := opts[e.fstype]
+	data, ok := noReplayOption(e.fstype)
 	if !ok {
 		return nil
 	}

@@ -203,7 +203,7 @@ func (e *bootEnv) CreateSnapshot(m *bootstate.ExtentMap) error {
 // then the snapshot would write over other files. No snapshot exists yet,
 // so the current filesystem is the one to look at; it is read through a
 // plain dm view of the partition (cp-origin, linear, which the snapshot
-// then takes over), set read-only and mounted ro,noload: nothing is written.
+// then takes over), set read-only and mounted ro without journal replay (noReplayOption): nothing is written.
 func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, m *bootstate.ExtentMap) error {
 	if err := k.MapPlain(ctx); err != nil {
 		return fmt.Errorf("map userdata read-only to check the COW file: %w", err)
@@ -216,7 +216,7 @@ func (e *bootEnv) verifyBeforeCreate(ctx context.Context, k *dmsnap.Checkpoint, 
 }
 
 // checkCurrentCOW reads the current filesystem through cp-origin (plain or
-// snapshot-origin, not mounted), set read-only and mounted ro,noload, and
+// snapshot-origin, not mounted), set read-only and mounted ro without journal replay, and
 // checks that the COW file still has the recorded extents. The COW inode
 // never changes while a checkpoint lives and begin flushed the journal
 // after allocating it, so skipping journal replay cannot hide a legitimate
@@ -230,7 +230,11 @@ func (e *bootEnv) checkCurrentCOW(path string, m *bootstate.ExtentMap) error {
 		return err
 	}
 	defer setBlockRO(dev, false)
-	if err := mountDev(dev, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
+	opt, ok := noReplayOption(e.fstype)
+	if !ok {
+		return fmt.Errorf("check the COW file %s: cpinit.fstype=%s: checkpoints need ext4 or f2fs", path, e.fstype)
+	}
+	if err := mountDev(dev, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, opt); err != nil {
 		return fmt.Errorf("check the COW file %s: %w", path, err)
 	}
 	defer unix.Unmount(e.verifyDir, 0)
@@ -252,8 +256,8 @@ func (e *bootEnv) fingerprintIn(dir, path string, want *bootstate.ExtentMap) ([3
 	if err != nil {
 		return zero, err
 	}
-	if !fm.Immutable && !fm.F2FSPinned {
-		return zero, fmt.Errorf("COW file %s is not pinned: its blocks may have moved", path)
+	if err := fm.CheckPinned(); err != nil {
+		return zero, fmt.Errorf("COW file %s: %w", path, err)
 	}
 	onPart, err := fm.OnDevice(e.ud.fiemapDevice())
 	if err != nil {
@@ -344,7 +348,11 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 	if err := setBlockRO(snap, true); err != nil {
 		return zero, err
 	}
-	if err := mountDev(snap, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noload"); err != nil {
+	opt, ok := noReplayOption(e.fstype)
+	if !ok {
+		return zero, fmt.Errorf("cpinit.fstype=%s: checkpoints need ext4 or f2fs", e.fstype)
+	}
+	if err := mountDev(snap, e.verifyDir, e.fstype, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, opt); err != nil {
 		return zero, err
 	}
 	fp, err := e.fingerprintIn(e.verifyDir, path, want)

@@ -7,6 +7,20 @@ import (
 	"io"
 )
 
+// noReplayOption is the mount option that mounts fstype read-only without
+// replaying its journal (ext4: noload) or its roll-forward recovery (f2fs:
+// norecovery; f2fs refuses noload), so that a look at a device writes
+// nothing. ok is false for a filesystem cpinit does not checkpoint.
+func noReplayOption(fstype string) (opt string, ok bool) {
+	switch fstype {
+	case "ext4":
+		return "noload", true
+	case "f2fs":
+		return "norecovery", true
+	}
+	return "", false
+}
+
 // fsSignatureSize is how much of a device fsSignature looks at.
 const fsSignatureSize = 68 << 10
 

@@ -79,3 +79,14 @@ func TestFSSignatureMkfs(t *testing.T) {
 		t.Fatalf("%q, %v", sig, err)
 	}
 }
+
+func TestNoReplayOption(t *testing.T) {
+	for fs, want := range map[string]string{"ext4": "noload", "f2fs": "norecovery"} {
+		if got, ok := noReplayOption(fs); !ok || got != want {
+			t.Errorf("%s: %q %v, want %q", fs, got, ok, want)
+		}
+	}
+	if _, ok := noReplayOption("xfs"); ok {
+		t.Error("xfs has an option: cpinit does not checkpoint xfs")
+	}
+}

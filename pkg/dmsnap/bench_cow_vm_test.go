@@ -166,7 +166,7 @@ func TestBenchCOWUseInGuest(t *testing.T) {
 	// The filesystem in the first 3/4 of the disk, the COW in the last
 	// quarter (one segment: the extent count is not what is measured).
 	fsSectors := size / 4 * 3 &^ 2047
-	cow := []Segment{{Dev: dev, Start: fsSectors, Length: size - fsSectors &^ 2047}}
+	cow := []Segment{{Dev: dev, Start: fsSectors, Length: size - fsSectors&^2047}}
 	var chunks []uint32
 	for _, s := range strings.Split(*benchCOWChunks, ",") {
 		kib, err := strconv.Atoi(strings.TrimSpace(s))

@@ -535,3 +535,22 @@ func ExampleDMTable() {
 	// 0 128 linear 254:0 2048
 	// 128 128 linear 254:0 16384
 }
+
+func TestCheckPinned(t *testing.T) {
+	for _, c := range []struct {
+		fs                string
+		immutable, pinned bool
+		ok                bool
+	}{
+		{"ext4", true, false, true},
+		{"ext4", false, false, false},
+		{"f2fs", true, true, true},
+		{"f2fs", true, false, false}, // immutable, but GC may move it
+		{"f2fs", false, true, false}, // pinned, but writable through the fs
+	} {
+		m := &Map{FSType: c.fs, Immutable: c.immutable, F2FSPinned: c.pinned}
+		if err := m.CheckPinned(); (err == nil) != c.ok {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}

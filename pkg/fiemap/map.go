@@ -3,6 +3,7 @@ package fiemap
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 )
@@ -179,6 +180,20 @@ func (m *Map) Check() error {
 	}
 	if fp := Fingerprint(m.Device, m.Size, m.Extents); fp != m.Fingerprint {
 		return fmt.Errorf("fiemap %s: fingerprint %s does not match the extents (%s)", m.Path, m.Fingerprint, fp)
+	}
+	return nil
+}
+
+// CheckPinned says why the file's blocks may not stay where the map says,
+// or nil: it must be immutable (no write, truncate or unlink through the
+// filesystem), and on f2fs also pinned (F2FS_IOC_SET_PIN_FILE: garbage
+// collection leaves it alone). Allocate sets both.
+func (m *Map) CheckPinned() error {
+	if !m.Immutable {
+		return errors.New("file is not immutable: its blocks may be written or freed through the filesystem")
+	}
+	if m.FSType == "f2fs" && !m.F2FSPinned {
+		return errors.New("f2fs file is not pinned: garbage collection may move its blocks")
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -320,11 +319,8 @@ func Verify(path string, want *Map) (*Map, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !m.Immutable {
-		return m, &os.PathError{Op: "fiemap verify", Path: path, Err: errors.New("file is not immutable: its blocks may be written or freed through the filesystem")}
-	}
-	if m.FSType == "f2fs" && !m.F2FSPinned {
-		return m, &os.PathError{Op: "fiemap verify", Path: path, Err: errors.New("f2fs file is not pinned: garbage collection may move its blocks")}
+	if err := m.CheckPinned(); err != nil {
+		return m, &os.PathError{Op: "fiemap verify", Path: path, Err: err}
 	}
 	if m.Fingerprint != want.Fingerprint {
 		why := want.SameLayout(m)
