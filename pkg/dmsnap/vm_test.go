@@ -649,3 +649,38 @@ func TestVMConvergesFromPartialStates(t *testing.T) {
 		}
 	})
 }
+
+// TestVMOriginRefusesDiscard: during a checkpoint, a discard (fstrim, or a
+// filesystem mounted with -o discard) must not reach the origin: it would
+// drop blocks of files the new system deleted without copying them to the
+// COW first, and the rollback would bring the files back without their
+// data. snapshot-origin advertises no discard support (dm-snap.c
+// origin_ctr sets no num_discard_bios), so the block layer refuses every
+// discard to it; the disk below does support discard (the check is not
+// vacuous).
+func TestVMOriginRefusesDiscard(t *testing.T) {
+	c, disk := vmSetup(t)
+	k := newCheckpoint(t, c, testConfig(t, disk))
+	if err := k.StartCheckpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	discardMax := func(dev string) string {
+		var st unix.Stat_t
+		if err := unix.Stat(dev, &st); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/queue/discard_max_bytes", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got := discardMax(disk); got == "0" {
+		t.Fatalf("%s supports no discard: the test would prove nothing (QEMU virtio-blk advertises discard)", disk)
+	}
+	node := c.NodePath(DefaultNames.Origin)
+	if got := discardMax(node); got != "0" {
+		t.Fatalf("%s (snapshot-origin) advertises discard_max_bytes=%s: a trim would bypass the COW", node, got)
+	}
+	t.Logf("discard_max_bytes: %s %s, %s 0 (BLKDISCARD and filesystem discards get EOPNOTSUPP: block/ioctl.c blk_ioctl_discard, bdev_max_discard_sectors)", disk, discardMax(disk), node)
+}

@@ -36,7 +36,7 @@ func TestDmsnapInGuest(t *testing.T) {
 	for _, name := range []string{
 		"TestVMVersionAndTargets", "TestVMControlNodeCreated", "TestVMClientBasics", "TestVMLargeTable",
 		"TestVMCheckpointTablesMatchDmsetup", "TestVMCheckpointMergeRestoresPattern", "TestVMCommit",
-		"TestVMOverflow", "TestVMConvergesFromPartialStates", "TestVMExt4Rollback", "TestVMPowerCut",
+		"TestVMOverflow", "TestVMConvergesFromPartialStates", "TestVMExt4Rollback", "TestVMPowerCut", "TestVMOriginRefusesDiscard",
 	} {
 		if !strings.Contains(out, "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass in the guest", name)
