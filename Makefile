@@ -40,6 +40,7 @@ deps:
 
 kernel: deps
 	@initramfs/fetch-kernel.sh >/dev/null
+	@KERNEL_ENV=kernel-generic.env initramfs/fetch-kernel.sh >/dev/null
 
 initramfs: kernel
 	$(GO) run ./initramfs/mkinitramfs -o out/cpinit.cpio ./cmds/cpinit
