@@ -177,3 +177,40 @@ func TestBuildBase(t *testing.T) {
 		t.Errorf("compressed base: %v", err)
 	}
 }
+
+// TestBuildWithUrootCommands: adding cpinit to a u-root image is building
+// them together (one busybox): cpinit stays /init and PID 1, the other
+// commands sit beside it (a u-root image cannot be a Base, see
+// TestBuildBase).
+func TestBuildWithUrootCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an initramfs (~15 s); not in -short")
+	}
+	k := pinnedKernel(t)
+	out := filepath.Join(t.TempDir(), "with-core.cpio")
+	pkgs := []string{"./cmds/cpinit", "github.com/u-root/u-root/cmds/core/ls", "github.com/u-root/u-root/cmds/core/cat"}
+	if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: pkgs}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]cpio.Record{}
+	for _, r := range recs {
+		have[r.Name] = r
+	}
+	for _, name := range []string{"bbin/cpinit", "bbin/ls", "bbin/cat", "bbin/bb"} {
+		if _, ok := have[name]; !ok {
+			t.Errorf("image lacks %s", name)
+		}
+	}
+	if target, _ := readAll(have["init"]); target != "bbin/cpinit" {
+		t.Errorf("/init -> %q, want bbin/cpinit", target)
+	}
+}
