@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cpinit/cpinit/initramfs"
@@ -47,6 +48,33 @@ func CpinitInitramfs() (string, error) {
 		cpinitErr = BuildInitramfs(cpinitPath, "cpinit", nil, "./cmds/cpinit")
 	})
 	return cpinitPath, cpinitErr
+}
+
+var (
+	cpinitForMu sync.Mutex
+	cpinitFor   = map[string]string{}
+)
+
+// CpinitInitramfsFor fetches the pinned kernel of env (initramfs.CloudKernel,
+// initramfs.GenericKernel) and builds the product initramfs for it, with its
+// modules and module list, once per process into out/cpinit-<env>.cpio. It
+// returns the kernel and the initramfs.
+func CpinitInitramfsFor(env string) (Kernel, string, error) {
+	k, err := initramfs.FetchPinnedKernel(env)
+	if err != nil {
+		return k, "", err
+	}
+	cpinitForMu.Lock()
+	defer cpinitForMu.Unlock()
+	if p, ok := cpinitFor[env]; ok {
+		return k, p, nil
+	}
+	p := filepath.Join(OutDir(), "cpinit-"+strings.TrimSuffix(env, ".env")+".cpio")
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}}); err != nil {
+		return k, "", err
+	}
+	cpinitFor[env] = p
+	return k, p, nil
 }
 
 // GoBuild builds a static Go command for the guest.

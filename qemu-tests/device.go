@@ -30,6 +30,9 @@ type ABDevice struct {
 	// Slot[i] is appended to the kernel command line when slot i boots
 	// (what its system does: sysinit.* parameters).
 	Slot [2]string
+	// FSType is the userdata filesystem: "" (ext4, NewABDevice) or "f2fs"
+	// (NewF2FSABDevice).
+	FSType string
 }
 
 // Disk order, so the kernel parameters can name them by path.
@@ -42,7 +45,23 @@ const (
 // userdata) holds nfiles files of seeded random sizes and contents; slot a is
 // the current, successful slot.
 func NewABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64) (*ABDevice, error) {
-	d := &ABDevice{Dir: dir, Kernel: k, Initrd: initrd}
+	return makeABDevice(dir, k, initrd, nfiles, seed, "")
+}
+
+// NewF2FSABDevice is NewABDevice with userdata on f2fs (512 MiB, made with
+// mkfs.f2fs and filled with sload.f2fs from f2fs-tools), booted with
+// cpinit.fstype=f2fs. k must have f2fs (initramfs.GenericKernel) and initrd
+// must be cpinit built for it (CpinitInitramfsFor). The system slots stay
+// ext4. Userdata is named by path (/dev/vdc): cpinit's LABEL= lookup reads
+// ext4 labels only. 512 MiB, not 256: f2fs's own reserve leaves about 160
+// MiB free of 256, too little for a 64 MiB COW file plus begin's default
+// 128 MiB --reserve.
+func NewF2FSABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64) (*ABDevice, error) {
+	return makeABDevice(dir, k, initrd, nfiles, seed, "f2fs")
+}
+
+func makeABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64, fstype string) (*ABDevice, error) {
+	d := &ABDevice{Dir: dir, Kernel: k, Initrd: initrd, FSType: fstype}
 	var err error
 	for i, label := range []string{"system_a", "system_b"} {
 		if d.Systems[i], err = MakeSystemImage(dir, label); err != nil {
@@ -54,10 +73,19 @@ func NewABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64) (
 		return nil, err
 	}
 	d.Userdata = filepath.Join(dir, "userdata.img")
-	// 4 KiB blocks as on real devices (mkfs.ext4 would pick 1 KiB for a
-	// filesystem this small).
-	if err := MakeExt4(d.Userdata, 256<<20, "userdata", content, "-b", "4096"); err != nil {
-		return nil, err
+	switch fstype {
+	case "":
+		// 4 KiB blocks as on real devices (mkfs.ext4 would pick 1 KiB for
+		// a filesystem this small).
+		if err := MakeExt4(d.Userdata, 256<<20, "userdata", content, "-b", "4096"); err != nil {
+			return nil, err
+		}
+	case "f2fs":
+		if err := MakeF2FS(d.Userdata, 512<<20, "userdata", content); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("userdata filesystem %q: ext4 (\"\") or f2fs", fstype)
 	}
 	d.Metadata = filepath.Join(dir, "metadata.img")
 	if err := MakeDisk(d.Metadata, 16<<20); err != nil {
@@ -127,13 +155,17 @@ func (d *ABDevice) SelectSlot() (int, error) {
 // Options returns the QEMU options to boot slot with extra kernel parameters.
 func (d *ABDevice) Options(slot int, extra string) Options {
 	suffix := bootstate.SlotSuffixes[slot]
+	userdata := "cpinit.userdata=LABEL=userdata"
+	if d.FSType == "f2fs" {
+		userdata = "cpinit.userdata=/dev/vdc cpinit.fstype=f2fs"
+	}
 	return Options{
 		Kernel: d.Kernel.Vmlinuz,
 		Initrd: []string{d.Initrd},
 		Disks:  []string{d.Systems[0], d.Systems[1], d.Userdata, d.Metadata, d.Misc},
 		Append: strings.Join([]string{
 			"cpinit.root=LABEL=system" + suffix,
-			"cpinit.userdata=LABEL=userdata",
+			userdata,
 			"cpinit.metadata=" + abMetadataDev,
 			"cpinit.misc=" + abMiscDev,
 			"cpinit.slot=" + suffix,
@@ -198,6 +230,37 @@ func (d *ABDevice) COWFileExists() (bool, error) {
 		return false, fmt.Errorf("debugfs stat: %v\n%s", err, out)
 	}
 	return !strings.Contains(string(out), "File not found"), nil
+}
+
+// MakeF2FS makes an f2fs image of size bytes at path labelled label with
+// mkfs.f2fs and, unless dir is empty, copies dir's tree into it with
+// sload.f2fs (f2fs-tools), which writes the image without mounting it.
+func MakeF2FS(path string, size int64, label, dir string) error {
+	if err := MakeDisk(path, size); err != nil {
+		return err
+	}
+	if out, err := exec.Command("mkfs.f2fs", "-f", "-q", "-l", label, path).CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.f2fs %s: %v\n%s", path, err, out)
+	}
+	if dir == "" {
+		return nil
+	}
+	if out, err := exec.Command("sload.f2fs", "-f", dir, path).CombinedOutput(); err != nil {
+		return fmt.Errorf("sload.f2fs -f %s %s: %v\n%s", dir, path, err, out)
+	}
+	return nil
+}
+
+// CheckF2FS checks the f2fs userdata image read-only with fsck.f2fs
+// --dry-run and fails unless every check is Ok. (There is no debugfs for
+// f2fs: f2fs tests compare userdata through the guest's manifest instead of
+// UserdataManifest.)
+func (d *ABDevice) CheckF2FS() error {
+	out, err := exec.Command("fsck.f2fs", "--dry-run", d.Userdata).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "[Fail]") || !strings.Contains(string(out), "[FSCK] other corrupted bugs") {
+		return fmt.Errorf("fsck.f2fs --dry-run %s: %v\n%s", d.Userdata, err, out)
+	}
+	return nil
 }
 
 // slotBootTimeout bounds one boot of the A/B device (a merge included).

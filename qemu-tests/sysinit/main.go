@@ -6,7 +6,13 @@
 // Kernel parameters (it reads /proc/cmdline, which switch_root moved into
 // its root):
 //
-//	sysinit.action=report (default)  print every /data/*.txt, power off
+//	sysinit.action=report (default)  print every /data/*.txt, power off;
+//	                                 with sysinit.manifest=1 also
+//	                                 "sysinit: datafs=ext4|f2fs" and
+//	                                 "sysinit: manifest=DIGEST files=N" of
+//	                                 /data and "sysinit: cow=present" or
+//	                                 "sysinit: cow=absent" (whether
+//	                                 /data/.cpinit/cow exists)
 //	sysinit.action=write             write sysinit.token= to /data/cut.txt,
 //	                                 fsync it and the directory, print
 //	                                 "sysinit: wrote cut.txt", then wait
@@ -14,7 +20,11 @@
 //	sysinit.action=ota               the OTA agent of the old slot: run
 //	                                 `cpinit begin --size sysinit.cowsize=`
 //	                                 (and sysinit.beginargs=, comma-separated),
-//	                                 print "sysinit: ota begin ok", power off
+//	                                 print "sysinit: ota begin ok", power off;
+//	                                 with sysinit.manifest=1 it first prints
+//	                                 "sysinit: datafs=…" and
+//	                                 "sysinit: manifest=DIGEST files=N" of
+//	                                 /data (the data before the update)
 //	sysinit.action=workload          the new system: create, overwrite and
 //	                                 delete files in /data (seeded by
 //	                                 sysinit.seed=, sized by sysinit.mib=),
@@ -36,6 +46,7 @@
 //	                                 system that keeps writing, so the
 //	                                 COW fills while watch looks); with
 //	                                 sysinit.manifest=1 it prints
+//	                                 "sysinit: datafs=…" and
 //	                                 "sysinit: manifest=DIGEST" of /data
 //	                                 (internal/manifest) at the end; with
 //	                                 sysinit.statusmid=1 it runs `cpinit
@@ -112,8 +123,24 @@ func run() error {
 	p := params()
 	switch p["action"] {
 	case "", "report":
-		return report()
+		if err := report(); err != nil {
+			return err
+		}
+		if p["manifest"] == "1" {
+			printManifest()
+			cow := "absent"
+			if _, err := os.Lstat("/data/.cpinit/cow"); err == nil {
+				cow = "present"
+			} else if !os.IsNotExist(err) {
+				return err
+			}
+			fmt.Printf("sysinit: cow=%s\n", cow)
+		}
+		return nil
 	case "ota":
+		if p["manifest"] == "1" {
+			printManifest()
+		}
 		args := []string{"begin"}
 		if v := p["cowsize"]; v != "" {
 			args = append(args, "--size", v)
@@ -168,14 +195,7 @@ func run() error {
 		}
 		fmt.Println("sysinit: workload done")
 		if p["manifest"] == "1" {
-			defer func() {
-				m, err := manifest.Dir("/data")
-				if err != nil {
-					fmt.Printf("sysinit: manifest error: %v\n", err)
-					return
-				}
-				fmt.Printf("sysinit: manifest=%s files=%d\n", m.Digest(), len(m))
-			}()
+			defer printManifest()
 		}
 		switch p["then"] {
 		case "commit":
@@ -217,6 +237,31 @@ func run() error {
 }
 
 const cpinitBin = "/usr/bin/cpinit"
+
+// printManifest prints "sysinit: datafs=ext4|f2fs|0xMAGIC" (the filesystem
+// mounted on /data) and "sysinit: manifest=DIGEST files=N" of /data
+// (internal/manifest: lost+found and .cpinit left out).
+func printManifest() {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/data", &st); err != nil {
+		fmt.Printf("sysinit: statfs /data: %v\n", err)
+	} else {
+		fs := fmt.Sprintf("%#x", st.Type)
+		switch st.Type {
+		case unix.EXT4_SUPER_MAGIC:
+			fs = "ext4"
+		case unix.F2FS_SUPER_MAGIC:
+			fs = "f2fs"
+		}
+		fmt.Printf("sysinit: datafs=%s\n", fs)
+	}
+	m, err := manifest.Dir("/data")
+	if err != nil {
+		fmt.Printf("sysinit: manifest error: %v\n", err)
+		return
+	}
+	fmt.Printf("sysinit: manifest=%s files=%d\n", m.Digest(), len(m))
+}
 
 // cpinit runs the cpinit CLI with its output on the console.
 func cpinit(args ...string) error {
