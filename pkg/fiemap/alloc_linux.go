@@ -23,7 +23,9 @@ import (
 //     finished (immutable is the last step): return its map if the size
 //     matches, fail otherwise. If it exists but is not immutable, an earlier
 //     Allocate crashed before handing the file out: remove it and start over.
-//  3. Refuse when free space minus size would drop below the reserve (on
+//  3. On f2fs, refuse unless the kernel lists pin_file among the
+//     filesystem's features (/sys/fs/f2fs/<dev>/features). Refuse when
+//     free space minus size would drop below the reserve (on
 //     f2fs, minus size rounded up to whole sections: what a pinned
 //     fallocate takes).
 //  4. Create with O_EXCL, mode 0600. On f2fs, F2FS_IOC_SET_PIN_FILE before
@@ -89,6 +91,9 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 	// sections, so the last one's tail past size is used too.
 	need, what := size, ""
 	if fsType == "f2fs" {
+		if err := f2fsCanPin(filepath.Clean(dir), d); err != nil {
+			return nil, err
+		}
 		sec, err := f2fsSectionBytes(filepath.Clean(dir), d)
 		if err != nil {
 			return nil, err

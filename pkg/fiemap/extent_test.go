@@ -554,3 +554,11 @@ func TestCheckPinned(t *testing.T) {
 		}
 	}
 }
+
+func TestHasF2FSFeature(t *testing.T) {
+	// The format of fs/f2fs/sysfs.c features_show: names joined by ", ".
+	const got = "extra_attr, inode_checksum, flexible_inline_xattr, inode_crtime, lost_found, sb_checksum, pin_file\n"
+	if !hasF2FSFeature(got, "pin_file") || hasF2FSFeature(got, "pin") || hasF2FSFeature("encryption, compression", "pin_file") {
+		t.Error("feature list misparsed")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Device identifies the block device that holds the filesystem, which is the
@@ -196,4 +197,16 @@ func (m *Map) CheckPinned() error {
 		return errors.New("f2fs file is not pinned: garbage collection may move its blocks")
 	}
 	return nil
+}
+
+// hasF2FSFeature reports whether a /sys/fs/f2fs/<dev>/features text (a
+// comma-separated list, e.g. "encryption, extra_attr, pin_file") names
+// feature.
+func hasF2FSFeature(features, feature string) bool {
+	for _, f := range strings.Split(features, ",") {
+		if strings.TrimSpace(f) == feature {
+			return true
+		}
+	}
+	return false
 }

@@ -193,6 +193,30 @@ func checkSuperblock(path, fsType string, st *unix.Statfs_t, dev Device) error {
 // superblock from the device, as checkSuperblock does: struct
 // f2fs_super_block at byte 1024 has __le32 log_blocksize at 16,
 // log_blocks_per_seg at 20 and segs_per_sec at 24 (include/linux/f2fs_fs.h).
+// f2fsCanPin checks that the kernel can pin files on the f2fs holding dir:
+// its /sys/fs/f2fs/<dev>/features lists pin_file (fs/f2fs/sysfs.c
+// features_show). Without it F2FS_IOC_SET_PIN_FILE is missing and garbage
+// collection would move the COW file's blocks under the dm-linear map.
+func f2fsCanPin(dir string, d *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.Fd()), &st); err != nil {
+		return &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	link, err := os.Readlink(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		return &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("find the f2fs device in sysfs: %w", err)}
+	}
+	features := filepath.Join("/sys/fs/f2fs", filepath.Base(link), "features")
+	b, err := os.ReadFile(features)
+	if err != nil {
+		return &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("cannot tell whether this kernel can pin f2fs files: %w", err)}
+	}
+	if !hasF2FSFeature(string(b), "pin_file") {
+		return &os.PathError{Op: "allocate", Path: dir, Err: fmt.Errorf("%s does not list pin_file (%q): this kernel cannot pin files on f2fs, and garbage collection would move the COW file's blocks; use a kernel with f2fs pin_file support (Linux 4.20 and later): %w", features, strings.TrimSpace(string(b)), unix.EOPNOTSUPP)}
+	}
+	return nil
+}
+
 func f2fsSectionBytes(dir string, d *os.File) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(d.Fd()), &st); err != nil {
