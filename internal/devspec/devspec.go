@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf16"
 )
 
 // Kind is how a Spec names its device.
@@ -65,7 +66,7 @@ func Parse(s string) (Spec, error) {
 
 // Superblock is the identity a filesystem carries in its superblock.
 type Superblock struct {
-	Type  string // "ext4" (any of ext2/3/4)
+	Type  string // "ext4" (any of ext2/3/4) or "f2fs"
 	UUID  string // lower-case, dashed
 	Label string
 }
@@ -81,15 +82,27 @@ const (
 	extMagic       = 0xEF53
 )
 
+// f2fs superblock: 1024 bytes into the device (F2FS_SUPER_OFFSET); magic at
+// 0, uuid[16] at 0x6C, volume_name[512] as UTF-16LE at 0x7C
+// (include/linux/f2fs_fs.h struct f2fs_super_block; util-linux libblkid
+// superblocks/f2fs.c reads the same).
+const (
+	f2fsSuperOffset = 1024
+	f2fsMagic       = 0xF2F52010
+	f2fsUUIDOff     = 0x6C
+	f2fsLabelOff    = 0x7C
+	f2fsLabelLen    = 512 // UTF-16 code units
+)
+
 // SuperblockProbeSize is how many bytes from the start of a device
 // ParseSuperblock needs.
-const SuperblockProbeSize = extSuperOffset + 1024
+const SuperblockProbeSize = f2fsSuperOffset + f2fsLabelOff + 2*f2fsLabelLen
 
 // ErrUnknownFS means no filesystem this package knows was found.
 var ErrUnknownFS = errors.New("no known filesystem superblock")
 
 // ParseSuperblock reads filesystem identity from the first
-// SuperblockProbeSize bytes of a device. It knows the ext family.
+// SuperblockProbeSize bytes of a device. It knows the ext family and f2fs.
 func ParseSuperblock(b []byte) (Superblock, error) {
 	if len(b) < SuperblockProbeSize {
 		return Superblock{}, fmt.Errorf("superblock probe: have %d bytes, need %d", len(b), SuperblockProbeSize)
@@ -105,6 +118,22 @@ func ParseSuperblock(b []byte) (Superblock, error) {
 			Type:  "ext4",
 			UUID:  fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]),
 			Label: string(label),
+		}, nil
+	}
+	if sb := b[f2fsSuperOffset:]; binary.LittleEndian.Uint32(sb) == f2fsMagic {
+		u := sb[f2fsUUIDOff : f2fsUUIDOff+16]
+		var units []uint16
+		for i := 0; i < f2fsLabelLen; i++ {
+			c := binary.LittleEndian.Uint16(sb[f2fsLabelOff+2*i:])
+			if c == 0 {
+				break
+			}
+			units = append(units, c)
+		}
+		return Superblock{
+			Type:  "f2fs",
+			UUID:  fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]),
+			Label: string(utf16.Decode(units)),
 		}, nil
 	}
 	return Superblock{}, ErrUnknownFS

@@ -66,3 +66,32 @@ func TestReadSuperblockMkfs(t *testing.T) {
 		t.Fatalf("got %+v", sb)
 	}
 }
+
+// TestReadSuperblockF2FS: our f2fs decoder against mkfs.f2fs (the label,
+// with a non-ASCII letter to exercise UTF-16) and blkid (the UUID mkfs
+// chose): two independent tools.
+func TestReadSuperblockF2FS(t *testing.T) {
+	mkfs := testutil.LookPath(t, "mkfs.f2fs")
+	blkid := testutil.LookPath(t, "blkid")
+	img := filepath.Join(t.TempDir(), "f2fs.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-f", "-l", "userdätä", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.f2fs: %v\n%s", err, out)
+	}
+	out, err := exec.Command(blkid, "-p", "-o", "value", "-s", "UUID", img).Output()
+	if err != nil {
+		t.Fatalf("blkid: %v", err)
+	}
+	sb, err := ReadSuperblock(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Superblock{Type: "f2fs", UUID: strings.TrimSpace(string(out)), Label: "userdätä"}); sb != want {
+		t.Fatalf("got %+v, want %+v", sb, want)
+	}
+}
