@@ -302,7 +302,16 @@ func cmdBegin(args []string, stdout io.Writer) error {
 			"the trial's writes, new files included, must fit in the COW (docs/cow-sizing.md): free some space in userdata",
 			want>>20, req, free>>20, reserve>>20)
 	}
-	want &^= 4095
+	// Whole allocation units (blocks; on f2fs, sections), rounded down, so
+	// the file takes exactly what was checked against the free space.
+	unit, err := fiemap.AllocationUnit(sc.dataDir)
+	if err != nil {
+		return err
+	}
+	want = want / unit * unit
+	if want < minCOW {
+		return fmt.Errorf("refusing to begin: a %d MiB checkpoint is too small to be useful (whole %d-byte allocation units of userdata)", want>>20, unit)
+	}
 	if err := checkCOWFits(want, free, reserve); err != nil {
 		return err
 	}

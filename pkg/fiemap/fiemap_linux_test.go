@@ -847,3 +847,12 @@ func TestMapOnPartition(t *testing.T) {
 		}
 	}
 }
+
+func TestAllocationUnit(t *testing.T) {
+	for _, bs := range []int{1024, 4096} {
+		fs := newExt4(t, 16, bs)
+		if got, err := AllocationUnit(fs.mnt); err != nil || got != uint64(bs) {
+			t.Errorf("ext4 with %d-byte blocks: %d, %v", bs, got, err)
+		}
+	}
+}

@@ -193,6 +193,26 @@ func checkSuperblock(path, fsType string, st *unix.Statfs_t, dev Device) error {
 // superblock from the device, as checkSuperblock does: struct
 // f2fs_super_block at byte 1024 has __le32 log_blocksize at 16,
 // log_blocks_per_seg at 20 and segs_per_sec at 24 (include/linux/f2fs_fs.h).
+// AllocationUnit is the granule in which Allocate takes space on the
+// filesystem holding dir: its block size, or on f2fs a whole section (a
+// pinned fallocate allocates whole sections). A size that is a multiple of
+// it takes exactly that much.
+func AllocationUnit(dir string) (uint64, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(int(d.Fd()), &sfs); err != nil {
+		return 0, &os.PathError{Op: "statfs", Path: dir, Err: err}
+	}
+	if supportedFS[int64(sfs.Type)] == "f2fs" {
+		return f2fsSectionBytes(dir, d)
+	}
+	return uint64(sfs.Bsize), nil
+}
+
 // f2fsCanPin checks that the kernel can pin files on the f2fs holding dir:
 // its /sys/fs/f2fs/<dev>/features lists pin_file (fs/f2fs/sysfs.c
 // features_show). Without it F2FS_IOC_SET_PIN_FILE is missing and garbage
