@@ -134,7 +134,7 @@ func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active .* via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
 	return vm
 }
 

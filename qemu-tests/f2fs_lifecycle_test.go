@@ -82,12 +82,7 @@ func TestF2FSUpdateCommits(t *testing.T) {
 	d := newF2FSDevice(t, 1)
 	before, _ := f2fsOTABegin(t, d, "64M")
 
-	d.Slot[1] = "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit sysinit.manifest=1"
-	vm, slot := d.Boot(t, "")
-	if slot != 1 {
-		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
-	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit sysinit.manifest=1")
 	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
 	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
@@ -101,7 +96,7 @@ func TestF2FSUpdateCommits(t *testing.T) {
 	}
 
 	d.Slot[1] = "sysinit.action=report sysinit.manifest=1"
-	vm, slot = d.Boot(t, "")
+	vm, slot := d.Boot(t, "")
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
 	}
@@ -143,37 +138,18 @@ func TestF2FSUpdateFailsRollsBack(t *testing.T) {
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report sysinit.manifest=1"
-	const maxTrials = 8
-	for n := 1; ; n++ {
-		vm, slot := d.Boot(t, "")
-		if slot == 0 {
-			t.Logf("slot b crashed %d times before the bootloader fell back", n-1)
-			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-			after := vm.ExpectT(t, manifestRe, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
-				t.Fatal(err)
-			}
-			if after[1] != before || after[2] != beforeFiles {
-				t.Fatalf("userdata after rollback: manifest %s (%s files), before the update %s (%s files)", after[1], after[2], before, beforeFiles)
-			}
-			break
-		}
-		if n > maxTrials {
-			t.Fatalf("bootloader still picks the update's slot after %d trial boots", n-1)
-		}
-		action := "reattach-snapshot"
-		if n == 1 {
-			action = "create-snapshot"
-		}
-		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
 		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
 		vm.Wait(slotBootTimeout)
-	}
+	}, func(vm *VM) {
+		after := vm.ExpectT(t, manifestRe, slotBootTimeout)
+		vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
+		if after[1] != before || after[2] != beforeFiles {
+			t.Fatalf("userdata after rollback: manifest %s (%s files), before the update %s (%s files)", after[1], after[2], before, beforeFiles)
+		}
+	})
+	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
 	r := wantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {

@@ -70,12 +70,7 @@ func TestUpdateCommits(t *testing.T) {
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
 
-	d.Slot[1] = "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit"
-	vm, slot := d.Boot(t, "")
-	if slot != 1 {
-		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
-	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
 	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
 	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
@@ -85,7 +80,7 @@ func TestUpdateCommits(t *testing.T) {
 	}
 
 	d.Slot[1] = "sysinit.action=report"
-	vm, slot = d.Boot(t, "")
+	vm, slot := d.Boot(t, "")
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
 	}
@@ -130,7 +125,7 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
 		vm.Wait(slotBootTimeout)
-	})
+	}, nil)
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
 	r := wantRecord(t, d, bootstate.StateFresh)
@@ -148,11 +143,12 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 
 // bootUntilFallback boots the device until the bootloader falls back to
 // slot 0 (the old slot; its action should be sysinit.action=report), and
-// checks that that boot rolls userdata back. Each boot of the update's slot
-// is the trial boot n (from 1): its snapshot line is checked, then trial
-// runs, which must wait for the VM. before, if set, runs before each boot.
-// It returns the number of trial boots.
-func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), trial func(vm *VM, n int)) int {
+// checks that that boot rolls userdata back; fallback, if set, then reads
+// more of that boot's console before it ends. Each boot of the update's
+// slot is the trial boot n (from 1): its snapshot line is checked, then
+// trial runs, which must wait for the VM. before, if set, runs before each
+// boot. It returns the number of trial boots.
+func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), trial func(vm *VM, n int), fallback func(vm *VM)) int {
 	t.Helper()
 	for n := 0; ; {
 		if before != nil {
@@ -164,6 +160,9 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
 			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
 			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+			if fallback != nil {
+				fallback(vm)
+			}
 			if err := vm.Wait(slotBootTimeout); err != nil {
 				t.Fatal(err)
 			}

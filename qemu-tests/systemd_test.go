@@ -99,12 +99,7 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
 
-	d.Slot[1] = "systemd.setenv=CPINIT_TEST_HEALTH=ok"
-	vm, slot := d.Boot(t, "")
-	if slot != 1 {
-		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
-	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm := trialBoot(t, d, "systemd.setenv=CPINIT_TEST_HEALTH=ok")
 	vm.ExpectT(t, `systemd \d+[^\r\n]* running in system mode`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
 	// systemd's status lines ([  OK  ] ...), in order: the health check,
@@ -160,7 +155,7 @@ func TestSystemdUpdateCommits(t *testing.T) {
 
 	// The unit stays enabled: at a boot that is no trial, the commit does
 	// nothing and succeeds.
-	vm, slot = d.Boot(t, "")
+	vm, slot := d.Boot(t, "")
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after the commit, want 1", slot)
 	}
@@ -231,7 +226,7 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		if strings.Contains(out, "committed:") || strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
 			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", tail(out, 80))
 		}
-	})
+	}, nil)
 	t.Logf("slot b vetoed %d times; its tries before each boot: %v", trials, tries)
 	if trials != int(tries[0]) {
 		t.Errorf("slot b booted %d times with %d tries", trials, tries[0])
