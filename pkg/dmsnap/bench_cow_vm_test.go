@@ -116,7 +116,9 @@ func fillRand(rng *rand.Rand, b []byte) {
 	}
 }
 
+// writeSynced creates p (and its directory) holding b, fsync'ed.
 func writeSynced(t *testing.T, p string, b []byte) {
+	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -142,24 +142,11 @@ func unmount(t *testing.T, dir string) {
 
 func writeFile(t *testing.T, path string, rng *rand.Rand, size int) {
 	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	b := make([]byte, size)
 	for i := range b {
 		b[i] = byte(rng.Uint32())
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	writeSynced(t, path, b)
 }
 
 // manifest lists every regular file under dir with its size and sha256.
