@@ -37,14 +37,7 @@ func TestBuildReproducible(t *testing.T) {
 	}
 	t.Logf("initramfs: %d bytes uncompressed", len(imgs[0]))
 
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(imgs[0])))
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]cpio.Record{}
-	for _, r := range recs {
-		have[r.Name] = r
-	}
+	have := recordsByName(t, imgs[0])
 	for _, want := range []string{
 		"init", "bbin/cpinit", "etc/cpinit/modules",
 		"lib/modules/" + k.Release + "/modules.dep",
@@ -76,6 +69,20 @@ func TestBuildReproducible(t *testing.T) {
 	if gz.Len() > budget {
 		t.Errorf("initramfs is %d bytes with gzip -9, over the %d-byte budget: see the size section of make bench for what takes the space", gz.Len(), budget)
 	}
+}
+
+// recordsByName decodes a newc archive into its records by name.
+func recordsByName(t *testing.T, img []byte) map[string]cpio.Record {
+	t.Helper()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]cpio.Record{}
+	for _, r := range recs {
+		have[r.Name] = r
+	}
+	return have
 }
 
 func readAll(r cpio.Record) (string, error) {
@@ -123,19 +130,11 @@ func TestBuildBase(t *testing.T) {
 	if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Base: base}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(out)
+	img, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]cpio.Record{}
-	for _, r := range recs {
-		have[r.Name] = r
-	}
+	have := recordsByName(t, img)
 	for name, want := range map[string]string{"init": "bbin/cpinit", "inito": script, "scripts/local-top/x": "x"} {
 		r, ok := have[name]
 		if !ok {
@@ -192,19 +191,11 @@ func TestBuildWithUrootCommands(t *testing.T) {
 	if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: pkgs}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(out)
+	img, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]cpio.Record{}
-	for _, r := range recs {
-		have[r.Name] = r
-	}
+	have := recordsByName(t, img)
 	for _, name := range []string{"bbin/cpinit", "bbin/ls", "bbin/cat", "bbin/bb"} {
 		if _, ok := have[name]; !ok {
 			t.Errorf("image lacks %s", name)
