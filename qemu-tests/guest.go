@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -24,27 +25,46 @@ import (
 var GuestTools = []string{"/usr/sbin/dmsetup", "/usr/sbin/mke2fs", "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck", "/usr/bin/cmp", "/usr/bin/sha256sum"}
 
 var (
-	guestOnce sync.Once
-	guestPath string
-	guestErr  error
+	guestMu    sync.Mutex
+	guestBuilt = map[string]string{} // kernel env + tools -> initramfs path
 )
 
 // GuestInitramfs builds the test-only initramfs (guestinit as /init, with
-// GuestTools) once per process.
+// GuestTools) for the cloud kernel once per process.
 func GuestInitramfs() (string, error) {
-	guestOnce.Do(func() {
-		guestPath = filepath.Join(OutDir(), "guest.cpio")
-		var files []string
-		for _, f := range GuestTools {
-			if _, err := os.Stat(f); err != nil {
-				guestErr = fmt.Errorf("guest tool %s missing on the host (install dmsetup, e2fsprogs, coreutils): %w", f, err)
-				return
-			}
-			files = append(files, f+":"+strings.TrimPrefix(f, "/"))
+	k, err := FetchKernel()
+	if err != nil {
+		return "", err
+	}
+	return guestInitramfsFor(initramfs.CloudKernel, k, nil)
+}
+
+// guestInitramfsFor builds the test-only initramfs for the pinned kernel of
+// env, with GuestTools and tools, once per process and combination.
+func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
+	key := env + "\x00" + strings.Join(tools, "\x00")
+	guestMu.Lock()
+	defer guestMu.Unlock()
+	if p, ok := guestBuilt[key]; ok {
+		return p, nil
+	}
+	name := "guest.cpio"
+	if env != initramfs.CloudKernel || len(tools) > 0 {
+		name = fmt.Sprintf("guest-%s-%d.cpio", strings.TrimSuffix(env, ".env"), len(guestBuilt))
+	}
+	p := filepath.Join(OutDir(), name)
+	var files []string
+	for _, f := range append(append([]string(nil), GuestTools...), tools...) {
+		if _, err := os.Stat(f); err != nil {
+			return "", fmt.Errorf("guest tool %s missing on the host (make deps installs the packages): %w", f, err)
 		}
-		guestErr = BuildInitramfs(guestPath, "guestinit", files, "./qemu-tests/guestinit")
-	})
-	return guestPath, guestErr
+		files = append(files, f+":"+strings.TrimPrefix(f, "/"))
+	}
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "guestinit", Files: files, Pkgs: []string{"./qemu-tests/guestinit"}}); err != nil {
+		return "", err
+	}
+	guestBuilt[key] = p
+	return p, nil
 }
 
 // GuestRun is one run of a test binary in the guest.
@@ -53,6 +73,11 @@ type GuestRun struct {
 	Args  []string // test binary arguments, e.g. -test.run=^TestVM
 	Env   []string // extra KEY=value for the test binary
 	Disks []string // disk images attached as /dev/vda, ...; created (256 MiB) if missing
+	// Kernel is the pinned kernel's env file (initramfs.GenericKernel for
+	// f2fs); the cloud kernel when empty.
+	Kernel string
+	// Tools are host binaries the guest needs besides GuestTools.
+	Tools []string
 	// Timeout for the whole run; default 5 minutes.
 	Timeout time.Duration
 }
@@ -147,11 +172,15 @@ func testBinary(pkg string) (string, error) {
 // the usual way.
 func StartGuestTests(t testing.TB, r GuestRun) (*VM, error) {
 	t.Helper()
-	k, err := FetchKernel()
+	env := r.Kernel
+	if env == "" {
+		env = initramfs.CloudKernel
+	}
+	k, err := initramfs.FetchPinnedKernel(env)
 	if err != nil {
 		return nil, err
 	}
-	base, err := GuestInitramfs()
+	base, err := guestInitramfsFor(env, k, r.Tools)
 	if err != nil {
 		return nil, err
 	}
@@ -217,8 +246,8 @@ func guestTestLines(out string) string {
 	var keep []string
 	for _, l := range strings.Split(out, "\n") {
 		l = strings.TrimRight(l, "\r")
-		if strings.HasPrefix(l, "[") && strings.Contains(l, "]") {
-			continue // kernel printk
+		if strings.HasPrefix(l, "[") && strings.Contains(l, "]") && !strings.Contains(l, "F2FS") {
+			continue // kernel printk (f2fs's own GC and pin messages are kept)
 		}
 		keep = append(keep, l)
 	}

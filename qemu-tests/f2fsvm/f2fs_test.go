@@ -11,14 +11,9 @@
 package f2fsvm
 
 import (
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,112 +25,20 @@ import (
 // f2fsTools are the host binaries the f2fs guest adds to qt.GuestTools.
 var f2fsTools = []string{"/usr/sbin/mkfs.f2fs", "/usr/sbin/fsck.f2fs", "/usr/sbin/filefrag"}
 
-var (
-	guestOnce sync.Once
-	guestK    initramfs.Kernel
-	guestPath string
-	guestErr  error
-)
-
-// genericGuest fetches the generic kernel and builds the test-only
-// initramfs for it, once per process.
-func genericGuest() (initramfs.Kernel, string, error) {
-	guestOnce.Do(func() {
-		guestK, guestErr = initramfs.FetchPinnedKernel(initramfs.GenericKernel)
-		if guestErr != nil {
-			return
-		}
-		var files []string
-		for _, f := range append(append([]string(nil), qt.GuestTools...), f2fsTools...) {
-			if _, err := os.Stat(f); err != nil {
-				guestErr = fmt.Errorf("guest tool %s missing on the host (make deps installs f2fs-tools, e2fsprogs, dmsetup): %w", f, err)
-				return
-			}
-			files = append(files, f+":"+strings.TrimPrefix(f, "/"))
-		}
-		guestPath = filepath.Join(qt.OutDir(), "guest-generic.cpio")
-		start := time.Now()
-		guestErr = initramfs.Build(initramfs.BuildOptions{
-			Modules: guestK.Modules,
-			List:    guestK.ModuleList,
-			Out:     guestPath,
-			InitCmd: "guestinit",
-			Files:   files,
-			Pkgs:    []string{"./qemu-tests/guestinit"},
-		})
-		if guestErr == nil {
-			fmt.Fprintf(os.Stderr, "f2fsvm: guest initramfs for %s built in %v\n", guestK.Release, time.Since(start).Round(100*time.Millisecond))
-		}
-	})
-	return guestK, guestPath, guestErr
-}
-
-var (
-	exitRe  = regexp.MustCompile(`VMTEST: exit=(\d+)`)
-	startRe = regexp.MustCompile(`=== RUN`)
-)
-
-// runGuest runs pkg/fiemap's test binary in the generic-kernel guest with
-// args and fails t like qt.RunGuestTests does: on a failing binary, a skip
-// inside the guest, or no test run. It returns the console output.
+// runGuest runs pkg/fiemap's tests in the generic-kernel guest
+// (qt.RunGuestTests: it fails on a failing binary, a skip inside the guest,
+// or no test run) and returns the console output.
 func runGuest(t *testing.T, args []string, disks []string, timeout time.Duration) string {
 	t.Helper()
 	testutil.LookPath(t, "qemu-system-x86_64")
-	k, base, err := genericGuest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "fiemap.test")
-	if err := qt.BuildTestBinary("./pkg/fiemap", bin); err != nil {
-		t.Fatal(err)
-	}
-	args = append([]string{"-test.v", fmt.Sprintf("-test.timeout=%s", timeout-20*time.Second)}, args...)
-	overlay := filepath.Join(t.TempDir(), "overlay.cpio")
-	if err := qt.TestOverlay(overlay, bin, args, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("guest (%s) runs pkg/fiemap %s", k.Release, strings.Join(args, " "))
-	start := time.Now()
-	vm := qt.StartT(t, qt.Options{
-		Kernel: k.Vmlinuz,
-		Initrd: []string{base, overlay},
-		Append: fmt.Sprintf("vmtest.disks=%d", len(disks)),
-		Disks:  disks,
+	return qt.RunGuestTests(t, qt.GuestRun{
+		Pkg:     "./pkg/fiemap",
+		Args:    args,
+		Disks:   disks,
+		Timeout: timeout,
+		Kernel:  initramfs.GenericKernel,
+		Tools:   f2fsTools,
 	})
-	if _, err := vm.Expect(startRe, timeout); err != nil {
-		t.Fatalf("guest did not start the tests: %v\n%s", err, vm.Output())
-	}
-	t.Logf("generic kernel booted to the first test in %v", time.Since(start).Round(10*time.Millisecond))
-	m, err := vm.Expect(exitRe, timeout)
-	out := vm.Output()
-	t.Logf("guest output:\n%s", guestLines(out))
-	if err != nil {
-		t.Fatalf("guest tests: %v", err)
-	}
-	if code, _ := strconv.Atoi(m[1]); code != 0 {
-		t.Fatalf("guest tests failed (exit %d)", code)
-	}
-	if strings.Contains(out, "--- SKIP") {
-		t.Fatal("a test skipped inside the VM, where everything must run")
-	}
-	if !strings.Contains(out, "--- PASS") {
-		t.Fatal("no test ran in the guest (check -test.run)")
-	}
-	return out
-}
-
-// guestLines drops kernel messages from the console output, except f2fs's
-// own (its GC and pin warnings are part of what the tests show).
-func guestLines(out string) string {
-	var keep []string
-	for _, l := range strings.Split(out, "\n") {
-		l = strings.TrimRight(l, "\r")
-		if strings.HasPrefix(l, "[") && strings.Contains(l, "]") && !strings.Contains(l, "F2FS") {
-			continue
-		}
-		keep = append(keep, l)
-	}
-	return strings.Join(keep, "\n")
 }
 
 func scratchDisk(t *testing.T) string {
