@@ -135,8 +135,9 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	}
 
 	if p.Recovery {
-		log.Printf("recovery mode (cpinit.recovery=1): userdata is neither mapped nor mounted and the metadata store is not touched; " +
-			"inspect with `cpinit status`, resolve with `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
+		log.Printf("recovery mode (cpinit.recovery=1): userdata is neither mapped nor mounted and the metadata store is not written; " +
+			"inspect with `cpinit status`, resolve with `cpinit merge` or `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
+		recoveryGuard(ctx, p, dmMods)
 		log.Printf("state=recovery userdata=(not mounted) action=none")
 		if p.Root == nil {
 			return initramfsInit(p.Init)
@@ -170,6 +171,72 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	}
 	return handover{p.Init, true}, nil
 }
+
+// recoveryGuard makes userdata read-only (BLKROSET) in recovery mode while
+// the metadata store records a checkpoint, or cannot be read: every write to
+// the partition would bypass the snapshot, and a later rollback would merge
+// the saved chunks over a filesystem that changed behind its back. Mounting
+// it read-write then fails (mount(8) falls back to read-only; ext4 refuses a
+// journal replay on a read-only device). `cpinit merge` clears the flag for
+// its own writes through device-mapper; a reboot clears it too. It also
+// loads the device-mapper modules then, so that `cpinit merge` works from
+// the recovery system. Best effort: recovery mode must start whatever else
+// is wrong, so failures are logged, loudly.
+func recoveryGuard(ctx context.Context, p Params, dmMods []string) {
+	if p.Metadata == nil {
+		log.Printf("recovery mode: no cpinit.metadata=: checkpoints are off, userdata stays writable")
+		return
+	}
+	why := ""
+	if path, err := devspec.WaitResolve(ctx, *p.Metadata, pollInterval); err != nil {
+		why = fmt.Sprintf("the metadata store cpinit.metadata=%s cannot be found (%v): a checkpoint may exist", p.Metadata, err)
+	} else if r, err := loadStoreReadOnly(path); err != nil && !errors.Is(err, bootstate.ErrNoRecord) {
+		why = fmt.Sprintf("the metadata store %s cannot be read (%v): a checkpoint may exist", path, err)
+	} else if err == nil && (r.State == bootstate.StateCheckpointing || r.State == bootstate.StateRollbackPending) {
+		why = fmt.Sprintf("the metadata store %s records a checkpoint (state %s)", path, r.State)
+	}
+	if why == "" {
+		log.Printf("recovery mode: no checkpoint recorded: userdata stays writable")
+		return
+	}
+	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
+	if err == nil {
+		err = setBlockRO(dev, true)
+	}
+	if err != nil {
+		log.Errorf("WARNING: recovery mode: %s, but userdata (cpinit.userdata=%s) could not be made read-only: %v; "+
+			"do not write to it: writes bypass the snapshot and corrupt the rollback", why, p.Userdata, err)
+	} else {
+		log.Printf("recovery mode: userdata %s is READ-ONLY: %s; writes to it would bypass the snapshot and corrupt the rollback. "+
+			"Finish the rollback with `cpinit merge`, or give it up with `cpinit recover keep-current --yes`, then reboot", dev, why)
+	}
+	if len(dmMods) > 0 {
+		if err := pid1.LoadModules(dmMods); err != nil {
+			log.Errorf("warning: recovery mode: loading the device-mapper modules for `cpinit merge`: %v", err)
+		}
+	}
+}
+
+// loadStoreReadOnly reads the metadata store through a read-only descriptor:
+// recovery mode looks without writing.
+func loadStoreReadOnly(path string) (*bootstate.Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r, _, err := bootstate.NewStore(readOnlyDev{f}, path).Load()
+	return r, err
+}
+
+// readOnlyDev is a bootstate.Device that refuses every write.
+type readOnlyDev struct{ f *os.File }
+
+func (d readOnlyDev) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
+func (d readOnlyDev) WriteAt([]byte, int64) (int, error) {
+	return 0, &os.PathError{Op: "write", Path: d.f.Name(), Err: errors.ErrUnsupported}
+}
+func (d readOnlyDev) Sync() error { return nil }
 
 // initramfsInit is the handover without cpinit.root=: init if it exists in
 // the initramfs and is not cpinit itself (cpinit.init=/init would run this
@@ -273,20 +340,26 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		BootedSlot: bootstate.SlotFromCmdline(cmdline),
 		Params:     bootstate.Params{Abort: p.Abort, Userdata: ud.id()},
 	}
+	env.bootedSlot = in.BootedSlot
 	if p.Misc != nil {
-		in.BootControl, in.BootControlErr = readMisc(ctx, *p.Misc)
+		if env.miscPath, err = devspec.WaitResolve(ctx, *p.Misc, pollInterval); err != nil {
+			in.BootControlErr = err
+		} else {
+			in.BootControl, in.BootControlErr = readMisc(env.miscPath)
+		}
 		if in.BootControlErr != nil {
 			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootControlErr)
+		}
+		if w := bootstate.CheckBootedSlot(in.BootedSlot, in.BootControl); w != "" {
+			log.Errorf("warning: %s", w)
 		}
 	}
 	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
 		return err
 	}
-	var preTarget string
 	if r, _, err := store.Load(); err == nil {
 		env.cowPath = r.COWPath
 		env.checkCurrent = r.MergeTries == 0
-		preTarget = r.TargetSlot
 	}
 	a, err := bootstate.RunBoot(store, in, env)
 	if err != nil {
@@ -314,14 +387,21 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 			state += "/active"
 		}
 	}
-	log.Printf("state=%s userdata=%s mounted=%s via=%s action=%s", state, dev, dataDir, env.mounted, a.Kind)
-	if a.Kind == bootstate.StartOrResumeMerge && preTarget != "" && bootstate.SameSlot(in.BootedSlot, preTarget) && p.Misc != nil {
-		// The rollback ran on a boot of the update's own slot (cpinit.abort=1
-		// from a boot menu, or a rollback recorded without the slot
-		// switch). Starting that system on the old data is what the
-		// rollback exists to prevent: make the old slot active and reboot
-		// into it.
-		return switchToOldSlot(ctx, *p.Misc, preTarget, dataDir)
+	mounted := env.mounted
+	if mounted == "" {
+		mounted = "(not mounted)"
+	}
+	log.Printf("state=%s userdata=%s mounted=%s via=%s action=%s", state, dev, dataDir, mounted, a.Kind)
+	if a.Kind == bootstate.RebootOtherSlot {
+		// Userdata holds the data from before the update of the slot that
+		// booted: its system must not start on it. RunBoot switched the
+		// bootloader to the other slot (flushed); reboot into it.
+		if env.mounted != "" {
+			if err := unmountForPowerOff(dataDir); err != nil {
+				return err
+			}
+		}
+		return &errRebootNow{fmt.Sprintf("not starting slot %s on the data from before its update: rebooting into the other slot", in.BootedSlot)}
 	}
 	return nil
 }
@@ -331,43 +411,7 @@ type errRebootNow struct{ why string }
 
 func (e *errRebootNow) Error() string { return e.why }
 
-func switchToOldSlot(ctx context.Context, misc devspec.Spec, target, dataDir string) error {
-	t := bootstate.SlotIndex(target)
-	if t < 0 {
-		return fmt.Errorf("rolled back, but the update's slot %q is not an A/B slot: not switching", target)
-	}
-	old := 1 - t%2
-	path, err := devspec.WaitResolve(ctx, misc, pollInterval)
-	if err != nil {
-		return fmt.Errorf("rolled back, but the misc partition is gone: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	bc, err := bootstate.ReadBootControl(f, path)
-	if err != nil {
-		return fmt.Errorf("rolled back, but the A/B boot control cannot be read to switch slots: %w", err)
-	}
-	if err := bc.SetActive(old, t); err != nil {
-		return err
-	}
-	if err := bootstate.WriteBootControl(f, path, bc); err != nil {
-		return err
-	}
-	if err := unmountForPowerOff(dataDir); err != nil {
-		return err
-	}
-	return &errRebootNow{fmt.Sprintf("userdata was rolled back while booting the update's slot %s: made slot %s active, rebooting into it",
-		target, bootstate.SlotSuffixes[old])}
-}
-
-func readMisc(ctx context.Context, spec devspec.Spec) (*bootstate.BootControl, error) {
-	path, err := devspec.WaitResolve(ctx, spec, pollInterval)
-	if err != nil {
-		return nil, err
-	}
+func readMisc(path string) (*bootstate.BootControl, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,13 @@ type bootEnv struct {
 	// filesystem (set when no merge has started yet).
 	checkCurrent bool
 
+	// miscPath is Android's misc partition ("" if none is configured) and
+	// bootedSlot the slot this kernel booted (kernel command line): what
+	// FallBack needs to switch the bootloader away from an abandoned
+	// update.
+	miscPath   string
+	bootedSlot string
+
 	// dmModules are loaded on the first use of device-mapper when lazyDM
 	// (PID 1): a fresh boot needs no dm and does not pay for loading it.
 	dmModules []string
@@ -104,10 +112,15 @@ func (e *bootEnv) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, error)
 	return dmsnap.New(c, dmConfig(m))
 }
 
+// dmStepTimeout bounds one device-mapper step (load a table, suspend,
+// resume, remove). A variable so a test can make a merge outlast it.
+var dmStepTimeout = 2 * time.Minute
+
+// ctx bounds one dm step, from when the step starts. Each step takes its
+// own: a context made before a long wait (a merge of many GiB) would have
+// expired by the time the step after the wait runs.
 func (e *bootEnv) ctx() (context.Context, context.CancelFunc) {
-	// Bounds one dm step. A merge of many GiB takes longer: WaitMerge gets
-	// its own context below.
-	return context.WithTimeout(context.Background(), 2*time.Minute)
+	return context.WithTimeout(context.Background(), dmStepTimeout)
 }
 
 // MountPlain mounts userdata with no checkpoint. After a merge or an online
@@ -332,12 +345,16 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 	if err != nil {
 		return zero, err
 	}
-	ctx, cancel := e.ctx()
-	defer cancel()
 	// Teardown (deferred first, so it runs after the unmount below) leaves
 	// no device behind whatever happens, as the merge that follows maps
-	// its own.
-	defer k.Teardown(ctx)
+	// its own. It is a dm step of its own, with its own bound.
+	defer func() {
+		ctx, cancel := e.ctx()
+		defer cancel()
+		k.Teardown(ctx)
+	}()
+	ctx, cancel := e.ctx()
+	defer cancel()
 	if err := k.Reattach(ctx); err != nil {
 		return zero, fmt.Errorf("map the snapshot to verify the COW extents: %w", err)
 	}
@@ -384,21 +401,80 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	ctx, cancel := e.ctx()
-	defer cancel()
-	err = k.StartMerge(ctx)
-	if errors.Is(err, dmsnap.ErrSnapshotInvalid) {
-		return true, k.Teardown(ctx)
-	}
-	if err != nil {
-		return false, err
+	invalid, err := e.startMerge(k)
+	if invalid || err != nil {
+		return invalid, err
 	}
 	// No deadline: a merge takes as long as the data it copies back, and
 	// stopping it early only delays it to the next boot.
 	if err := k.WaitMerge(context.Background(), e.progress); err != nil {
 		return false, err
 	}
+	// A fresh bound for the step after the wait (issue 14: the step bound
+	// of StartMerge used to be reused here and had expired after any merge
+	// longer than it).
+	ctx, cancel := e.ctx()
+	defer cancel()
 	return false, k.FinishMerge(ctx)
+}
+
+// startMerge loads snapshot-merge (one dm step); invalid reports a snapshot
+// the kernel says is Invalid, torn down again.
+func (e *bootEnv) startMerge(k *dmsnap.Checkpoint) (invalid bool, err error) {
+	ctx, cancel := e.ctx()
+	defer cancel()
+	err = k.StartMerge(ctx)
+	if errors.Is(err, dmsnap.ErrSnapshotInvalid) {
+		return true, k.Teardown(ctx)
+	}
+	return false, err
+}
+
+// FallBack switches Android's misc away from the update's slot: the other
+// slot active, the update's unbootable (bootstate.BootControl.FallBackFrom),
+// written and flushed before it returns. A block that already says so is
+// not rewritten.
+func (e *bootEnv) FallBack(slot string) error {
+	if e.miscPath == "" {
+		return fmt.Errorf("no misc partition is configured (cpinit.misc=) to tell the bootloader: %w", bootstate.ErrNoSlotSwitch)
+	}
+	t := bootstate.SlotIndex(slot)
+	if t < 0 {
+		return fmt.Errorf("slot %q is not one of misc's A/B slots: %w", slot, bootstate.ErrNoSlotSwitch)
+	}
+	f, err := os.OpenFile(e.miscPath, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("A/B boot control: %w", err)
+	}
+	defer f.Close()
+	bc, err := bootstate.ReadBootControl(f, e.miscPath)
+	if err != nil {
+		return fmt.Errorf("A/B boot control: %w", err)
+	}
+	before, err := bc.Encode()
+	if err != nil {
+		return err
+	}
+	cur := bootstate.SlotIndex(e.bootedSlot)
+	if cur < 0 {
+		cur = t
+	}
+	if err := bc.FallBackFrom(t, cur); err != nil {
+		return fmt.Errorf("A/B boot control on %s: %w", e.miscPath, err)
+	}
+	after, err := bc.Encode()
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(before, after) {
+		return nil
+	}
+	if err := bootstate.WriteBootControl(f, e.miscPath, bc); err != nil {
+		return err
+	}
+	other, _ := bc.OtherSlot(t)
+	e.logf("A/B boot control on %s: slot %s made active, slot %s unbootable", e.miscPath, bootstate.SlotSuffixes[other], bootstate.SlotSuffixes[t])
+	return nil
 }
 
 var _ bootstate.Env = (*bootEnv)(nil)

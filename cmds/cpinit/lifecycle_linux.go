@@ -522,9 +522,15 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 	// data under the new system (found by the power-cut suite).
 	if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
 		if target := bootstate.SlotIndex(r.TargetSlot); target >= 0 {
-			old := 1 - target%2
+			// The old slot active and the update's unbootable, as a
+			// bootloader that ran out of tries leaves it: the update must
+			// not boot again on the rolled-back data.
+			cur := bootstate.SlotIndex(sc.bootedSlot())
+			if cur < 0 {
+				cur = target
+			}
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
-				return bc.SetActive(old, bootstate.SlotIndex(sc.bootedSlot()))
+				return bc.FallBackFrom(target, cur)
 			}); err != nil {
 				return fmt.Errorf("refusing to roll back: making the old slot active failed, nothing recorded: %w", err)
 			}

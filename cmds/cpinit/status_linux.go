@@ -180,6 +180,23 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
 		return err
 	}
+	// Recovery mode made userdata read-only while the checkpoint lives
+	// (recoveryGuard): the merge writes it through device-mapper, so lift
+	// that, and put it back if the checkpoint is still recorded after.
+	if err := setBlockRO(sc.ud.Path, false); err != nil {
+		return err
+	}
+	defer func() {
+		if r, _, err := sc.store.Load(); err != nil || r.State == bootstate.StateCheckpointing || r.State == bootstate.StateRollbackPending {
+			setBlockRO(sc.ud.Path, true)
+		}
+	}()
+	// The same checks as PID 1 (mapAndMount): the COW file is looked at in
+	// the current filesystem too while no merge has started, and a merge
+	// on the update's own slot switches the bootloader first.
+	env.cowPath = r.COWPath
+	env.checkCurrent = r.MergeTries == 0
+	env.miscPath, env.bootedSlot = sc.miscPath, sc.bootedSlot()
 	in := bootstate.DecideInput{BootedSlot: sc.bootedSlot(), Params: bootstate.Params{Userdata: sc.ud.id()}}
 	a, err := bootstate.RunBoot(sc.store, in, env)
 	if env.mounted != "" {
@@ -187,6 +204,10 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if a.Kind == bootstate.RebootOtherSlot {
+		fmt.Fprintf(stdout, "done: userdata is rolled back; %s: reboot now, the bootloader boots the other slot\n", a.Message)
+		return nil
 	}
 	fmt.Fprintf(stdout, "done: %s\n", a.Message)
 	return nil

@@ -39,7 +39,19 @@ type Env interface {
 	// is complete, and removes the devices. overflow reports an Invalid
 	// snapshot that the kernel refuses to merge.
 	Merge(m *ExtentMap) (overflow bool, err error)
+	// FallBack tells the bootloader to boot the other slot than slot (the
+	// update's) from the next boot on, and not slot: on Android's misc,
+	// SetActive(other) and SetUnbootable(slot) (BootControl.FallBackFrom),
+	// flushed before it returns. It must be idempotent. If cpinit has no
+	// bootloader state it can write for this device (no misc, a slot name
+	// that is not an A/B suffix), it returns an error wrapping
+	// ErrNoSlotSwitch and writes nothing.
+	FallBack(slot string) error
 }
+
+// ErrNoSlotSwitch: cpinit cannot tell this device's bootloader which slot to
+// boot (Env.FallBack).
+var ErrNoSlotSwitch = errors.New("cpinit cannot tell the bootloader to boot another slot")
 
 // StopError is returned by RunBoot for a StopForRecovery action.
 type StopError struct{ Action Action }
@@ -49,8 +61,9 @@ func (e *StopError) Error() string {
 }
 
 // maxDecisions bounds RunBoot's loop. The longest chain is rollback:
-// verify (checkpointing) → verify is done → merge → overflow → cleanup.
-const maxDecisions = 6
+// verify (checkpointing) → record the rollback → merge → overflow →
+// cleanup → fresh (forget the slot, or reboot into the other one).
+const maxDecisions = 8
 
 // RunBoot performs one boot: load the record, Decide, persist Before, do
 // the side effects through env, persist After, and repeat while an action
@@ -62,6 +75,12 @@ const maxDecisions = 6
 func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 	rec, _, err := s.Load()
 	in.Record, in.RecordErr, in.Verified = rec, err, nil
+	// mergeStarted: an earlier boot recorded a merge attempt, so the
+	// kernel may have copied part of the COW back already. From then on
+	// the COW holds the only copy of the rest of the old data: an Invalid
+	// snapshot must stop the boot, never be dropped like an overflow
+	// (which would delete the COW and keep a half-restored filesystem).
+	mergeStarted := rec != nil && rec.State == StateRollbackPending && rec.MergeTries > 0
 	persist := func(step *Step) error {
 		if step == nil {
 			return nil
@@ -84,9 +103,44 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 		fail := func(op string, err error) (Action, error) {
 			return a, fmt.Errorf("cpinit: %s (%s): %w", a.Kind, op, err)
 		}
+		invalidSnapshot := func() (Action, error) {
+			if mergeStarted {
+				st := stop(fmt.Sprintf("the snapshot of %s is Invalid, but a merge of it had already started (%d boots attempted it): "+
+					"userdata is part restored and the COW file holds the only copy of the rest; refusing to drop the checkpoint or delete the file", a.COWPath, in.Record.MergeTries))
+				st.Command = fmt.Sprintf("boot recovery mode (cpinit.recovery=1), inspect with `%s` and the kernel log (an I/O error on the COW?); "+
+					"if the cause can be fixed, reboot to resume the merge; otherwise restore userdata from a backup (docs/recovery.md)", CmdStatus)
+				env.Log(st.Message)
+				return st, &StopError{st}
+			}
+			if err := persist(&Step{Event: EventOverflow}); err != nil {
+				return fail("persist", err)
+			}
+			in.Verified = nil
+			return a, nil
+		}
+		if a.FallBack != "" {
+			// Before anything is persisted (write-ahead): the bootloader
+			// stops booting the update before the record gives it up.
+			if err := env.FallBack(a.FallBack); err != nil {
+				if !errors.Is(err, ErrNoSlotSwitch) {
+					return fail("switch slots", err)
+				}
+				if a.Kind == RebootOtherSlot {
+					st := stop(fmt.Sprintf("%s; but %v: not starting slot %s on data rolled back from its update", a.Message, err, a.FallBack))
+					st.Command = fmt.Sprintf("boot the other slot (choose it in the bootloader); the update's slot %s must not run on this data", a.FallBack)
+					return st, &StopError{st}
+				}
+				// The rollback is still needed; afterwards Decide keeps
+				// this slot from starting on the rolled-back data.
+				env.Log(fmt.Sprintf("warning: %v; rolling back anyway, then refusing to start slot %s", err, a.FallBack))
+			}
+		}
 		switch a.Kind {
 		case StopForRecovery:
 			return a, &StopError{a}
+
+		case RebootOtherSlot:
+			return a, nil
 
 		case MountPlain:
 			if a.FormatStore {
@@ -102,9 +156,9 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 				if err := env.RemoveCOW(a.RemoveLeftover); err != nil {
 					return nonFatal(env, a, err)
 				}
-				if err := persist(&Step{Event: EventCleanupDone}); err != nil {
-					return fail("persist", err)
-				}
+			}
+			if err := persist(a.After); err != nil {
+				return fail("persist", err)
 			}
 			return a, nil
 
@@ -130,13 +184,13 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			if err := persist(a.Before); err != nil {
 				return fail("persist", err)
 			}
-			overflow, err := env.ReattachSnapshot(a.Map)
+			invalid, err := env.ReattachSnapshot(a.Map)
 			if err != nil {
 				return fail("reattach snapshot", err)
 			}
-			if overflow {
-				if err := persist(&Step{Event: EventOverflow}); err != nil {
-					return fail("persist", err)
+			if invalid {
+				if a, err := invalidSnapshot(); err != nil {
+					return a, err
 				}
 				continue
 			}
@@ -145,19 +199,21 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			}
 			return a, nil
 
-		case VerifyExtents:
+		case RecordRollback:
 			if err := persist(a.Before); err != nil {
 				return fail("persist", err)
 			}
-			fp, overflow, err := env.VerifyExtents(a.COWPath, a.Map)
+			continue
+
+		case VerifyExtents:
+			fp, invalid, err := env.VerifyExtents(a.COWPath, a.Map)
 			if err != nil {
 				return fail("verify extents", err)
 			}
-			if overflow {
-				if err := persist(&Step{Event: EventOverflow}); err != nil {
-					return fail("persist", err)
+			if invalid {
+				if a, err := invalidSnapshot(); err != nil {
+					return a, err
 				}
-				in.Verified = nil
 				continue
 			}
 			in.Verified = &fp
@@ -167,32 +223,24 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			if err := persist(a.Before); err != nil {
 				return fail("persist", err)
 			}
-			overflow, err := env.Merge(a.Map)
+			invalid, err := env.Merge(a.Map)
 			if err != nil {
 				return fail("merge", err)
 			}
-			if overflow {
-				if err := persist(&Step{Event: EventOverflow}); err != nil {
-					return fail("persist", err)
+			if invalid {
+				if a, err := invalidSnapshot(); err != nil {
+					return a, err
 				}
-				in.Verified = nil
 				continue
 			}
-			// Merge complete: fresh, with the COW path kept as a leftover,
-			// before the file is deleted.
+			// Merge complete: fresh, with the COW path kept as a leftover
+			// and the rolled-back slot named, before the file is deleted.
+			// The next decision mounts and deletes it, or, on a boot of
+			// the rolled-back slot, reboots into the other one.
 			if err := persist(a.After); err != nil {
 				return fail("persist", err)
 			}
-			if err := env.MountPlain(); err != nil {
-				return fail("mount", err)
-			}
-			if err := env.RemoveCOW(a.COWPath); err != nil {
-				return nonFatal(env, a, err)
-			}
-			if err := persist(&Step{Event: EventCleanupDone}); err != nil {
-				return fail("persist", err)
-			}
-			return a, nil
+			continue
 
 		case FinishCommitCleanup:
 			if err := persist(a.Before); err != nil {
@@ -206,6 +254,11 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			}
 			if err := persist(a.After); err != nil {
 				return fail("persist", err)
+			}
+			if in.Record.TargetSlot != "" {
+				// An abandoned update left its slot named: forget it, or
+				// reboot into the other slot (next decision).
+				continue
 			}
 			return a, nil
 

@@ -267,6 +267,30 @@ func (c *BootControl) SetActive(slot, current int) error {
 	return nil
 }
 
+// OtherSlot is the slot a two-slot device falls back to from slot.
+func (c *BootControl) OtherSlot(slot int) (int, error) {
+	if c.NbSlot != 2 || slot < 0 || slot > 1 {
+		return -1, fmt.Errorf("bootstate: the slot to fall back to from slot %d: cpinit knows it only on two-slot devices, misc has %d", slot, c.NbSlot)
+	}
+	return 1 - slot, nil
+}
+
+// FallBackFrom abandons slot's update, as a bootloader that ran out of tries
+// would: the other slot becomes active (SetActive) and slot unbootable
+// (SetSlotAsUnbootable), so the bootloader boots the old system from the
+// next boot on and never the update again until an update agent makes its
+// slot active anew. current is the slot running now.
+func (c *BootControl) FallBackFrom(slot, current int) error {
+	other, err := c.OtherSlot(slot)
+	if err != nil {
+		return err
+	}
+	if err := c.SetActive(other, current); err != nil {
+		return err
+	}
+	return c.SetUnbootable(slot)
+}
+
 // MarkSuccessful mirrors BootControl::MarkBootSuccessful: successful_boot=1
 // and tries_remaining=1, because U-Boot treats tries_remaining==0 as
 // unbootable even for a successful slot ("success leaves tries >= 1").

@@ -13,12 +13,13 @@ type ActionKind uint8
 const (
 	// MountPlain: no checkpoint. Map userdata directly and mount it. If
 	// Action.RemoveLeftover is set, delete that file after mounting (clear
-	// its immutable/pin flag first), then persist cleanup-done: it is a COW
-	// file that no record needs any more (left by a merge whose cleanup was
-	// cut, or by a begin cut after prepare). If
-	// Action.FormatStore is set the store was blank: write
-	// NewFreshRecord() with Store.Format so later saves have a valid copy
-	// to fall back on.
+	// its immutable/pin flag first): it is a COW file that no record needs
+	// any more (left by a merge whose cleanup was cut, or by a begin cut
+	// after prepare). Then persist After (cleanup-done) if set: it also
+	// forgets the slot a rollback left behind (Record.TargetSlot in
+	// fresh), once another slot booted. If Action.FormatStore is set the
+	// store was blank: write NewFreshRecord() with Store.Format so later
+	// saves have a valid copy to fall back on.
 	MountPlain ActionKind = iota + 1
 
 	// CreateSnapshot: first trial boot. Persist Before (boot-attempt),
@@ -37,13 +38,20 @@ const (
 	// again: rollback is impossible and the current data is kept.
 	ReattachSnapshot
 
-	// VerifyExtents: a merge is next. Persist Before if set (rollback: the
-	// point of no return). Then re-derive the COW file's extent map through
-	// a read-only dm view (never the raw origin: even a read-only ext4
-	// mount replays the journal), compute ExtentMap.Fingerprint of it, and
-	// call Decide again with DecideInput.Verified set. Decide compares it
-	// with the record; a mismatch stops for recovery.
+	// VerifyExtents: a merge is next. Re-derive the COW file's extent map
+	// through a read-only dm view (never the raw origin: even a read-only
+	// ext4 mount replays the journal), compute ExtentMap.Fingerprint of
+	// it, and call Decide again with DecideInput.Verified set. Decide
+	// compares it with the record; a mismatch stops for recovery. If the
+	// kernel reports the snapshot Invalid, persist EventOverflow (unless a
+	// merge had started: then stop) and call Decide again.
 	VerifyExtents
+
+	// RecordRollback: the COW was verified this boot. Switch the
+	// bootloader away from the update's slot if FallBack says so, persist
+	// Before (rollback: the point of no return) and call Decide again,
+	// which merges.
+	RecordRollback
 
 	// StartOrResumeMerge: persist Before (merge-attempt), load
 	// snapshot-merge on the origin with cp-cow from Map, wait until
@@ -67,6 +75,15 @@ const (
 	// Do not map userdata, do not touch the COW file. Print Message and
 	// Command on the console and kmsg and halt (or enter recovery).
 	StopForRecovery
+
+	// RebootOtherSlot: userdata holds the data from before the update of
+	// the slot that is booting now (it was rolled back, or the update was
+	// abandoned before it ran). Starting that slot's system on it is what
+	// the rollback exists to prevent. Tell the bootloader to boot the
+	// other slot (Action.FallBack, Env.FallBack) and reboot without
+	// mounting or handing over. If the bootloader cannot be told
+	// (ErrNoSlotSwitch), stop instead.
+	RebootOtherSlot
 )
 
 func (k ActionKind) String() string {
@@ -79,12 +96,16 @@ func (k ActionKind) String() string {
 		return "reattach-snapshot"
 	case VerifyExtents:
 		return "verify-extents"
+	case RecordRollback:
+		return "record-rollback"
 	case StartOrResumeMerge:
 		return "start-or-resume-merge"
 	case FinishCommitCleanup:
 		return "finish-commit-cleanup"
 	case StopForRecovery:
 		return "stop-for-recovery"
+	case RebootOtherSlot:
+		return "reboot-other-slot"
 	}
 	return fmt.Sprintf("action(%d)", uint8(k))
 }
@@ -117,6 +138,13 @@ type Action struct {
 	RemoveLeftover string
 	// FormatStore: MountPlain only, the store was blank.
 	FormatStore bool
+	// FallBack names the update's slot when this boot runs it and the
+	// update is being abandoned: before anything else (before Before is
+	// persisted), tell the bootloader to boot the other slot and not this
+	// one (Env.FallBack). Write-ahead: the switch is durable before the
+	// record leaves checkpointing, so no power cut can leave a rolled-back
+	// userdata under a bootloader that still boots the update.
+	FallBack string
 	// Message is one line for the console, always set.
 	Message string
 	// Command: StopForRecovery only, what to run in recovery mode.
@@ -183,10 +211,28 @@ func Decide(in DecideInput) Action {
 	mp := &r.Map
 	switch r.State {
 	case StateFresh:
+		if r.TargetSlot != "" {
+			// The update of TargetSlot was rolled back (or abandoned)
+			// and the bootloader may not have moved away from it yet.
+			switch {
+			case in.BootedSlot == "":
+				return stop(fmt.Sprintf("userdata was rolled back from the update of slot %s but the booted slot is unknown (no cpinit.slot, androidboot.slot_suffix or androidboot.slot on the kernel command line)", r.TargetSlot))
+			case SameSlot(in.BootedSlot, r.TargetSlot):
+				what := "was abandoned before it ran"
+				if r.Reason == ReasonMerged {
+					what = "was rolled back"
+				}
+				return Action{Kind: RebootOtherSlot, FallBack: r.TargetSlot, Reason: r.Reason,
+					Message: fmt.Sprintf("the update of slot %s %s and userdata holds the data from before it; slot %s is booting now: not starting it, switching the bootloader to the other slot and rebooting", r.TargetSlot, what, r.TargetSlot)}
+			}
+		}
 		a := Action{Kind: MountPlain, Message: "no checkpoint"}
 		if r.COWPath != "" {
 			a.RemoveLeftover = r.COWPath
 			a.Message = "no checkpoint; removing leftover COW file " + r.COWPath
+		}
+		if r.COWPath != "" || r.TargetSlot != "" {
+			a.After = &Step{Event: EventCleanupDone}
 		}
 		return a
 	case StateCommitted:
@@ -201,10 +247,11 @@ func Decide(in DecideInput) Action {
 		if a, bad := checkDevice(&r, in.Params); bad {
 			return a
 		}
+		// The kernel command line is the truth about the booted slot. Misc's
+		// slot_suffix is not: a bootloader that falls back without
+		// rewriting it would make the old slot look like the update's
+		// (CheckBootedSlot reports a disagreement).
 		booted := in.BootedSlot
-		if booted == "" && in.BootControl != nil {
-			booted = in.BootControl.Suffix()
-		}
 		if !in.Params.Abort && r.Active && r.Counter == CounterAndroid && r.TargetSlot != "" &&
 			SameSlot(booted, r.TargetSlot) && slotSuccessful(in.BootControl, r.TargetSlot) {
 			// The trial slot is marked successful in misc: `cpinit commit`
@@ -223,11 +270,7 @@ func Decide(in DecideInput) Action {
 		case in.Params.Abort:
 			why = ReasonAbort
 		case r.TargetSlot != "" && booted == "":
-			misc := "no misc block given"
-			if in.BootControlErr != nil {
-				misc = "misc unreadable: " + in.BootControlErr.Error()
-			}
-			return stop(fmt.Sprintf("checkpoint for slot %s pending but the booted slot is unknown (no cpinit.slot or androidboot.slot_suffix; %s)", r.TargetSlot, misc))
+			return stop(fmt.Sprintf("checkpoint for slot %s pending but the booted slot is unknown (no cpinit.slot, androidboot.slot_suffix or androidboot.slot on the kernel command line)", r.TargetSlot))
 		case r.TargetSlot != "" && !SameSlot(booted, r.TargetSlot):
 			why = ReasonSlotFallback
 		case r.Counter == CounterNative && r.TriesLeft == 0:
@@ -236,16 +279,34 @@ func Decide(in DecideInput) Action {
 			why = ReasonAttemptCap
 		}
 		if why != ReasonNone {
+			// Abandoning the update on a boot of the update's own slot:
+			// the bootloader must stop booting it before the record says
+			// so (Action.FallBack).
+			fallBack := ""
+			if r.TargetSlot != "" && SameSlot(booted, r.TargetSlot) {
+				fallBack = r.TargetSlot
+			}
 			if !r.Active {
 				// The snapshot never existed: the trial never wrote
 				// userdata, so there is nothing to merge.
 				return Action{Kind: FinishCommitCleanup, Before: &Step{Event: EventCancel},
-					After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: why,
+					After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: why, FallBack: fallBack,
 					Message: fmt.Sprintf("update abandoned before first use (%s): dropping the unused checkpoint", why)}
 			}
-			return Action{Kind: VerifyExtents, Before: &Step{Event: EventRollback, Reason: why},
-				COWPath: r.COWPath, Map: mp, Reason: why,
-				Message: fmt.Sprintf("rolling back userdata (%s, booted %q, target %q)", why, booted, r.TargetSlot)}
+			// Verify first, record after: only a rollback that can run
+			// switches the bootloader away from the update. A COW found
+			// Invalid (overflowed) here keeps the update's data, and the
+			// bootloader still boots the update's slot.
+			if in.Verified == nil {
+				return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: why,
+					Message: fmt.Sprintf("rolling back userdata (%s, booted %q, target %q)", why, booted, r.TargetSlot)}
+			}
+			if *in.Verified != r.Fingerprint {
+				return stop(fmt.Sprintf("the extents of %s no longer match the recorded map; merging would write to the wrong blocks", r.COWPath))
+			}
+			return Action{Kind: RecordRollback, Before: &Step{Event: EventRollback, Reason: why},
+				COWPath: r.COWPath, Map: mp, Reason: why, FallBack: fallBack,
+				Message: fmt.Sprintf("the COW file's extents match the record: recording the rollback (%s)", why)}
 		}
 		if !r.Active {
 			return Action{Kind: CreateSnapshot, Before: &Step{Event: EventBootAttempt},
@@ -262,8 +323,17 @@ func Decide(in DecideInput) Action {
 		if r.MergeTries >= MaxMergeAttempts {
 			return stop(fmt.Sprintf("merge attempted %d times without finishing", r.MergeTries))
 		}
+		fallBack := ""
+		if r.TargetSlot != "" && SameSlot(in.BootedSlot, r.TargetSlot) {
+			// Whoever recorded the rollback switched the bootloader
+			// first; it may have been reset since. Again, idempotently.
+			// (With the booted slot unknown the merge still runs: the
+			// data must be restored whatever boots next; the fresh record
+			// then stops the boot until the slot is known.)
+			fallBack = r.TargetSlot
+		}
 		if in.Verified == nil {
-			return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: r.Reason,
+			return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: r.Reason, FallBack: fallBack,
 				Message: "verifying the COW extent map before merging"}
 		}
 		if *in.Verified != r.Fingerprint {
@@ -322,6 +392,19 @@ func SlotFromCmdline(cmdline string) string {
 		}
 	}
 	return ""
+}
+
+// CheckBootedSlot compares the booted slot from the kernel command line with
+// misc's slot_suffix and returns a warning when they disagree ("" when they
+// agree or there is nothing to compare). The command line wins: it is what
+// the bootloader passed to this kernel, while slot_suffix is only what the
+// bootloader last wrote, and not every bootloader rewrites it on a
+// fallback.
+func CheckBootedSlot(cmdlineSlot string, bc *BootControl) string {
+	if bc == nil || cmdlineSlot == "" || bc.Suffix() == "" || SameSlot(cmdlineSlot, bc.Suffix()) {
+		return ""
+	}
+	return fmt.Sprintf("the kernel command line says slot %s booted, misc's slot_suffix says %s: trusting the command line", cmdlineSlot, bc.Suffix())
 }
 
 // RecoveryKeepCurrent is the record `cpinit recover keep-current` writes

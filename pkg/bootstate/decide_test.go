@@ -47,18 +47,25 @@ func TestDecide(t *testing.T) {
 		{"io error", DecideInput{RecordErr: errors.New("EIO")}, StopForRecovery, "", "", 0, "EIO"},
 		{"nil record", DecideInput{}, StopForRecovery, "", "", 0, ""},
 		{"fresh", DecideInput{Record: ptr(NewFreshRecord())}, MountPlain, "", "", 0, "no checkpoint"},
-		{"fresh leftover", DecideInput{Record: &leftover}, MountPlain, "", "", 0, "leftover"},
+		{"fresh leftover", DecideInput{Record: &leftover, BootedSlot: "_a"}, MountPlain, "", "cleanup-done", 0, "leftover"},
+		{"fresh leftover, rolled-back slot boots", DecideInput{Record: &leftover, BootedSlot: "_b"}, RebootOtherSlot, "", "", ReasonMerged, "not starting it"},
+		{"fresh leftover, slot unknown", DecideInput{Record: &leftover}, StopForRecovery, "", "", 0, "booted slot is unknown"},
 		{"committed", DecideInput{Record: ptr(mustApply(t, active, Step{Event: EventCommit}))}, FinishCommitCleanup, "", "cleanup-done", ReasonCommit, ""},
 		{"overflow", DecideInput{Record: &overflow}, FinishCommitCleanup, "", "cleanup-done", ReasonOverflow, "WARNING"},
 		{"armed first boot", DecideInput{Record: &armed, BootedSlot: "_b"}, CreateSnapshot, "boot-attempt", "activate", 0, ""},
 		{"armed booted old slot", DecideInput{Record: &armed, BootedSlot: "_a"}, FinishCommitCleanup, "cancel", "cleanup-done", ReasonSlotFallback, "abandoned"},
 		{"active trial", DecideInput{Record: &active, BootedSlot: "b"}, ReattachSnapshot, "boot-attempt", "", 0, ""},
-		{"active fallback", DecideInput{Record: &active, BootedSlot: "_a"}, VerifyExtents, "rollback(slot-fallback)", "", ReasonSlotFallback, ""},
-		{"active abort", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Abort: true}}, VerifyExtents, "rollback(abort)", "", ReasonAbort, ""},
-		{"native exhausted", DecideInput{Record: &nativeDone}, VerifyExtents, "rollback(tries-exhausted)", "", ReasonTriesExhausted, ""},
-		{"attempt cap", DecideInput{Record: &capped, BootedSlot: "_b"}, VerifyExtents, "rollback(attempt-cap)", "", ReasonAttemptCap, ""},
+		{"active fallback", DecideInput{Record: &active, BootedSlot: "_a"}, VerifyExtents, "", "", ReasonSlotFallback, ""},
+		{"active fallback verified", DecideInput{Record: &active, BootedSlot: "_a", Verified: &fp}, RecordRollback, "rollback(slot-fallback)", "", ReasonSlotFallback, "recording the rollback"},
+		{"active fallback map moved", DecideInput{Record: &active, BootedSlot: "_a", Verified: &wrongFP}, StopForRecovery, "", "", 0, "no longer match"},
+		{"active abort", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Abort: true}}, VerifyExtents, "", "", ReasonAbort, ""},
+		{"native exhausted", DecideInput{Record: &nativeDone}, VerifyExtents, "", "", ReasonTriesExhausted, ""},
+		{"attempt cap", DecideInput{Record: &capped, BootedSlot: "_b"}, VerifyExtents, "", "", ReasonAttemptCap, ""},
 		{"slot unknown", DecideInput{Record: &active}, StopForRecovery, "", "", 0, "unknown"},
-		{"slot from misc", DecideInput{Record: &active, BootControl: bcA}, VerifyExtents, "rollback(slot-fallback)", "", ReasonSlotFallback, ""},
+		// Issue 14, finding 7: misc's slot_suffix is not the booted slot
+		// (a bootloader may fall back without rewriting it); before the
+		// fix this rolled back on the strength of misc alone.
+		{"slot not from misc", DecideInput{Record: &active, BootControl: bcA}, StopForRecovery, "", "", 0, "booted slot is unknown"},
 		{"cmdline beats misc", DecideInput{Record: &active, BootedSlot: "_b", BootControl: bcA}, ReattachSnapshot, "boot-attempt", "", 0, ""},
 		{"device matches", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Userdata: dev}}, ReattachSnapshot, "boot-attempt", "", 0, ""},
 		{"device differs", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Userdata: otherDev}}, StopForRecovery, "", "", 0, "8:0"},
@@ -235,5 +242,58 @@ func TestDecideFinishesCommitMarkedInMisc(t *testing.T) {
 	in.Params.Abort = true
 	if a := Decide(in); a.Kind != VerifyExtents {
 		t.Fatalf("abort on a successful slot: %v, want the rollback's verify", a.Kind)
+	}
+}
+
+// Issue 14, finding 1: abandoning an update on a boot of its own slot asks
+// for the bootloader switch (Action.FallBack) ahead of the record; on a boot
+// of the old slot the bootloader already moved, so nothing is asked.
+func TestDecideFallBack(t *testing.T) {
+	armed := armedRecord(t, CounterAndroid, "_b")
+	active := activeRecord(t, CounterAndroid, "_b")
+	capped := active
+	capped.Attempts = MaxBootAttempts
+	pending := mustApply(t, active, Step{Event: EventRollback, Reason: ReasonAbort})
+	fp := active.Fingerprint
+	merged := mustApply(t, pending, Step{Event: EventMergeDone})
+	for _, c := range []struct {
+		name string
+		in   DecideInput
+		kind ActionKind
+		want string
+	}{
+		{"abort on the update's slot", DecideInput{Record: &active, BootedSlot: "b", Params: Params{Abort: true}}, VerifyExtents, ""},
+		{"abort on the update's slot, verified", DecideInput{Record: &active, BootedSlot: "b", Params: Params{Abort: true}, Verified: &fp}, RecordRollback, "_b"},
+		{"abort armed on the update's slot", DecideInput{Record: &armed, BootedSlot: "_b", Params: Params{Abort: true}}, FinishCommitCleanup, "_b"},
+		{"attempt cap, verified", DecideInput{Record: &capped, BootedSlot: "_b", Verified: &fp}, RecordRollback, "_b"},
+		{"abort on the old slot, verified", DecideInput{Record: &active, BootedSlot: "_a", Params: Params{Abort: true}, Verified: &fp}, RecordRollback, ""},
+		{"slot fallback, verified", DecideInput{Record: &active, BootedSlot: "_a", Verified: &fp}, RecordRollback, ""},
+		{"pending on the update's slot", DecideInput{Record: &pending, BootedSlot: "_b"}, VerifyExtents, "_b"},
+		{"pending verified on the update's slot", DecideInput{Record: &pending, BootedSlot: "_b", Verified: &fp}, StartOrResumeMerge, ""},
+		{"pending on the old slot", DecideInput{Record: &pending, BootedSlot: "_a"}, VerifyExtents, ""},
+		{"pending, slot unknown", DecideInput{Record: &pending}, VerifyExtents, ""},
+		{"merged, the update's slot boots", DecideInput{Record: &merged, BootedSlot: "_b"}, RebootOtherSlot, "_b"},
+		{"merged, the old slot boots", DecideInput{Record: &merged, BootedSlot: "_a"}, MountPlain, ""},
+		{"trial", DecideInput{Record: &active, BootedSlot: "_b"}, ReattachSnapshot, ""},
+	} {
+		a := Decide(c.in)
+		if a.Kind != c.kind || a.FallBack != c.want {
+			t.Errorf("%s: got %v fallback %q, want %v %q (%s)", c.name, a.Kind, a.FallBack, c.kind, c.want, a.Message)
+		}
+	}
+}
+
+func TestCheckBootedSlot(t *testing.T) {
+	bc, _ := NewBootControl(2, 0) // slot_suffix "_a"
+	if w := CheckBootedSlot("_b", bc); !strings.Contains(w, "says slot _b booted, misc's slot_suffix says _a") {
+		t.Errorf("disagreement: %q", w)
+	}
+	for _, c := range []struct {
+		slot string
+		bc   *BootControl
+	}{{"_a", bc}, {"a", bc}, {"", bc}, {"_b", nil}} {
+		if w := CheckBootedSlot(c.slot, c.bc); w != "" {
+			t.Errorf("CheckBootedSlot(%q): %q, want none", c.slot, w)
+		}
 	}
 }

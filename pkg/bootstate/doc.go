@@ -60,6 +60,22 @@
 //     through a read-only dm view and its fingerprint matched the record.
 //   - prepare records the COW path in the fresh record before the file is
 //     allocated, so a crash before begin never leaks the file.
+//   - Slot and data in step: an update abandoned on a boot of its own slot
+//     (cpinit.abort=1, the attempt cap, the native counter, a pending
+//     rollback resumed there) first switches the bootloader away from that
+//     slot (Action.FallBack, Env.FallBack: the other slot active, the
+//     update's unbootable, flushed), and only then records the rollback or
+//     cancel. merge-done (and cleanup-done after a cancel) keeps the
+//     update's slot in the fresh record's TargetSlot; while it is there a
+//     boot of that slot never hands over: it switches the bootloader again
+//     and reboots (RebootOtherSlot), or stops if cpinit cannot tell the
+//     bootloader (ErrNoSlotSwitch). The first boot of another slot forgets
+//     it (cleanup-done). So no power cut can start the update's system on
+//     the data rolled back from it.
+//   - Once a merge attempt was recorded, the kernel may have copied part of
+//     the COW back: an Invalid snapshot then stops the boot (the COW holds
+//     the only copy of the rest of the old data) instead of being dropped
+//     like an overflow.
 //   - The COW file is deleted only in committed or fresh, i.e. when no
 //     rollback can be needed.
 //
@@ -81,7 +97,8 @@
 //     in between leaves a good slot with a pending trial, which cpinit's
 //     attempt cap ends; the other order could let the bootloader fall back
 //     to the old slot with committed data.
-//   - rollback: (Android) SetActive(old slot) in misc first, then Save
+//   - rollback: (Android) FallBackFrom(update's slot) in misc first (old
+//     slot active, the update's unbootable), then Save
 //     rollback(abort) if active, else cancel; reboot. A cut in between
 //     boots the old slot on a checkpointing record: a slot fallback, the
 //     same rollback. The other order could boot the new slot on a
@@ -92,7 +109,10 @@
 // # Kernel parameters
 //
 // cpinit.slot=, else androidboot.slot_suffix=, else androidboot.slot= give
-// the booted slot (SlotFromCmdline); cpinit.abort=1 asks for a rollback
+// the booted slot (SlotFromCmdline). The command line is the only source:
+// misc's slot_suffix is what a bootloader last wrote there, and one that
+// falls back without rewriting it would make the old slot look like the
+// update's (CheckBootedSlot reports a disagreement); cpinit.abort=1 asks for a rollback
 // (Params.Abort). cmds/cpinit also reads cpinit.metadata= (the store),
 // cpinit.misc= (the misc partition, if the bootloader keeps A/B state
 // there) and cpinit.userdata= (Params.Userdata).

@@ -254,7 +254,7 @@ func guard(r *Record, s *Step) error {
 			return terr(ErrNotActive, "")
 		}
 	case EventCleanupDone:
-		if r.State == StateFresh && r.COWPath == "" {
+		if r.State == StateFresh && r.COWPath == "" && r.TargetSlot == "" {
 			return terr(ErrNothingToClean, "")
 		}
 	case EventMergeAttempt:
@@ -329,8 +329,12 @@ func mutate(r Record, s Step, dst State) Record {
 		// The merged origin holds the pre-update data, which contains the
 		// COW file again (it was allocated before the checkpoint). Keep its
 		// path so the next step, or the next boot, can delete it: in fresh
-		// nothing can need it any more.
+		// nothing can need it any more. Keep the target slot too: it is
+		// the slot that must not run on this data (Decide reboots a boot
+		// of it into the other slot) until another slot has booted.
+		target := r.TargetSlot
 		r = freshWithLeftover(r, r.COWPath, ReasonMerged)
+		r.TargetSlot = target
 	case EventCleanupDone:
 		why := ReasonCleaned
 		if src == StateFresh || r.Reason == ReasonOverflow || r.Reason == ReasonOperator {
@@ -339,7 +343,14 @@ func mutate(r Record, s Step, dst State) Record {
 			// learn that the rollback they may expect never happened.
 			why = r.Reason
 		}
+		target, cancelled := r.TargetSlot, r.Reason == ReasonCancelled
 		r = freshWithLeftover(r, "", why)
+		if src == StateCommitted && cancelled {
+			// An abandoned update: its slot must not start on this data
+			// either (see merge-done); a fresh cleanup-done, run once
+			// another slot booted, forgets it.
+			r.TargetSlot = target
+		}
 	}
 	return r
 }

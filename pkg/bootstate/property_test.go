@@ -49,6 +49,16 @@ type simWorld struct {
 	merging     bool      // a merge started and has not finished
 	merged      bool      // the merge finished (origin holds the checkpoint again)
 	noReturn    bool      // rollback-pending was durable for this checkpoint
+	// rolledBack is the slot whose update was rolled back (-1: none): its
+	// system must never run on userdata again until a new begin.
+	rolledBack int
+	// fellBack: cpinit switched the bootloader away from the update's
+	// slot during this checkpoint; the update's data must not be kept
+	// after that (the old system would start on it).
+	fellBack bool
+	// ended: the run reached a state only a human can resolve (the
+	// snapshot went invalid in the middle of a merge) and stopped there.
+	ended bool
 	origin      int       // userdata content version
 	snapVersion int       // content the snapshot preserves
 	nextMapSize int
@@ -140,8 +150,15 @@ func (d simDev) Sync() error {
 	if w.dead {
 		return errSimCut
 	}
-	if r, err := w.durable(); err == nil && r.State == StateRollbackPending {
+	r, err := w.durable()
+	if err == nil && r.State == StateRollbackPending {
 		w.noReturn = true
+	}
+	if err == nil && w.merging && r.State != StateRollbackPending {
+		w.fail("recorded %s while a merge was part-way: userdata is half restored and the COW holds the rest", describe(r))
+	}
+	if err == nil && w.fellBack && r.State == StateCommitted && r.Reason == ReasonOverflow {
+		w.fail("switched the bootloader away from the update, then kept the update's data (overflow): the old system would start on it")
 	}
 	return nil
 }
@@ -234,10 +251,13 @@ func (w *simWorld) VerifyExtents(path string, want *ExtentMap) ([32]byte, bool, 
 	if !w.cowExists {
 		w.fail("verify: COW file %s is gone", path)
 	}
-	if w.invalid && !w.merging {
+	if w.invalid {
 		// The kernel refuses to map an Invalid snapshot, so the view the
 		// extents are read through cannot be had.
 		simStats["overflow found at verify"]++
+		if w.merging {
+			simStats["invalid mid-merge found at verify"]++
+		}
 		return [32]byte{}, true, nil
 	}
 	fp := w.liveMap.Fingerprint()
@@ -258,9 +278,9 @@ func (w *simWorld) Merge(m *ExtentMap) (bool, error) {
 		w.fail("merge of a COW without a valid, consistent snapshot (valid=%v stale=%v)", w.headerValid, w.cowStale)
 	}
 	if w.invalid {
-		if w.merging {
-			w.fail("snapshot became invalid mid-merge")
-		}
+		// The kernel will not merge an Invalid snapshot ("Snapshot is
+		// invalid: can't merge", dm-snap.c), whether or not an earlier
+		// boot had started merging it.
 		simStats["overflow found at merge"]++
 		return true, nil
 	}
@@ -268,6 +288,12 @@ func (w *simWorld) Merge(m *ExtentMap) (bool, error) {
 		// Cut part-way: the kernel's progress is in the COW; resumable.
 		w.merging = true
 		simStats["merge cut part-way"]++
+		if rapid.IntRange(0, 7).Draw(w.t, "invalid mid-merge") == 0 {
+			// An I/O error on the COW during the merge: the kernel marks
+			// the snapshot invalid with half of it merged.
+			w.invalid = true
+			w.logf("  the snapshot went invalid part-way through the merge")
+		}
 		return false, errSimCut
 	}
 	if w.merging {
@@ -276,8 +302,23 @@ func (w *simWorld) Merge(m *ExtentMap) (bool, error) {
 	simStats["merge complete"]++
 	w.merging, w.merged = false, true
 	w.origin = w.snapVersion
+	if !w.native {
+		w.rolledBack = SlotIndex(r.TargetSlot)
+	}
 	w.logf("  merge complete: userdata back at version %d", w.origin)
 	return false, nil
+}
+
+func (w *simWorld) FallBack(slot string) error {
+	if w.native {
+		return ErrNoSlotSwitch
+	}
+	if !w.op("fall back") {
+		return errSimCut
+	}
+	simStats["fall back from the update's slot"]++
+	w.fellBack = true
+	return w.bc.FallBackFrom(SlotIndex(slot), SlotIndex(slot))
 }
 
 // User-space actions on the running system.
@@ -318,7 +359,7 @@ func (w *simWorld) begin(booted int) {
 		w.liveMap.Segments[i].Physical += uint64(w.nextMapSize%64) * 8
 	}
 	w.headerValid, w.trialWrote, w.cowStale, w.invalid = false, false, false, false
-	w.merging, w.merged, w.noReturn = false, false, false
+	w.merging, w.merged, w.noReturn, w.rolledBack, w.fellBack = false, false, false, -1, false
 	b := &BeginArgs{COWPath: path, Map: cloneMap(w.liveMap), Counter: CounterNative, Tries: 3}
 	target := -1
 	if !w.native {
@@ -381,6 +422,27 @@ func (w *simWorld) abort(booted int) {
 	if err != nil || r.State != StateCheckpointing {
 		return
 	}
+	// cpinit rollback (cmds/cpinit sysCtx.rollback): the bootloader is
+	// switched away from the update first (old slot active, the update's
+	// unbootable), then the rollback (or cancel) is recorded, so a cut in
+	// between boots the old slot on a checkpointing record: a slot
+	// fallback, the same rollback.
+	if r.Active && w.invalid {
+		// It refuses when the live snapshot is Invalid: the rollback is
+		// impossible, and switching slots would start the old system on
+		// the update's data.
+		simStats["rollback refused: snapshot invalid"]++
+		return
+	}
+	if !w.native {
+		if !w.op("fall back") {
+			return
+		}
+		if err := w.bc.FallBackFrom(SlotIndex(r.TargetSlot), booted); err != nil {
+			w.fail("fall back: %v", err)
+		}
+		w.fellBack = true
+	}
 	s := Step{Event: EventRollback, Reason: ReasonAbort}
 	if !r.Active {
 		s = Step{Event: EventCancel}
@@ -393,9 +455,6 @@ func (w *simWorld) abort(booted int) {
 		return
 	}
 	w.logf("  user: %v", s)
-	if !w.native && w.op("set active old") {
-		_ = w.bc.SetActive(1-SlotIndex(r.TargetSlot), booted)
-	}
 }
 
 func (w *simWorld) boot(i int) {
@@ -414,13 +473,24 @@ func (w *simWorld) boot(i int) {
 		in.BootedSlot = SlotSuffixes[booted]
 		bc := *w.bc
 		in.BootControl = &bc
+		// cpinit.abort=1, chosen from a boot menu entry of any slot.
+		in.Params.Abort = !w.calm && rapid.IntRange(0, 9).Draw(w.t, "abort param") == 0
 	}
 	r, _ := w.durable()
-	w.logf("boot %d: slot %q, durable %s (calm=%v cut=%d)", i, in.BootedSlot, describe(r), w.calm, w.opsLeft)
+	w.logf("boot %d: slot %q abort=%v, durable %s (calm=%v cut=%d)", i, in.BootedSlot, in.Params.Abort, describe(r), w.calm, w.opsLeft)
 	a, err := RunBoot(w.store(), in, w)
 	w.checkCounters(r)
 	var stop *StopError
 	if errors.As(err, &stop) {
+		if w.merging && w.invalid {
+			// Defined behaviour: a snapshot that went invalid part-way
+			// through its merge stops the boot for a human; nothing is
+			// dropped or deleted (checked by Sync and RemoveCOW).
+			simStats["stopped: snapshot invalid mid-merge"]++
+			w.logf("  -> stopped for recovery: %v", err)
+			w.ended = true
+			return
+		}
 		w.fail("stopped for recovery: %v", err)
 	}
 	if err != nil && !w.dead {
@@ -431,6 +501,22 @@ func (w *simWorld) boot(i int) {
 	}
 	w.logf("  -> %v", a.Kind)
 	simStats["action: "+a.Kind.String()+" "+a.Reason.String()]++
+	if a.Kind == RebootOtherSlot {
+		// PID 1 reboots without starting this slot's system.
+		simStats["rebooted into the other slot"]++
+		return
+	}
+	// Handover: the booted slot's system starts on userdata.
+	if booted >= 0 && booted == w.rolledBack {
+		w.fail("slot %s starts on userdata that was rolled back from its own update", SlotSuffixes[booted])
+	}
+	if now, err := w.durable(); err == nil && !w.native && now.State != StateCheckpointing && w.op("mark successful") {
+		// An Android system marks its slot successful once it runs
+		// (update_verifier, the boot control HAL). During a trial that
+		// is the commit (modelled by commit below); otherwise it keeps
+		// a slot that runs from being counted down to unbootable.
+		_ = w.bc.MarkSuccessful(booted)
+	}
 	if w.calm {
 		return
 	}
@@ -489,13 +575,16 @@ func describe(r *Record) string {
 }
 
 func runSim(t *rapid.T) {
-	w := &simWorld{t: t, native: rapid.Bool().Draw(t, "native"), img: newMemDev()}
+	w := &simWorld{t: t, native: rapid.Bool().Draw(t, "native"), img: newMemDev(), rolledBack: -1}
 	if !w.native {
 		w.bc, _ = NewBootControl(2, 0)
 	}
 	random := rapid.IntRange(1, 40).Draw(t, "random boots")
 	for i := range random {
 		w.boot(i)
+		if w.ended {
+			return
+		}
 	}
 	// Calm: no cuts, no user. Bound: a trial slot has at most 6 bootloader
 	// tries (or 3 native) and cpinit's cap is 16 boots; then one boot to
@@ -503,6 +592,9 @@ func runSim(t *rapid.T) {
 	w.calm = true
 	for i := range MaxBootAttempts + 4 {
 		w.boot(random + i)
+		if w.ended {
+			return
+		}
 	}
 	r, err := w.durable()
 	if err != nil || r.State != StateFresh || r.COWPath != "" {
