@@ -617,14 +617,18 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 		if !r.Active {
 			return fmt.Errorf("refusing to commit: the checkpoint is armed but the update has not booted yet")
 		}
+		if err := sc.needMisc(r, "refusing to commit", fmt.Sprintf(
+			"slot %s cannot be marked successful (the bootloader would count its tries down and fall back to the old slot, with the update's data)", r.TargetSlot)); err != nil {
+			return err
+		}
 		// Mark the slot good in misc first: a cut after this leaves a good
-		// slot with a pending trial, which cpinit's cap ends; the other
-		// order could let the bootloader fall back to the old slot with
-		// committed data.
-		if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+		// slot with a pending trial, which the next boot finishes as a
+		// commit (Decide); the other order could let the bootloader fall
+		// back to the old slot with committed data.
+		if r.Counter == bootstate.CounterAndroid {
 			cur := bootstate.SlotIndex(sc.bootedSlot())
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error { return bc.MarkSuccessful(cur) }); err != nil {
-				return err
+				return fmt.Errorf("refusing to commit: marking slot %s successful in misc %s failed, nothing recorded: %w", r.TargetSlot, sc.miscPath, err)
 			}
 		}
 		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCommit}); err != nil {
@@ -652,6 +656,19 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, "committed: the update's data is kept, the checkpoint is gone")
 	return nil
+}
+
+// needMisc refuses (the error starts with refusing) to commit or roll back
+// a checkpoint whose trial the bootloader counts in misc when this process
+// has no misc to write: going ahead would record the step while the
+// bootloader goes on as if nothing happened (what says what it misses).
+// Nothing has been written when it refuses.
+func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
+	if r.Counter != bootstate.CounterAndroid || sc.miscPath != "" {
+		return nil
+	}
+	return fmt.Errorf("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
+		"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
 }
 
 // notATrial says why commit --if-trial has nothing to do at this boot, or
@@ -698,13 +715,17 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 	// cpinit treats as a slot fallback: the same rollback. The other order
 	// could boot the new slot on a rollback-pending record and merge the old
 	// data under the new system (found by the power-cut suite).
-	if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+	if err := sc.needMisc(r, "refusing to roll back", fmt.Sprintf(
+		"the old slot cannot be made active again (the bootloader would keep booting slot %s)", r.TargetSlot)); err != nil {
+		return err
+	}
+	if r.Counter == bootstate.CounterAndroid {
 		if target := bootstate.SlotIndex(r.TargetSlot); target >= 0 {
 			old := 1 - target%2
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
 				return bc.SetActive(old, bootstate.SlotIndex(sc.bootedSlot()))
 			}); err != nil {
-				return fmt.Errorf("refusing to roll back: making the old slot active failed, nothing recorded: %w", err)
+				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[old], sc.miscPath, err)
 			}
 		}
 	}

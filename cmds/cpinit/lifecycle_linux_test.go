@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -307,6 +309,119 @@ func TestBeginFailureUndoes(t *testing.T) {
 				if err := s.begin(c.misc); err != nil {
 					t.Fatalf("begin after the failed one: %v", err)
 				}
+			}
+		})
+	}
+}
+
+// trial makes s a system in the update's trial: begin from slot _a with
+// misc (so the checkpoint counts boots in misc, target _b), then, if
+// active, the first trial boot's records as PID 1 writes them.
+func (s *hostSystem) trial(active bool) bootstate.Record {
+	s.t.Helper()
+	if err := s.begin(true); err != nil {
+		s.t.Fatal(err)
+	}
+	if active {
+		s.apply(bootstate.Step{Event: bootstate.EventBootAttempt}, bootstate.Step{Event: bootstate.EventActivate})
+	}
+	r := s.record()
+	if r.State != bootstate.StateCheckpointing || r.Counter != bootstate.CounterAndroid || r.TargetSlot != "_b" || r.Active != active {
+		s.t.Fatalf("setup: record %+v", r)
+	}
+	return r
+}
+
+// TestCommitRollbackRefuseWithoutMisc: a checkpoint that counts boots in
+// misc is never committed or rolled back without telling the bootloader.
+// Without misc configured, or with a misc that cannot be written, both
+// commands exit non-zero, say why, and leave the record and misc unchanged.
+func TestCommitRollbackRefuseWithoutMisc(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		cmd      string
+		active   bool
+		noMisc   bool // else misc is read-only
+		wantText []string
+	}{
+		{"commit, no misc", "commit", true, true, []string{"refusing to commit", "misc", "--misc", "cpinit.misc=", "nothing recorded"}},
+		{"rollback, no misc", "rollback", true, true, []string{"refusing to roll back", "misc", "--misc", "cpinit.misc=", "nothing recorded"}},
+		{"rollback armed, no misc", "rollback", false, true, []string{"refusing to roll back", "--misc", "nothing recorded"}},
+		{"commit, misc not writable", "commit", true, false, []string{"refusing to commit", "misc", "nothing recorded"}},
+		{"rollback, misc not writable", "rollback", true, false, []string{"refusing to roll back", "misc", "nothing recorded"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newHostSystem(t, true)
+			before := s.trial(c.active)
+			if !c.noMisc {
+				// The same block, on a read-only loop device: not even
+				// root can open it for writing.
+				s.misc = s.newMisc(true)
+			}
+			misc := readFile(t, s.misc)
+			err := runCLI(s.args(c.cmd, "_b", !c.noMisc), io.Discard)
+			if err == nil || exitStatus(err) != exitError {
+				t.Fatalf("%s: %v (exit %d), want exit %d", c.cmd, err, exitStatus(err), exitError)
+			}
+			for _, want := range c.wantText {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("message %q lacks %q", err, want)
+				}
+			}
+			if after := s.record(); !reflect.DeepEqual(after, before) {
+				t.Errorf("record changed:\nbefore %+v\nafter  %+v", before, after)
+			}
+			if !bytes.Equal(readFile(t, s.misc), misc) {
+				t.Error("misc changed")
+			}
+		})
+	}
+}
+
+// TestStatusSaysWhetherBootloaderIsTold: status says, in words and in JSON,
+// whether commit and rollback tell the bootloader: through misc (android
+// counter), not at all (native counter, no misc), or not from here (android
+// counter, but no misc configured for this command).
+func TestStatusSaysWhetherBootloaderIsTold(t *testing.T) {
+	root := loadStatusSchema(t)
+	for _, c := range []struct {
+		name           string
+		beginMisc      bool
+		statusMisc     bool
+		json, human    string
+		unexpectedText string
+	}{
+		{"native counter", false, false, "not-told", "bootloader:        not told (no misc; cpinit's native counter counts trial boots)", ""},
+		{"android counter", true, true, "misc", "bootloader:        told through misc", "not told"},
+		{"android counter, no misc here", true, false, "misc-missing", "bootloader:        counts tries in misc, but no misc is configured here", "not told"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newHostSystem(t, c.beginMisc)
+			if err := s.begin(c.beginMisc); err != nil {
+				t.Fatal(err)
+			}
+			var human, js bytes.Buffer
+			if err := runCLI(s.args("status", "_a", c.statusMisc), &human); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(human.String(), c.human) {
+				t.Errorf("status says\n%s\nwant a line %q", human.String(), c.human)
+			}
+			if c.unexpectedText != "" && strings.Contains(human.String(), c.unexpectedText) {
+				t.Errorf("status says\n%s\nwhich should not contain %q", human.String(), c.unexpectedText)
+			}
+			if err := runCLI(s.args("status", "_a", c.statusMisc, "--json"), &js); err != nil {
+				t.Fatal(err)
+			}
+			var v map[string]any
+			if err := json.Unmarshal(js.Bytes(), &v); err != nil {
+				t.Fatal(err)
+			}
+			if err := validate(root, root, v, "status"); err != nil {
+				t.Errorf("%s: %v", js.String(), err)
+			}
+			if v["bootloader"] != c.json {
+				t.Errorf("status --json bootloader = %v, want %q\n%s", v["bootloader"], c.json, js.String())
 			}
 		})
 	}
