@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/cpinit/cpinit/internal/devspec"
@@ -203,15 +204,43 @@ func (sc *sysCtx) readMisc() (*bootstate.BootControl, *os.File, error) {
 // updateMisc reads misc, applies fn and writes it back (CRC recomputed,
 // flushed).
 func (sc *sysCtx) updateMisc(fn func(*bootstate.BootControl) error) error {
+	_, err := sc.changeMisc(fn)
+	return err
+}
+
+// changeMisc is updateMisc for a change that may have to be taken back.
+// Once the write was attempted, restore is non-nil, whether or not the
+// write succeeded: a write or flush that failed may still have left the new
+// block, whole or in part. restore writes back the block as it was read,
+// unless misc still holds it (a write refused outright changed nothing, and
+// a misc that refuses writes could not be restored); a decode/encode round
+// trip is the identity (reserved bytes are kept, the CRC was valid), so misc
+// ends up byte for byte as before.
+func (sc *sysCtx) changeMisc(fn func(*bootstate.BootControl) error) (restore func() (wrote bool, err error), err error) {
 	bc, f, err := sc.readMisc()
 	if err != nil {
-		return fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+		return nil, fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
 	}
 	defer f.Close()
+	orig := *bc
 	if err := fn(bc); err != nil {
-		return fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+		return nil, fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
 	}
-	return bootstate.WriteBootControl(f, sc.miscPath, bc)
+	restore = func() (bool, error) {
+		if now, f, err := sc.readMisc(); err == nil {
+			f.Close()
+			if *now == orig {
+				return false, nil
+			}
+		}
+		f, err := os.OpenFile(sc.miscPath, os.O_RDWR, 0)
+		if err != nil {
+			return true, err
+		}
+		defer f.Close()
+		return true, bootstate.WriteBootControl(f, sc.miscPath, &orig)
+	}
+	return restore, bootstate.WriteBootControl(f, sc.miscPath, bc)
 }
 
 func (sc *sysCtx) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, *dmsnap.Client, error) {
@@ -316,55 +345,204 @@ func cmdBegin(args []string, stdout io.Writer) error {
 		return err
 	}
 
+	// From here on every step changes something. A failure undoes what the
+	// steps before it did, newest first, so that a failed begin leaves the
+	// store, userdata and misc as they were (see beginUndo).
+	full := filepath.Join(sc.dataDir, DefaultCOWPath)
+	u := &beginUndo{sc: sc, full: full, target: target}
+	if _, err := os.Lstat(filepath.Dir(full)); errors.Is(err, os.ErrNotExist) {
+		u.dir = filepath.Dir(full) // fiemap.Allocate creates it
+	}
+	do := func(name, what string, fn func() error) error {
+		err := beginStep(name)
+		if err == nil {
+			err = fn()
+		}
+		if err != nil {
+			return u.fail(what, err)
+		}
+		return nil
+	}
+
 	// Write-ahead: record the path before allocating, so a crash in
 	// between leaves a file the next boot knows it may delete.
-	if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventPrepare, Path: DefaultCOWPath}); err != nil {
+	if err := do("prepare", "recording the COW path in the metadata store", func() error {
+		u.prepared = true // a Save that fails may still have written
+		r, err = sc.save(r, bootstate.Step{Event: bootstate.EventPrepare, Path: DefaultCOWPath})
+		return err
+	}); err != nil {
 		return err
 	}
-	full := filepath.Join(sc.dataDir, DefaultCOWPath)
-	done := step(stdout, "allocating and pinning a %d MiB COW file %s", want>>20, full)
-	m, err := fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve})
-	if err != nil {
+	var m *fiemap.Map
+	if err := do("allocate", "allocating the COW file "+full, func() error {
+		u.allocated = true
+		done := step(stdout, "allocating and pinning a %d MiB COW file %s", want>>20, full)
+		m, err = fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve})
+		if err == nil {
+			done()
+		}
+		return err
+	}); err != nil {
 		return err
 	}
-	done()
-	onPart, err := sc.bindToPartition(m)
-	if err != nil {
+	var onPart *fiemap.Map
+	if err := do("bind", "checking that the COW file is on userdata", func() error {
+		onPart, err = sc.bindToPartition(m)
+		return err
+	}); err != nil {
 		return err
 	}
 	chunk := chunkFor(onPart.BlockSize)
-	em, err := extentMapFromFiemap(onPart, chunk)
-	if err != nil {
+	var em bootstate.ExtentMap
+	if err := do("extents", "converting the COW file's extents", func() error {
+		em, err = extentMapFromFiemap(onPart, chunk)
+		return err
+	}); err != nil {
 		return err
 	}
-	if err := checkpointJournal(sc.dataDir); err != nil {
+	if err := do("journal", "flushing the journal of "+sc.dataDir, func() error {
+		return checkpointJournal(sc.dataDir)
+	}); err != nil {
 		return err
 	}
-	if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventBegin, Begin: &bootstate.BeginArgs{
-		TargetSlot: target, COWPath: DefaultCOWPath, Map: em, Counter: counter, Tries: uint8(*tries),
-	}}); err != nil {
+	if err := do("record", "recording the checkpoint in the metadata store", func() error {
+		r, err = sc.save(r, bootstate.Step{Event: bootstate.EventBegin, Begin: &bootstate.BeginArgs{
+			TargetSlot: target, COWPath: DefaultCOWPath, Map: em, Counter: counter, Tries: uint8(*tries),
+		}})
+		return err
+	}); err != nil {
 		return err
 	}
 	if counter == bootstate.CounterAndroid {
-		cur := bootstate.SlotIndex(sc.bootedSlot())
-		if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
-			// As update_engine does around writing the new slot: first
-			// unbootable (clears successful_boot, which a slot that ran
-			// before still carries), then active with fresh tries. A
-			// successful slot would never be counted down, so a crashing
-			// update would never fall back.
-			t := bootstate.SlotIndex(target)
-			if err := bc.SetUnbootable(t); err != nil {
-				return err
-			}
-			return bc.SetActive(t, cur)
+		if err := do("misc", fmt.Sprintf("making slot %s active in misc %s", target, sc.miscPath), func() error {
+			cur := bootstate.SlotIndex(sc.bootedSlot())
+			u.restoreMisc, err = sc.changeMisc(func(bc *bootstate.BootControl) error {
+				// As update_engine does around writing the new slot: first
+				// unbootable (clears successful_boot, which a slot that ran
+				// before still carries), then active with fresh tries. A
+				// successful slot would never be counted down, so a crashing
+				// update would never fall back.
+				t := bootstate.SlotIndex(target)
+				if err := bc.SetUnbootable(t); err != nil {
+					return err
+				}
+				return bc.SetActive(t, cur)
+			})
+			return err
 		}); err != nil {
-			return fmt.Errorf("checkpoint armed, but marking slot %s active failed: %w", target, err)
+			return err
 		}
+	}
+	if err := do("armed", "arming the checkpoint", func() error { return nil }); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "checkpoint armed: COW %s, %d MiB in %d extents, chunk %g KiB, target slot %q (%s counter); reboot to start the trial\n",
 		DefaultCOWPath, want>>20, len(em.Segments), float64(chunk)/2, target, counter)
 	return nil
+}
+
+// beginStepHook, nil in production, lets tests fail begin at each step: it
+// runs before each step that changes something (named by cmdBegin's calls
+// of do) and once after the last ("armed"), and an error it returns fails
+// begin there as if the step had failed.
+var beginStepHook func(step string) error
+
+func beginStep(name string) error {
+	if beginStepHook == nil {
+		return nil
+	}
+	return beginStepHook(name)
+}
+
+// beginUndo is what a begin has done so far, and undoes it when a later
+// step fails. Each flag is set before its step runs: a step that fails
+// part-way (a store write that reached one copy, a misc write that was not
+// flushed, an allocation that created the file) may have left its change.
+type beginUndo struct {
+	sc     *sysCtx
+	full   string // the COW file
+	target string // the update's slot
+	dir    string // the COW file's directory, when begin created it
+
+	prepared    bool                 // the record may name the COW path
+	allocated   bool                 // the COW file may exist
+	restoreMisc func() (bool, error) // misc may have changed; writes it back as it was
+}
+
+// fail undoes, newest first, and returns the error of a begin that failed
+// while doing what: it says why, what was undone, and either that nothing
+// is left or exactly what is and the command that removes it. The order
+// keeps the rule that the record never claims less than exists: misc is
+// restored while the record still holds the armed checkpoint (a boot of the
+// old slot cancels an armed checkpoint), the checkpoint is cancelled before
+// its file is deleted, and the file is deleted before the record drops its
+// path.
+func (u *beginUndo) fail(what string, cause error) error {
+	sc := u.sc
+	var undone []string
+	report := func() string {
+		if len(undone) == 0 {
+			return ""
+		}
+		return "; undone: " + strings.Join(undone, ", ")
+	}
+	left := func(err error, left, remedy string) error {
+		return fmt.Errorf("begin failed %s: %w%s; undoing it failed: %w; left: %s; %s", what, cause, report(), err, left, remedy)
+	}
+	rerun := "run `cpinit rollback` with the options given to this begin (it makes the old slot active again and cancels the armed checkpoint; the next boot deletes the COW file)"
+	if u.restoreMisc != nil {
+		wrote, err := u.restoreMisc()
+		if err != nil {
+			return left(err, fmt.Sprintf("an armed checkpoint for slot %s in the metadata store %s, its COW file %s, and misc %s, which may make slot %s active",
+				u.target, sc.storeDev, u.full, sc.miscPath, u.target), "to remove them, "+rerun)
+		}
+		if wrote {
+			undone = append(undone, "restored misc "+sc.miscPath)
+		}
+	}
+	if !u.prepared {
+		return fmt.Errorf("begin failed %s: %w; nothing was changed", what, cause)
+	}
+	// Read back what the store holds rather than trust what was saved: a
+	// Save that failed may have written a copy anyway.
+	r, err := sc.load()
+	if err != nil {
+		return left(err, fmt.Sprintf("the metadata store %s, which could not be read back and may name the COW file %s, and that file if it was allocated (kept: the record may need it)",
+			sc.storeDev, u.full), "fix access to the store, then see `cpinit status`")
+	}
+	if r.State == bootstate.StateCheckpointing {
+		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCancel}); err != nil {
+			return left(err, fmt.Sprintf("an armed checkpoint in the metadata store %s and its COW file %s", sc.storeDev, u.full), "to remove them, "+rerun)
+		}
+		undone = append(undone, "cancelled the checkpoint in the metadata store "+sc.storeDev)
+	}
+	if _, err := os.Lstat(u.full); u.allocated && !errors.Is(err, os.ErrNotExist) {
+		// (Allocate removes what it created when it fails itself.)
+		if err := fiemap.Release(u.full); err != nil {
+			// Release may have cleared the immutable flag before it failed;
+			// chattr -i is harmless either way.
+			return left(err, fmt.Sprintf("the COW file %s, which the metadata store %s still names", u.full, sc.storeDev),
+				fmt.Sprintf("the next boot deletes it, or delete it now with `chattr -i %s && rm %s`; begin again after that boot", u.full, u.full))
+		}
+		undone = append(undone, "deleted "+u.full)
+		if u.dir != "" {
+			// Empty unless someone else put a file there: then it stays.
+			if err := os.Remove(u.dir); err == nil {
+				undone = append(undone, "removed "+u.dir)
+			}
+		}
+	}
+	if r.COWPath != "" {
+		if _, err := sc.save(r, bootstate.Step{Event: bootstate.EventCleanupDone}); err != nil {
+			return left(err, fmt.Sprintf("the metadata store %s still names the deleted COW file %s (harmless, but begin refuses until it is cleared)", sc.storeDev, r.COWPath),
+				"the next boot clears it: reboot, then begin again")
+		}
+		undone = append(undone, "cleared the COW path from the metadata store "+sc.storeDev)
+	}
+	if len(undone) == 0 {
+		return fmt.Errorf("begin failed %s: %w; nothing was changed", what, cause)
+	}
+	return fmt.Errorf("begin failed %s: %w%s; nothing is left", what, cause, report())
 }
 
 // bindToPartition checks that the map is on the userdata partition, or on a
@@ -439,14 +617,18 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 		if !r.Active {
 			return fmt.Errorf("refusing to commit: the checkpoint is armed but the update has not booted yet")
 		}
+		if err := sc.needMisc(r, "refusing to commit", fmt.Sprintf(
+			"slot %s cannot be marked successful (the bootloader would count its tries down and fall back to the old slot, with the update's data)", r.TargetSlot)); err != nil {
+			return err
+		}
 		// Mark the slot good in misc first: a cut after this leaves a good
-		// slot with a pending trial, which cpinit's cap ends; the other
-		// order could let the bootloader fall back to the old slot with
-		// committed data.
-		if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+		// slot with a pending trial, which the next boot finishes as a
+		// commit (Decide); the other order could let the bootloader fall
+		// back to the old slot with committed data.
+		if r.Counter == bootstate.CounterAndroid {
 			cur := bootstate.SlotIndex(sc.bootedSlot())
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error { return bc.MarkSuccessful(cur) }); err != nil {
-				return err
+				return fmt.Errorf("refusing to commit: marking slot %s successful in misc %s failed, nothing recorded: %w", r.TargetSlot, sc.miscPath, err)
 			}
 		}
 		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCommit}); err != nil {
@@ -474,6 +656,19 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, "committed: the update's data is kept, the checkpoint is gone")
 	return nil
+}
+
+// needMisc refuses (the error starts with refusing) to commit or roll back
+// a checkpoint whose trial the bootloader counts in misc when this process
+// has no misc to write: going ahead would record the step while the
+// bootloader goes on as if nothing happened (what says what it misses).
+// Nothing has been written when it refuses.
+func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
+	if r.Counter != bootstate.CounterAndroid || sc.miscPath != "" {
+		return nil
+	}
+	return fmt.Errorf("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
+		"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
 }
 
 // notATrial says why commit --if-trial has nothing to do at this boot, or
@@ -520,7 +715,11 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 	// cpinit treats as a slot fallback: the same rollback. The other order
 	// could boot the new slot on a rollback-pending record and merge the old
 	// data under the new system (found by the power-cut suite).
-	if r.Counter == bootstate.CounterAndroid && sc.miscPath != "" {
+	if err := sc.needMisc(r, "refusing to roll back", fmt.Sprintf(
+		"the old slot cannot be made active again (the bootloader would keep booting slot %s)", r.TargetSlot)); err != nil {
+		return err
+	}
+	if r.Counter == bootstate.CounterAndroid {
 		if target := bootstate.SlotIndex(r.TargetSlot); target >= 0 {
 			// The old slot active and the update's unbootable, as a
 			// bootloader that ran out of tries leaves it: the update must
@@ -532,7 +731,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
 				return bc.FallBackFrom(target, cur)
 			}); err != nil {
-				return fmt.Errorf("refusing to roll back: making the old slot active failed, nothing recorded: %w", err)
+				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[old], sc.miscPath, err)
 			}
 		}
 	}

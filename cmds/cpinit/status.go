@@ -13,6 +13,7 @@ type Status struct {
 	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
 	Reason     string `json:"reason,omitempty"` // why the state was entered
 	Counter    string `json:"counter,omitempty"`
+	Bootloader string `json:"bootloader,omitempty"` // checkpointing: do commit and rollback tell the bootloader (bootloader* values)
 	TargetSlot string `json:"target_slot,omitempty"`
 	BootedSlot string `json:"booted_slot,omitempty"`
 	TriesLeft  int    `json:"tries_left,omitempty"` // native counter only
@@ -64,6 +65,22 @@ type FillRate struct {
 }
 
 const snapActive = "active"
+
+// Values of Status.Bootloader.
+const (
+	// bootloaderMisc: the bootloader counts the trial's tries in misc;
+	// commit marks the slot successful there, rollback makes the old slot
+	// active.
+	bootloaderMisc = "misc"
+	// bootloaderNotTold: no misc (cpinit's native counter): commit and
+	// rollback change only cpinit's record; whatever the bootloader does,
+	// nobody tells it.
+	bootloaderNotTold = "not-told"
+	// bootloaderMiscMissing: the bootloader counts in misc, but this
+	// command was given no misc (cpinit.misc= or --misc): commit and
+	// rollback from here refuse.
+	bootloaderMiscMissing = "misc-missing"
+)
 
 // snapStateName is the schema's stable name of a snapshot state; the kernel
 // prints "Invalid", "Merge failed", "Overflow" (dm-snap.c snapshot_status),

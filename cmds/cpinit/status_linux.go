@@ -56,6 +56,14 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 		if r.Active {
 			st.Phase = "active"
 		}
+		switch {
+		case r.Counter == bootstate.CounterNative:
+			st.Bootloader = bootloaderNotTold
+		case sc.miscPath == "":
+			st.Bootloader = bootloaderMiscMissing
+		default:
+			st.Bootloader = bootloaderMisc
+		}
 	}
 	if r.State == bootstate.StateCheckpointing || r.State == bootstate.StateRollbackPending {
 		if k, c, err := sc.checkpoint(&r.Map); err == nil {
@@ -122,6 +130,14 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintln(stdout, ")")
 		fmt.Fprintf(stdout, "COW file:          %s, %.0f MiB, chunk %d KiB\n", st.COWPath, float64(st.COWBytes)/mib, st.ChunkBytes/1024)
+	}
+	switch st.Bootloader {
+	case bootloaderMisc:
+		fmt.Fprintln(stdout, "bootloader:        told through misc (commit marks the slot successful, rollback makes the old slot active)")
+	case bootloaderNotTold:
+		fmt.Fprintln(stdout, "bootloader:        not told (no misc; cpinit's native counter counts trial boots)")
+	case bootloaderMiscMissing:
+		fmt.Fprintln(stdout, "bootloader:        counts tries in misc, but no misc is configured here: commit and rollback refuse; pass --misc or set cpinit.misc=")
 	}
 	if u := st.Snapshot; u != nil && u.State != snapActive {
 		// The kernel reports no usage for an Invalid snapshot.

@@ -162,6 +162,7 @@ func TestStatusSchemaDoc(t *testing.T) {
 		{"state", root.Properties["state"], states},
 		{"reason", root.Properties["reason"], reasons},
 		{"counter", root.Properties["counter"], []string{bootstate.CounterAndroid.String(), bootstate.CounterNative.String()}},
+		{"bootloader", root.Properties["bootloader"], []string{bootloaderMisc, bootloaderNotTold, bootloaderMiscMissing}},
 		{"snapshot.state", root.Properties["snapshot"].resolve(root).Properties["state"], snapStates},
 	} {
 		if !slices.Equal(enum(c.node), c.want) {
@@ -253,7 +254,7 @@ func TestStatusJSONValidates(t *testing.T) {
 			Fill:     &FillRate{WindowSeconds: 1, Source: "sampled"},
 		},
 		{
-			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "native", TriesLeft: 2,
+			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "native", Bootloader: bootloaderNotTold, TriesLeft: 2,
 			TargetSlot: "_b", BootedSlot: "_b", Attempts: 1, COWPath: DefaultCOWPath,
 			Snapshot: snapshotUsage(&dmsnap.SnapshotStatus{State: dmsnap.SnapInvalid}),
 			Note:     "the COW overflowed",
