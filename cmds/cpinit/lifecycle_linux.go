@@ -532,12 +532,19 @@ func (u *beginUndo) fail(what string, cause error) error {
 			}
 		}
 	}
-	if r.COWPath != "" {
-		if _, err := sc.save(r, bootstate.Step{Event: bootstate.EventCleanupDone}); err != nil {
+	// A cancelled checkpoint's fresh record still names the update's slot
+	// (the slot must not start on data rolled back from it); this update
+	// never ran, so a second cleanup-done forgets it too.
+	for r.COWPath != "" || r.TargetSlot != "" {
+		n, err := sc.save(r, bootstate.Step{Event: bootstate.EventCleanupDone})
+		if err != nil {
 			return left(err, fmt.Sprintf("the metadata store %s still names the deleted COW file %s (harmless, but begin refuses until it is cleared)", sc.storeDev, r.COWPath),
 				"the next boot clears it: reboot, then begin again")
 		}
-		undone = append(undone, "cleared the COW path from the metadata store "+sc.storeDev)
+		if r.COWPath != "" {
+			undone = append(undone, "cleared the COW path from the metadata store "+sc.storeDev)
+		}
+		r = n
 	}
 	if len(undone) == 0 {
 		return fmt.Errorf("begin failed %s: %w; nothing was changed", what, cause)
@@ -671,6 +678,21 @@ func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
 		"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
 }
 
+// snapshotUsable refuses a rollback whose live snapshot the kernel reports
+// Invalid (the COW overflowed or hit an I/O error): there is nothing to
+// merge, and switching the bootloader to the old slot would start the old
+// system on the update's data. Where no snapshot is mapped (recovery mode,
+// no device-mapper) there is nothing to look at: the next boot verifies the
+// COW before the merge.
+func (sc *sysCtx) snapshotUsable(m *bootstate.ExtentMap) error {
+	snap, err := sc.observeSnapshot(m)
+	if err != nil || snap.State == dmsnap.SnapActive {
+		return nil
+	}
+	return fmt.Errorf("refusing to roll back: the snapshot is %s (the COW overflowed or hit an I/O error), so the saved data is incomplete and there is nothing to restore; "+
+		"the update's data stays. Keep it with `cpinit commit`", snapStateName(snap.State))
+}
+
 // notATrial says why commit --if-trial has nothing to do at this boot, or
 // "" when this boot is the update's trial and the commit should go ahead. A
 // committed record still goes ahead: commit finishes a cleanup (snapshot
@@ -715,6 +737,11 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 	// cpinit treats as a slot fallback: the same rollback. The other order
 	// could boot the new slot on a rollback-pending record and merge the old
 	// data under the new system (found by the power-cut suite).
+	if r.Active {
+		if err := sc.snapshotUsable(&r.Map); err != nil {
+			return err
+		}
+	}
 	if err := sc.needMisc(r, "refusing to roll back", fmt.Sprintf(
 		"the old slot cannot be made active again (the bootloader would keep booting slot %s)", r.TargetSlot)); err != nil {
 		return err
@@ -731,7 +758,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
 				return bc.FallBackFrom(target, cur)
 			}); err != nil {
-				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[old], sc.miscPath, err)
+				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], sc.miscPath, err)
 			}
 		}
 	}
