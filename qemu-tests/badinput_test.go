@@ -321,9 +321,11 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 			// trial), the check of the current filesystem sees the change.
 			// Each refuses the merge.
 			changedCOWStopped(t, vm, `((the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks|COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*merging would write garbage into userdata)`)
-			r := wantRecord(t, d, bootstate.StateRollbackPending)
-			if r.MergeTries != 0 {
-				t.Fatalf("merge attempted %d times on a changed COW", r.MergeTries)
+			// The COW is verified before the rollback is recorded (and
+			// before the bootloader is switched): nothing moved.
+			wantRecord(t, d, bootstate.StateCheckpointing)
+			if bc, err := d.ReadMisc(); err != nil || bc.Slots[1].Priority != 15 {
+				t.Fatalf("misc changed by a refused rollback: %+v (%v)", bc, err)
 			}
 		})
 	}
@@ -393,12 +395,29 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	// fallback ends the same way): nothing to merge, the data is intact.
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ = d.Boot(t, "cpinit.abort=1")
+	// On the update's own slot: the bootloader is switched away from the
+	// abandoned update first, and its system does not start.
 	vm.ExpectT(t, `cpinit: update abandoned before first use \(abort\): dropping the unused checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: the update of slot _b was abandoned before it ran`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=reboot-other-slot`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateFresh)
+	if strings.Contains(vm.Output(), "sysinit: pid=1") {
+		t.Fatal("the abandoned update's system was started")
+	}
+	d.Slot[0] = "sysinit.action=report"
+	vm, slot = d.Boot(t, "")
+	if slot != 0 {
+		t.Fatalf("after the abort the bootloader picked slot %d, want the old slot 0", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh .* action=mount-plain`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if r := wantRecord(t, d, bootstate.StateFresh); r.TargetSlot != "" || r.COWPath != "" {
+		t.Fatalf("record after the old slot booted: %+v", r)
+	}
 	if diff := manifest(t, d).Diff(before, 5); len(diff) > 0 {
 		t.Fatalf("userdata changed:\n%s", strings.Join(diff, "\n"))
 	}
@@ -708,13 +727,13 @@ func TestBadInputTrialDeletesCOW(t *testing.T) {
 	vm, _ = d.Boot(t, "cpinit.abort=1")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
 	changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*no such file or directory; the saved chunks may have been overwritten: merging would write garbage into userdata`)
-	if r := wantRecord(t, d, bootstate.StateRollbackPending); r.MergeTries != 0 {
-		t.Fatalf("merge attempted %d times", r.MergeTries)
-	}
+	// Verified before recorded: the refused rollback left the trial's
+	// record and misc as they were.
+	wantRecord(t, d, bootstate.StateCheckpointing)
 
 	bothSlots(d, "sysinit.action=cmd sysinit.args=recover,keep-current,--yes")
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `a rollback is pending \(abort\) but has not started merging: keeping the current data cancels it`, slotBootTimeout)
+	vm.ExpectT(t, `a checkpoint for slot "_b" exists \(active=true, \d+ trial boots\): keeping the current data drops it like a commit`, slotBootTimeout)
 	vm.ExpectT(t, `kept the current data`, slotBootTimeout)
 	if err := vm.Wait(slotBootTimeout); err != nil {
 		t.Fatal(err)

@@ -22,8 +22,8 @@ import (
 //     tries), the record says rollback-pending. This was the window of the
 //     first implementation (record first), found by the power-cut suite: the
 //     failed update booted again and cpinit merged the old data under it.
-//     cpinit now finishes such a merge by making the old slot active and
-//     rebooting into it.
+//     cpinit now switches misc away from the update before it merges
+//     there, and reboots into the old slot without starting the update.
 //
 // Either way userdata must end exactly as before the update, with the old
 // slot running and the bootloader's next pick the old slot.
@@ -77,7 +77,8 @@ func TestPowerCutInsideRollback(t *testing.T) {
 				}
 				// The update's slot: cpinit must roll back and hand over
 				// to the old slot without starting the update's system.
-				vm.ExpectT(t, `made slot _a active, rebooting into it`, slotBootTimeout)
+				vm.ExpectT(t, `slot _a made active, slot _b unbootable`, slotBootTimeout)
+				vm.ExpectT(t, `not starting slot _b on the data from before its update: rebooting into the other slot`, slotBootTimeout)
 				vm.Wait(slotBootTimeout)
 				if strings.Contains(vm.Output(), "sysinit: pid=1") {
 					t.Fatal("the failed update's system was started on rolled-back userdata")

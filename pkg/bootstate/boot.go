@@ -81,6 +81,10 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 	// snapshot must stop the boot, never be dropped like an overflow
 	// (which would delete the COW and keep a half-restored filesystem).
 	mergeStarted := rec != nil && rec.State == StateRollbackPending && rec.MergeTries > 0
+	// done is the boot's main action once it is complete (a merge, a
+	// commit's cleanup) when a follow-up decision only finishes it: that
+	// one is what RunBoot reports, unless the follow-up reboots or stops.
+	var done *Action
 	persist := func(step *Step) error {
 		if step == nil {
 			return nil
@@ -154,11 +158,17 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			}
 			if a.RemoveLeftover != "" {
 				if err := env.RemoveCOW(a.RemoveLeftover); err != nil {
+					if done != nil {
+						return nonFatal(env, *done, err)
+					}
 					return nonFatal(env, a, err)
 				}
 			}
 			if err := persist(a.After); err != nil {
 				return fail("persist", err)
+			}
+			if done != nil {
+				return *done, nil
 			}
 			return a, nil
 
@@ -240,6 +250,7 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			if err := persist(a.After); err != nil {
 				return fail("persist", err)
 			}
+			done = &a
 			continue
 
 		case FinishCommitCleanup:
@@ -258,6 +269,7 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 			if in.Record.TargetSlot != "" {
 				// An abandoned update left its slot named: forget it, or
 				// reboot into the other slot (next decision).
+				done = &a
 				continue
 			}
 			return a, nil

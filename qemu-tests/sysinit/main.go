@@ -58,7 +58,12 @@
 //	                                 printing "sysinit: deleted the COW file"
 //	sysinit.action=cmd               run `cpinit <sysinit.args>` (comma-
 //	                                 separated; "+" separates several
-//	                                 commands, run in order) and power off
+//	                                 commands, run in order) and power off;
+//	                                 with sysinit.probe=1, before and after
+//	                                 the commands print "sysinit: raw
+//	                                 before|after /dev/vdc ro=N write=ERR"
+//	                                 (userdata's read-only flag, and a
+//	                                 block written back unchanged)
 //	sysinit.action=bootbench         the boot benchmark's next init (see
 //	                                 bootbench.go): mark its start in the
 //	                                 kernel log, print the boot's kernel log
@@ -219,9 +224,15 @@ func run() error {
 		}
 		return nil
 	case "cmd":
+		if p["probe"] == "1" {
+			probeRaw("before")
+		}
 		for _, c := range strings.Split(p["args"], "+") {
 			err := cpinit(strings.Split(c, ",")...)
 			fmt.Printf("sysinit: cmd exit=%v\n", err)
+		}
+		if p["probe"] == "1" {
+			probeRaw("after")
 		}
 		return nil
 	case "write":
@@ -237,6 +248,35 @@ func run() error {
 }
 
 const cpinitBin = "/usr/bin/cpinit"
+
+// probeRaw reports whether userdata's raw partition (/dev/vdc) takes writes,
+// as a recovery shell would find it: its read-only flag (BLKROGET) and the
+// result of writing one 4 KiB block at 1 MiB back unchanged (so a device
+// that takes it loses nothing).
+func probeRaw(when string) {
+	const dev = "/dev/vdc"
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Printf("sysinit: raw %s %s open=%v\n", when, dev, err)
+		return
+	}
+	defer f.Close()
+	ro, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKROGET)
+	if err != nil {
+		fmt.Printf("sysinit: raw %s %s BLKROGET=%v\n", when, dev, err)
+		return
+	}
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 1<<20); err != nil {
+		fmt.Printf("sysinit: raw %s %s read=%v\n", when, dev, err)
+		return
+	}
+	_, werr := f.WriteAt(buf, 1<<20)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	fmt.Printf("sysinit: raw %s %s ro=%d write=%v\n", when, dev, ro, werr)
+}
 
 // printManifest prints "sysinit: datafs=ext4|f2fs|0xMAGIC" (the filesystem
 // mounted on /data) and "sysinit: manifest=DIGEST files=N" of /data
