@@ -208,8 +208,9 @@ func TestAbortFromBootMenu(t *testing.T) {
 	vm.ExpectT(t, `cpinit: rolling back userdata \(abort, booted "_b", target "_b"\)`, slotBootTimeout)
 	// Write-ahead: the bootloader is switched away from the update
 	// before the rollback is recorded.
-	vm.ExpectT(t, `cpinit: A/B boot control on /dev/vde: slot _a made active, slot _b unbootable`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: the COW file's extents match the record: recording the rollback \(abort\)`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: A/B boot control on /dev/vde: slot _a made active, slot _b unbootable`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: merging the checkpoint back into userdata \(abort\), attempt 1`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: the update of slot _b was rolled back and userdata holds the data from before it`, slotBootTimeout)
 	vm.ExpectT(t, `cpinit: not starting slot _b on the data from before its update: rebooting into the other slot`, slotBootTimeout)
 	vm.ExpectT(t, `reboot: Restarting system`, slotBootTimeout)

@@ -178,7 +178,7 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	if r.State != bootstate.StateRollbackPending {
 		return fmt.Errorf("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
 	}
-	tmp, err := os.MkdirTemp("", "cpinit-merge-")
+	tmp, err := mergeScratch()
 	if err != nil {
 		return err
 	}
@@ -227,6 +227,25 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "done: %s\n", a.Message)
 	return nil
+}
+
+// mergeScratch makes the mount points cpinit merge needs. In recovery mode
+// the system's root is usually mounted read-only (so is /tmp on it), and
+// /run is the tmpfs PID 1 moved there: look there first.
+func mergeScratch() (string, error) {
+	var errs []error
+	for _, base := range []string{"/run/cpinit", os.TempDir()} {
+		if err := os.MkdirAll(base, 0o700); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d, err := os.MkdirTemp(base, "merge-")
+		if err == nil {
+			return d, nil
+		}
+		errs = append(errs, err)
+	}
+	return "", fmt.Errorf("no writable place for cpinit merge's mount points: %w", errors.Join(errs...))
 }
 
 // fillRate is the COW's fill rate: from cpinit watch's latest samples if it
