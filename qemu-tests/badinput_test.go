@@ -60,7 +60,10 @@ func (u untouched) check(t *testing.T, d *ABDevice, what string) {
 	}
 }
 
-// corruptStore writes junk over the header of both copies of the store.
+// corruptStore writes junk over both copies of the store's record, after
+// the magic: with no magic left anywhere the store would hold no sign of
+// cpinit, which cpinit refuses as foreign data (bootstate.ErrStoreForeign)
+// rather than treat as a damaged store it may overwrite.
 func corruptStore(t *testing.T, d *ABDevice) {
 	t.Helper()
 	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
@@ -71,7 +74,7 @@ func corruptStore(t *testing.T, d *ABDevice) {
 	junk := make([]byte, 4096)
 	rand.Read(junk)
 	for _, off := range []int64{0, bootstate.CopyStride} {
-		if _, err := f.WriteAt(junk, off); err != nil {
+		if _, err := f.WriteAt(junk, off+int64(len("CPINITMD"))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -444,23 +444,50 @@ func recoveryHint(command string) string {
 }
 
 // checkStoreDevice refuses a metadata store device that holds no valid
-// record but a filesystem: the kernel command line names the wrong
-// partition. Taken for blank it would be formatted (destroying that
-// partition) and userdata mounted without the checkpoint the real store
-// records; taken for corrupt, `recover keep-current` would format it.
+// record but something cpinit did not write: a filesystem fsSignature
+// recognises, or any other data bootstate.ErrStoreForeign reports. The
+// kernel command line (or --metadata) then names the wrong partition. Taken
+// for blank it would be formatted (destroying that partition) and userdata
+// mounted without the checkpoint the real store records. Blank, valid and
+// damaged cpinit stores pass: PID 1 formats a blank one, a damaged one
+// stops the boot and is what `recover keep-current` resolves. PID 1 and
+// every command that opens the store run it before anything else.
 func checkStoreDevice(store *bootstate.Store, dev io.ReaderAt, path string) error {
-	if _, _, err := store.Load(); err == nil {
+	_, _, loadErr := store.Load()
+	if loadErr == nil {
 		return nil
 	}
 	sig, err := deviceSignature(dev)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
-	if sig != "" {
-		return fmt.Errorf("%s holds %s, not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; "+
-			"fix cpinit.metadata= on the kernel command line (the bootloader configuration) to name the metadata partition", path, sig)
+	var fe *bootstate.ForeignDataError
+	switch {
+	case sig != "":
+	case errors.As(loadErr, &fe):
+		sig = fmt.Sprintf("data cpinit did not write (first non-zero bytes at offset %d: % x)", fe.Offset, fe.Data)
+	default:
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%s holds %s, not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; "+
+		"fix cpinit.metadata= on the kernel command line (the bootloader configuration) to name the metadata partition. "+
+		"If %s really is meant to be the metadata store and nothing on it is needed, wipe its first %d MiB deliberately "+
+		"(`dd if=/dev/zero of=%s bs=1M count=%d conv=fsync`); cpinit then initialises it",
+		path, sig, path, bootstate.StoreSize>>20, path, bootstate.StoreSize>>20)
+}
+
+// openStore opens the metadata store for a command that may write it and
+// refuses a device that is not one (checkStoreDevice).
+func openStore(path string) (*bootstate.Store, *os.File, error) {
+	store, f, err := bootstate.OpenStore(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkStoreDevice(store, f, path); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return store, f, nil
 }
 
 // refuseLeftCheckpoint stops a boot without cpinit.metadata= when userdata

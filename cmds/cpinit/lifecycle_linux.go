@@ -111,7 +111,7 @@ func (c *commonFlags) open() (*sysCtx, error) {
 	if sc.storeDev, err = devspec.Resolve(*p.Metadata); err != nil {
 		return nil, fmt.Errorf("metadata store %s: %w", p.Metadata, err)
 	}
-	if sc.store, sc.storeF, err = bootstate.OpenStore(sc.storeDev); err != nil {
+	if sc.store, sc.storeF, err = openStore(sc.storeDev); err != nil {
 		return nil, err
 	}
 	if p.Misc != nil {

@@ -17,10 +17,12 @@ const recoverUsage = `usage: cpinit recover keep-current [--yes] [--cow-path PAT
 
 keep-current declares the current userdata authoritative: it writes a
 "committed by the operator" record to both copies of the metadata store,
-whatever they hold now (an unreadable store included), so the next normal
-boot mounts userdata as it is, deletes the COW file (--cow-path, default
-/.cpinit/cow inside userdata) and returns to fresh. Any rollback the
-checkpoint still offered is given up.
+whatever cpinit record they hold now (an unreadable one included), so the
+next normal boot mounts userdata as it is, deletes the COW file (--cow-path,
+default /.cpinit/cow inside userdata) and returns to fresh. Any rollback the
+checkpoint still offered is given up. It refuses a device that holds no
+cpinit record header at all (a filesystem, other data): that is not a
+damaged store but most likely the wrong device.
 
 Run it in recovery mode: boot with cpinit.recovery=1 on the kernel command
 line (PID 1 then neither maps nor mounts userdata), inspect with
@@ -51,6 +53,9 @@ func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCur
 		switch {
 		case errors.Is(loadErr, bootstate.ErrNoRecord):
 			return keepCurrentPlan{Explain: "the metadata store is blank: there is no checkpoint, nothing to recover (the next boot initialises the store)"}
+		case errors.Is(loadErr, bootstate.ErrStoreForeign):
+			// checkStoreDevice refused it already; Format would too.
+			return keepCurrentPlan{Err: fmt.Errorf("refusing to recover: %w; this is not a cpinit metadata store: check --metadata / cpinit.metadata=", loadErr)}
 		case errors.As(loadErr, &se):
 			return keepCurrentPlan{Write: true, Explain: fmt.Sprintf(
 				"the metadata store is unreadable (%v): cpinit cannot tell which state the checkpoint was in. "+

@@ -30,6 +30,7 @@ func TestPlanKeepCurrent(t *testing.T) {
 		{"corrupt", nil, corrupt, true, false, "unreadable"},
 		{"ambiguous", nil, &bootstate.StoreError{Err: bootstate.ErrStoreAmbiguous}, true, false, "e2fsck"},
 		{"blank", nil, blank, false, false, "blank"},
+		{"foreign", nil, &bootstate.StoreError{Name: "/dev/vdd", Op: "load", Err: &bootstate.ForeignDataError{Offset: 1024, Data: []byte{1}}}, false, true, ""},
 		{"io error", nil, errors.New("read /dev/vdd: input/output error"), false, true, ""},
 		{"fresh", rec(bootstate.StateFresh, func(r *bootstate.Record) { r.COWPath = "" }), nil, false, false, "nothing to recover"},
 		{"committed", rec(bootstate.StateCommitted, nil), nil, false, false, "already committed"},

@@ -202,6 +202,15 @@ func Decide(in DecideInput) Action {
 			return Action{Kind: MountPlain, FormatStore: true,
 				Message: "metadata store is blank: no checkpoint, initialising it"}
 		}
+		if errors.Is(err, ErrStoreForeign) {
+			// Not a damaged store but most likely another partition:
+			// keep-current refuses it too, so say what fixes it.
+			a := stop(fmt.Sprintf("%v: this is not a cpinit metadata store; refusing to format it, merge or delete anything", err))
+			a.Command = fmt.Sprintf("make cpinit.metadata= name the metadata partition (inspect in recovery mode, cpinit.recovery=1, with `%s`); "+
+				"if this device really is meant to be the store and nothing on it is needed, zero its first %d MiB and boot again "+
+				"(`%s` refuses a device that holds no cpinit record)", CmdStatus, StoreSize>>20, CmdKeepCurrent)
+			return a
+		}
 		return stop(fmt.Sprintf("metadata store unreadable (%v); refusing to merge or delete anything", err))
 	}
 	r := *in.Record

@@ -44,6 +44,7 @@ func TestDecide(t *testing.T) {
 	}{
 		{"blank store", DecideInput{RecordErr: &StoreError{Err: ErrNoRecord}}, MountPlain, "", "", 0, "blank"},
 		{"corrupt store", DecideInput{RecordErr: &StoreError{Err: ErrStoreCorrupt}}, StopForRecovery, "", "", 0, "unreadable"},
+		{"foreign store", DecideInput{RecordErr: &StoreError{Name: "/dev/vdb", Err: &ForeignDataError{Offset: 1080, Data: []byte{0x53, 0xef}}}}, StopForRecovery, "", "", 0, "offset 1080: 53 ef"},
 		{"io error", DecideInput{RecordErr: errors.New("EIO")}, StopForRecovery, "", "", 0, "EIO"},
 		{"nil record", DecideInput{}, StopForRecovery, "", "", 0, ""},
 		{"fresh", DecideInput{Record: ptr(NewFreshRecord())}, MountPlain, "", "", 0, "no checkpoint"},

@@ -125,10 +125,17 @@
 // ErrStoreCorrupt, Decide returns StopForRecovery, and Save refuses to
 // write (Format is the deliberate override), so the evidence is kept for a
 // human. Two valid copies with one generation and different bytes are
-// ErrStoreAmbiguous and stop the same way. A store whose copies are both
-// blank, or whose copy B is blank while copy A is invalid (only a torn very
-// first write can produce that, see Store.Load), holds no durable record:
-// Decide mounts plainly and formats it.
+// ErrStoreAmbiguous and stop the same way. A store whose whole region is
+// zero, or whose copy B's area is zero while copy A holds the beginning of
+// a record and nothing past it (only a torn very first write can produce
+// that, see tornFirstWrite), holds no durable record (ErrNoRecord): Decide
+// mounts plainly and formats it. Anything else without a valid copy and
+// without the record magic in either header is ErrStoreForeign (a
+// *ForeignDataError names the first non-zero bytes): a filesystem or
+// another tool's data on a device wrongly named as the store. Decide stops
+// for recovery, and Save and Format both refuse it; only a human who knows
+// the data is disposable wipes it. These checks read both copy areas
+// whole, which happens only when no copy is valid.
 //
 // Android misc block: DecodeBootControl checks CRC, magic, version and
 // nb_slot in U-Boot's order and returns a typed *BootControlError.

@@ -700,8 +700,23 @@ func TestFormatsDocStoreCases(t *testing.T) {
 		d := &bufDev{}
 		for c, cell := range cells[:2] {
 			off := copyOffsets[c]
+			// "…, then data at N": also a non-zero byte N bytes into
+			// the copy's area (written after the rest of the cell).
+			var extra int64 = -1
+			if rest, at, ok := strings.Cut(cell, ", then data at "); ok {
+				n, err := strconv.ParseInt(at, 10, 64)
+				if err != nil || n >= CopyStride {
+					t.Fatalf("%s: %q: bad offset", where, cell)
+				}
+				cell, extra = rest, n
+			}
 			switch {
 			case cell == "blank":
+			case cell == "foreign":
+				d.WriteAt([]byte("not a cpinit record"), off)
+			case cell == "cut short":
+				b, _ := EncodeRecord(&base, 1)
+				d.WriteAt(b[:len(b)/2], off)
 			case cell == "invalid":
 				b, _ := EncodeRecord(&base, 3)
 				b[len(b)-1] ^= 1 // CRC32C mismatch
@@ -725,7 +740,10 @@ func TestFormatsDocStoreCases(t *testing.T) {
 				}
 				d.WriteAt(b, off)
 			default:
-				t.Fatalf("%s: copy cell %q: want blank, invalid or valid, gen N[, other contents]", where, cell)
+				t.Fatalf("%s: copy cell %q: want blank, foreign, cut short, invalid or valid, gen N[, other contents], each optionally followed by \", then data at N\"", where, cell)
+			}
+			if extra >= 0 {
+				d.WriteAt([]byte{0x53}, off+extra)
 			}
 		}
 		d.writes = nil
@@ -739,6 +757,8 @@ func TestFormatsDocStoreCases(t *testing.T) {
 			got = "`ErrStoreCorrupt`"
 		case errors.Is(err, ErrStoreAmbiguous):
 			got = "`ErrStoreAmbiguous`"
+		case errors.Is(err, ErrStoreForeign):
+			got = "`ErrStoreForeign`"
 		case err != nil:
 			t.Fatalf("%s: Load: %v", where, err)
 		default:

@@ -56,9 +56,17 @@ func (d *memDev) ReadAt(p []byte, off int64) (int, error) {
 	if d.dead {
 		return 0, errPowerCut
 	}
+	// Page by page: a store with no valid copy is scanned whole.
 	n := 0
-	for ; n < len(p) && off+int64(n) < d.size; n++ {
-		p[n] = d.byteAt(off + int64(n))
+	for n < len(p) && off+int64(n) < d.size {
+		at := off + int64(n)
+		m := min(len(p)-n, int(pageSize-at%pageSize), int(d.size-at))
+		if pg := d.pages[at/pageSize]; pg != nil {
+			copy(p[n:n+m], pg[at%pageSize:])
+		} else {
+			clear(p[n : n+m])
+		}
+		n += m
 	}
 	if n < len(p) {
 		return n, io.EOF
@@ -349,6 +357,10 @@ func TestStoreFlushBetweenCopies(t *testing.T) {
 
 // The very first write to a blank store, cut anywhere, leaves a store that
 // loads as blank (ErrNoRecord) or as the new record, never as corrupt.
+// One exception: a device that leaves junk after a cut inside the record
+// magic (its first 8 bytes) leaves a sector of junk that nothing tells
+// from someone else's data, and that is refused (ErrStoreForeign; a human
+// wipes it), as a partition table in the first sector must be.
 func TestTornFirstWrite(t *testing.T) {
 	r := NewFreshRecord()
 	size := len(encodeT(t, &r, 1))
@@ -361,15 +373,22 @@ func TestTornFirstWrite(t *testing.T) {
 			switch {
 			case err == nil && sameRecord(got, &r):
 			case errors.Is(err, ErrNoRecord) && cut < size:
+			case errors.Is(err, ErrStoreForeign) && garbage && cut < len(recordMagic):
 			default:
 				t.Fatalf("cut %d garbage=%v: %v %v", cut, garbage, got, err)
 			}
 		}
 	}
-	// A blank, B invalid cannot come from our writes: corrupt.
+	// A blank, B invalid cannot come from our writes: a damaged record in
+	// B is corrupt, anything else in B is foreign.
 	d := newMemDev()
-	d.WriteAt([]byte("junk"), CopyStride)
+	d.WriteAt([]byte("CPINITMD junk"), CopyStride)
 	if _, _, err := NewStore(d, "mem").Load(); !errors.Is(err, ErrStoreCorrupt) {
+		t.Fatalf("A blank, B a damaged record: %v", err)
+	}
+	d = newMemDev()
+	d.WriteAt([]byte("junk"), CopyStride)
+	if _, _, err := NewStore(d, "mem").Load(); !errors.Is(err, ErrStoreForeign) {
 		t.Fatalf("A blank, B junk: %v", err)
 	}
 }
