@@ -321,6 +321,9 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
 	}
 	defer f.Close()
+	if err := lockStore(f, metaPath, defaultLockWait, "", log.Printf); err != nil {
+		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
+	}
 	if err := checkStoreDevice(store, f, metaPath); err != nil {
 		return fmt.Errorf("metadata store (cpinit.metadata=%s): %w", p.Metadata, err)
 	}

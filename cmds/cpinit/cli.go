@@ -54,6 +54,9 @@ commands:
 
   Every command but params and extents takes --metadata, --misc, --userdata,
   --data and --cmdline to override what the kernel command line says.
+  Commands that change the metadata store or misc (all but params, extents
+  and status) run one at a time: each waits up to --lock-wait (30s) for
+  another cpinit process to finish with the store, then fails.
   help               this text
 
 exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage.

@@ -52,6 +52,7 @@ type sysCtx struct {
 	storeDev string
 	miscPath string
 	ud       userdata
+	lockWait time.Duration // --lock-wait, for locks taken after open (watch)
 }
 
 // errNoMetadata: checkpoints are off on this system.
@@ -59,6 +60,7 @@ var errNoMetadata = errors.New("no metadata store: set cpinit.metadata= on the k
 
 type commonFlags struct {
 	cmdline, metadata, misc, userdata, data string
+	lock                                    lockFlags
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -129,6 +131,10 @@ func (c *commonFlags) open() (*sysCtx, error) {
 		sc.close()
 		return nil, err
 	}
+	if err := sc.lockAtOpen(c.lock); err != nil {
+		sc.close()
+		return nil, err
+	}
 	return sc, nil
 }
 
@@ -142,6 +148,7 @@ func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*
 	fs.SetOutput(io.Discard)
 	var cf commonFlags
 	cf.register(fs)
+	cf.lock.register(fs, name)
 	if extra != nil {
 		extra(fs)
 	}

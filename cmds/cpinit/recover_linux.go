@@ -7,13 +7,14 @@ import (
 	"io"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/cpinit/cpinit/internal/devspec"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 )
 
-const recoverUsage = `usage: cpinit recover keep-current [--yes] [--cow-path PATH] [--metadata DEV] [--cmdline LINE]
+const recoverUsage = `usage: cpinit recover keep-current [--yes] [--cow-path PATH] [--metadata DEV] [--cmdline LINE] [--lock-wait D]
 
 keep-current declares the current userdata authoritative: it writes a
 "committed by the operator" record to both copies of the metadata store,
@@ -102,7 +103,9 @@ func cmdRecover(args []string, stdout io.Writer) error {
 	metadata := fs.String("metadata", "", "metadata store device (default cpinit.metadata=)")
 	cowPath := fs.String("cow-path", DefaultCOWPath, "the COW file, relative to the root of userdata")
 	yes := fs.Bool("yes", false, "really write the store")
-	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+	var lockWait time.Duration
+	registerLockWait(fs, &lockWait)
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || checkLockWait(lockWait) != nil {
 		fmt.Fprint(stdout, recoverUsage)
 		return errUsage
 	}
@@ -118,6 +121,9 @@ func cmdRecover(args []string, stdout io.Writer) error {
 		return fmt.Errorf("metadata store %s: %w", storeDev, err)
 	}
 	defer f.Close()
+	if err := lockStore(f, storeDev, lockWait, "--lock-wait", stderrf); err != nil {
+		return err
+	}
 	if err := checkStoreDevice(store, f, storeDev); err != nil {
 		return err
 	}

@@ -128,6 +128,26 @@ func cmdWatch(args []string, stdout io.Writer) error {
 				warned = true
 			}
 		case verdictAct:
+			// Watch samples without the store lock (lock_linux.go) and
+			// takes it only to act: on the record as it is now, which a
+			// commit or rollback may have changed since the sample.
+			if err := sc.lockStore(); err != nil {
+				if !errors.Is(err, errStoreLocked) {
+					return err
+				}
+				logf("cannot act yet: %v; trying again at the next sample", err)
+				break
+			}
+			if r, err = sc.load(); err != nil {
+				return err
+			}
+			if skip := notATrial(r, sc.bootedSlot()); skip != "" || r.State != bootstate.StateCheckpointing {
+				if skip == "" {
+					skip = fmt.Sprintf("state %s (%s)", r.State, r.Reason)
+				}
+				logf("the trial ended before watch could act: %s; watch exits", skip)
+				return nil
+			}
 			return sc.watchAct(cfg.Policy, r, why, *noReboot, logf, stdout)
 		}
 		if *once {
