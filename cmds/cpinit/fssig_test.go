@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
@@ -60,14 +61,14 @@ func TestFSSignatureNotOnStore(t *testing.T) {
 
 // mkfs.ext4's own output is recognised, label and all.
 func TestFSSignatureMkfs(t *testing.T) {
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("no mkfs.ext4")
-	}
+	// testutil.LookPath fails in CI (which installs e2fsprogs) instead of
+	// skipping, so a missing tool cannot hide this test there.
+	mkfs := testutil.LookPath(t, "mkfs.ext4")
 	p := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(p, make([]byte, 8<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "system_b", p).CombinedOutput(); err != nil {
+	if out, err := exec.Command(mkfs, "-q", "-F", "-L", "system_b", p).CombinedOutput(); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	f, err := os.Open(p)
