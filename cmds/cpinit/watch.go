@@ -118,17 +118,23 @@ const (
 	verdictAct
 )
 
-// judge decides from the newest sample and the estimate. why carries the
-// numbers that caused the verdict, for the log.
-func judge(c watchConfig, s usageSample, e fillEstimate, haveRate bool) (verdict, string) {
-	pct := s.percent()
-	nums := fmt.Sprintf("COW %.1f%% used (%.1f of %.1f MiB), userdata %.1f MiB free", pct, mib(s.Used), mib(s.Total), mib(s.FreeBytes))
+// sampleNums is the numbers of a sample and its estimate, for the log.
+func sampleNums(s usageSample, e fillEstimate, haveRate bool) string {
+	nums := fmt.Sprintf("COW %.1f%% used (%.1f of %.1f MiB), userdata %.1f MiB free", s.percent(), mib(s.Used), mib(s.Total), mib(s.FreeBytes))
 	if haveRate {
 		nums += fmt.Sprintf(", filling at %.2f MiB/s over %s", e.Rate/(1<<20), e.Window.Round(time.Millisecond))
 		if !math.IsInf(e.SecondsToFull, 1) {
 			nums += fmt.Sprintf(", full in %.0f s", e.SecondsToFull)
 		}
 	}
+	return nums
+}
+
+// judge decides from the newest sample and the estimate. why carries the
+// numbers that caused the verdict, for the log.
+func judge(c watchConfig, s usageSample, e fillEstimate, haveRate bool) (verdict, string) {
+	pct := s.percent()
+	nums := sampleNums(s, e, haveRate)
 	switch {
 	case pct >= c.Act:
 		return verdictAct, fmt.Sprintf("%s: at or above the %g%% action threshold", nums, c.Act)
@@ -145,3 +151,57 @@ func judge(c watchConfig, s usageSample, e fillEstimate, haveRate bool) (verdict
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
+
+// watcher is what watch remembers between samples: the readings of the rate
+// window and what it has said already. Its step is pure and takes the time
+// from each reading (usageSample.At), never from the clock, so the same
+// readings always give the same lines and the same decision, whatever the
+// speed of the machine (the host tests drive it with readings they make
+// up; cmdWatch with the snapshot's).
+type watcher struct {
+	cfg        watchConfig
+	window     time.Duration // the rate is the average over this long
+	samples    []usageSample
+	warned     bool
+	started    bool
+	lastDecile int
+}
+
+func newWatcher(cfg watchConfig) *watcher {
+	// The rate is the average over the last ~10 samples (at least 10 s).
+	return &watcher{cfg: cfg, window: max(10*cfg.Interval, 10*time.Second), lastDecile: -1}
+}
+
+// watchStep is one step's outcome.
+type watchStep struct {
+	Verdict  verdict
+	Why      string       // the numbers behind the verdict
+	Est      fillEstimate // the fill rate, if HaveRate
+	HaveRate bool
+	// First: the first reading (the caller says what it watches). Progress:
+	// the usage crossed into another tenth; log Why. Warning: log this
+	// warning now: the usage reached the warning threshold for the first
+	// time. It comes before any action, also when this very reading acts
+	// (by the rate), so the log always shows the warning first.
+	First, Progress bool
+	Warning         string
+}
+
+// step takes one reading.
+func (w *watcher) step(s usageSample) watchStep {
+	w.samples = append(w.samples, s)
+	for len(w.samples) > 2 && s.At.Sub(w.samples[1].At) >= w.window {
+		w.samples = w.samples[1:]
+	}
+	est, have := estimateFill(w.samples)
+	v, why := judge(w.cfg, s, est, have)
+	st := watchStep{Verdict: v, Why: why, Est: est, HaveRate: have, First: !w.started}
+	d := int(s.percent() / 10)
+	st.Progress = w.started && d != w.lastDecile
+	w.started, w.lastDecile = true, d
+	if !w.warned && s.percent() >= w.cfg.Warn {
+		w.warned = true
+		st.Warning = fmt.Sprintf("%s: at or above the %g%% warning threshold", sampleNums(s, est, have), w.cfg.Warn)
+	}
+	return st
+}

@@ -72,11 +72,8 @@ func cmdWatch(args []string, stdout io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
 
-	// The rate is the average over the last ~10 samples (at least 10 s).
-	window := max(10*cfg.Interval, 10*time.Second)
-	var samples []usageSample
-	warned, started := false, false
-	lastDecile := -1
+	w := newWatcher(cfg)
+	started := false
 	for {
 		r, err := sc.load()
 		if err != nil {
@@ -106,27 +103,21 @@ func cmdWatch(args []string, stdout io.Writer) error {
 			return &os.PathError{Op: "statfs", Path: sc.dataDir, Err: err}
 		}
 		s := usageSample{At: time.Now(), Used: snap.Allocated * 512, Total: snap.Total * 512, FreeBytes: st.Bavail * uint64(st.Bsize)}
-		samples = append(samples, s)
-		for len(samples) > 2 && s.At.Sub(samples[1].At) >= window {
-			samples = samples[1:]
-		}
-		est, have := estimateFill(samples)
-		writeWatchState(s, est, have, cfg.Interval)
-		v, why := judge(cfg, s, est, have)
-		if !started {
+		step := w.step(s)
+		writeWatchState(s, step.Est, step.HaveRate, cfg.Interval)
+		why := step.Why
+		switch {
+		case step.First:
 			logf("watching the checkpoint of slot %s: COW %.1f MiB; warn at %g%%, %s at %g%% or when full within %s; %s",
 				r.TargetSlot, mib(s.Total), cfg.Warn, cfg.Policy, cfg.Act, cfg.Lead, why)
 			started = true
-		} else if d := int(s.percent() / 10); d != lastDecile {
+		case step.Progress:
 			logf("%s", why)
 		}
-		lastDecile = int(s.percent() / 10)
-		switch v {
-		case verdictWarn:
-			if !warned {
-				logf("WARNING: %s", why)
-				warned = true
-			}
+		if step.Warning != "" {
+			logf("WARNING: %s", step.Warning)
+		}
+		switch step.Verdict {
 		case verdictAct:
 			// Watch samples without the store lock (lock_linux.go) and
 			// takes it only to act: on the record as it is now, which a

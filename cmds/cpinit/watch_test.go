@@ -92,3 +92,84 @@ func TestJudge(t *testing.T) {
 		t.Error("policy reboot accepted")
 	}
 }
+
+// TestWatcherDeterministic drives watch's step with made-up readings on a
+// made-up clock (issue 15: no test may depend on host speed). The QEMU test
+// TestWatchCommitsBeforeOverflow once failed on a loaded machine because the
+// first reading above the warning threshold already acted by the rate (at
+// 56%) and no WARNING line came before the commit it expected. Now the
+// warning is always logged first, whichever trigger acts; the same readings
+// give the same lines and the same decision.
+func TestWatcherDeterministic(t *testing.T) {
+	const mibB = 1 << 20
+	cfg := watchConfig{Warn: 50, Act: 75, Interval: 250 * time.Millisecond, Lead: 5 * time.Second, Policy: policyCommit}
+	t0 := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	run := func(readings []struct {
+		at   time.Duration
+		used uint64
+	}) []string {
+		w := newWatcher(cfg)
+		var log []string
+		for _, r := range readings {
+			st := w.step(usageSample{At: t0.Add(r.at), Used: r.used, Total: 24 * mibB, FreeBytes: 100 * mibB})
+			switch {
+			case st.First:
+				log = append(log, "watching")
+			case st.Progress:
+				log = append(log, "progress: "+st.Why)
+			}
+			if st.Warning != "" {
+				log = append(log, "WARNING: "+st.Warning)
+			}
+			if st.Verdict == verdictAct {
+				log = append(log, "act: "+st.Why)
+				break
+			}
+		}
+		return log
+	}
+	type reading = struct {
+		at   time.Duration
+		used uint64
+	}
+	// A machine so slow that watch's readings are 2 s apart: 8 MiB, then
+	// 13.5 MiB (56%): the rate (2.75 MiB/s) fills the rest within the 5 s
+	// lead, so this first reading above 50% acts at once.
+	slow := []reading{{0, 8 * mibB}, {2 * time.Second, 13*mibB + mibB/2}}
+	got := run(slow)
+	if len(got) != 4 || !strings.HasPrefix(got[1], "progress: COW 56.2% used") || !strings.HasPrefix(got[2], "WARNING: COW 56.2% used") ||
+		!strings.Contains(got[3], "full within the 5s lead") {
+		t.Fatalf("slow readings: %q\nwant watching, the new tenth, a WARNING at 56.2%%, then the action by the rate", got)
+	}
+	if again := run(slow); strings.Join(again, "\n") != strings.Join(got, "\n") {
+		t.Fatalf("the same readings gave other lines:\n%q\n%q", got, again)
+	}
+	// Readings every 250 ms at 2 MiB/s: the warning at 50%, then the
+	// action by the rate before 75%, never without the warning first.
+	var fast []reading
+	for i := 0; i <= 48; i++ {
+		fast = append(fast, reading{time.Duration(i) * 250 * time.Millisecond, uint64(i) * mibB / 2})
+	}
+	got = run(fast)
+	warn, act := -1, -1
+	for i, l := range got {
+		if strings.HasPrefix(l, "WARNING: COW 50.0% used") {
+			warn = i
+		}
+		if strings.HasPrefix(l, "act: ") {
+			act = i
+		}
+	}
+	if warn < 0 || act < warn || !strings.Contains(got[act], "full within the 5s lead") {
+		t.Fatalf("regular readings: %q\nwant a WARNING at 50%%, then the action by the rate", got)
+	}
+	// The rate window is measured on the readings' clock: after a pause
+	// longer than the window, the old readings drop out.
+	w := newWatcher(cfg)
+	w.step(usageSample{At: t0, Used: 1 * mibB, Total: 24 * mibB})
+	w.step(usageSample{At: t0.Add(time.Second), Used: 2 * mibB, Total: 24 * mibB})
+	st := w.step(usageSample{At: t0.Add(time.Minute), Used: 3 * mibB, Total: 24 * mibB})
+	if !st.HaveRate || st.Est.Window != 59*time.Second {
+		t.Fatalf("after a pause: window %v (have %v), want 59s from the newest reading before the pause", st.Est.Window, st.HaveRate)
+	}
+}
