@@ -16,7 +16,9 @@ GO ?= go
 #   xfsprogs         reflinked files for the SHARED-extent test
 #   util-linux       losetup, for the loop-mounted ext4 tests
 #   cpio             to look inside initramfs images by hand
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools
+#   qemu-utils       qemu-io, QEMU's NBD client on the host, for the tests of
+#                    qemu-tests/cachedisk (the disk that loses its cache)
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
