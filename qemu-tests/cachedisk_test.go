@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,5 +101,108 @@ func TestCacheDiskPowerCut(t *testing.T) {
 	vm.ExpectT(t, `sysinit: cut.txt="fsynced"`, BootTimeout)
 	if err := vm.Wait(BootTimeout); err != nil {
 		t.Fatalf("second boot did not power off cleanly: %v", err)
+	}
+}
+
+// TestCacheDiskCutAtFlush shows the cut at flush K: an uncut boot that
+// writes and fsyncs /data/cut.txt counts N flushes on userdata before
+// "wrote cut.txt"; then, for every K in 1..N, the same boot from the same
+// images stops at flush K whatever the host's speed: flush K is neither
+// performed nor acknowledged, the guest never gets to "wrote cut.txt", and
+// the flushes before it are the uncut boot's. After a DropAll cut the next
+// boot mounts userdata (the journal replays) and finds cut.txt either absent
+// or whole: ext4's fsync never leaves a torn file behind, even when the
+// cache loses everything after flush K-1.
+func TestCacheDiskCutAtFlush(t *testing.T) {
+	k := needQEMU(t)
+	initrd := cpinitImage(t)
+	dir := t.TempDir()
+	pristine := filepath.Join(dir, "userdata.pristine")
+	if err := MakeExt4(pristine, 64<<20, "userdata", ""); err != nil {
+		t.Fatal(err)
+	}
+	sysImg := systemImage(t, dir, "system_a")
+	udImg := filepath.Join(dir, "userdata.img")
+	reset := func() {
+		t.Helper()
+		b, err := os.ReadFile(pristine)
+		if err == nil {
+			err = os.WriteFile(udImg, b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	const write = "cpinit.root=LABEL=system_a cpinit.userdata=LABEL=userdata sysinit.action=write sysinit.token=whole"
+	boot := func(m *cachedisk.Machine) (*VM, *cachedisk.Disk) {
+		t.Helper()
+		ud := cacheDisk(t, m, "userdata", udImg)
+		return StartT(t, Options{Kernel: k.Vmlinuz, Initrd: []string{initrd}, Disks: []string{sysImg, ud.URI()}, Append: write}), ud
+	}
+
+	// The uncut boot.
+	reset()
+	m := cachedisk.NewMachine()
+	endMachine(t, m)
+	vm, ud := boot(m)
+	vm.ExpectT(t, `sysinit: wrote cut.txt`, BootTimeout)
+	n, uncut := ud.Flushes(), m.Log()
+	vm.Kill()
+	if _, err := m.Cut(cachedisk.DropAll, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 || len(uncut) < n {
+		t.Fatalf("uncut boot: %d flushes on userdata, log %v", n, uncut)
+	}
+	t.Logf("uncut boot: %d flushes before the token was fsynced: %v", n, uncut[:n])
+
+	for K := 1; K <= n; K++ {
+		reset()
+		m := cachedisk.NewMachine()
+		endMachine(t, m)
+		m.CutAtFlush(K)
+		vm, _ := boot(m)
+		select {
+		case <-m.Reached():
+		case <-time.After(BootTimeout):
+			t.Fatalf("K=%d: flush %d never arrived\n%s", K, K, tail(vm.Output(), 30))
+		}
+		// Nothing is acknowledged any more: the fsync cannot return.
+		if err := vm.ExpectString("sysinit: wrote cut.txt", 3*time.Second); err == nil {
+			t.Fatalf("K=%d: the guest fsynced cut.txt past the cut", K)
+		}
+		vm.Kill()
+		log := m.Log()
+		if len(log) != K-1 {
+			t.Fatalf("K=%d: %d flushes performed, want %d: %v", K, len(log), K-1, log)
+		}
+		for i, r := range log {
+			if r.Seq != uncut[i].Seq || r.Disk != uncut[i].Disk {
+				t.Errorf("K=%d: flush %v, the uncut boot's was %v", K, r, uncut[i])
+			}
+		}
+		res, err := m.Cut(cachedisk.DropAll, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		vm = StartT(t, Options{Kernel: k.Vmlinuz, Initrd: []string{initrd}, Disks: []string{sysImg, udImg},
+			Append: "cpinit.root=LABEL=system_a cpinit.userdata=LABEL=userdata"})
+		vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdb`, BootTimeout)
+		if err := vm.Wait(BootTimeout); err != nil {
+			t.Fatalf("K=%d: the boot after the cut did not power off cleanly: %v\n%s", K, err, tail(vm.Output(), 30))
+		}
+		out := vm.Output()
+		got := "absent"
+		if i := strings.Index(out, "sysinit: cut.txt="); i >= 0 {
+			got = strings.TrimSpace(strings.SplitN(out[i+len("sysinit: cut.txt="):], "\n", 2)[0])
+			if got != `"whole"` {
+				t.Errorf("K=%d: after the cut cut.txt=%s: torn", K, got)
+			}
+		}
+		if !strings.Contains(out, "sysinit: pid=1") {
+			t.Errorf("K=%d: the system did not start after the cut", K)
+		}
+		t.Logf("K=%d: flushes before the cut %v, cache lost %d sectors; next boot: cut.txt %s", K, log, res["userdata"].Cached, got)
 	}
 }
