@@ -240,8 +240,9 @@ func (vm *VM) Wait(timeout time.Duration) error {
 	return vm.err
 }
 
-// Kill cuts the power: SIGKILL to QEMU. Whatever the guest had written to
-// its virtual disks and flushed is in the image files; nothing else is.
+// Kill cuts the power: SIGKILL to QEMU. Whatever the guest had sent to a
+// raw image file is in it, flushed or not; a cachedisk disk keeps its cache
+// until its Machine's Cut decides what survives.
 func (vm *VM) Kill() {
 	vm.mu.Lock()
 	exited := vm.exited
