@@ -33,8 +33,8 @@ func endMachine(t *testing.T, m *cachedisk.Machine) {
 // blocks straight to a scratch disk (O_DIRECT), the first flushed
 // (fdatasync), the second not. Both reached the disks (the second sits in
 // the scratch disk's cache, where a SIGKILL of QEMU over a raw file would
-// have kept it). After a DropAll cut the fsynced token and the flushed block
-// survive and the unflushed block is gone.
+// have kept it, and does: the last boot). After a DropAll cut the fsynced
+// token and the flushed block survive and the unflushed block is gone.
 func TestCacheDiskPowerCut(t *testing.T) {
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
@@ -102,6 +102,23 @@ func TestCacheDiskPowerCut(t *testing.T) {
 	if err := vm.Wait(BootTimeout); err != nil {
 		t.Fatalf("second boot did not power off cleanly: %v", err)
 	}
+
+	// The same on raw files: the kill keeps the unflushed block, which
+	// is why the harness needs cachedisk.
+	vm = StartT(t, Options{
+		Kernel: k.Vmlinuz,
+		Initrd: []string{initrd},
+		Disks:  []string{sysImg, udImg, scImg},
+		Append: "cpinit.root=LABEL=system_a cpinit.userdata=LABEL=userdata sysinit.action=write sysinit.token=again sysinit.rawdev=/dev/vdc sysinit.rawtoken=T99",
+	})
+	vm.ExpectT(t, `sysinit: wrote /dev/vdc synced=4096 unsynced=0`, BootTimeout)
+	vm.Kill()
+	if b, err = os.ReadFile(scImg); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte("unsynced T99\n")) {
+		t.Errorf("a kill over a raw file lost the unflushed block: %q", b[:20])
+	}
 }
 
 // TestCacheDiskCutAtFlush shows the cut at flush K: an uncut boot that
@@ -109,10 +126,10 @@ func TestCacheDiskPowerCut(t *testing.T) {
 // "wrote cut.txt"; then, for every K in 1..N, the same boot from the same
 // images stops at flush K whatever the host's speed: flush K is neither
 // performed nor acknowledged, the guest never gets to "wrote cut.txt", and
-// the flushes before it are the uncut boot's. After a DropAll cut the next
-// boot mounts userdata (the journal replays) and finds cut.txt either absent
-// or whole: ext4's fsync never leaves a torn file behind, even when the
-// cache loses everything after flush K-1.
+// the flushes before it are the uncut boot's. After the cut (DropAll at
+// every K; Subset with two seeds at K=N) the next boot mounts userdata (the journal replays) and finds cut.txt either absent
+// or whole: ext4's fsync never leaves a torn file behind, whatever the cache
+// loses after flush K-1.
 func TestCacheDiskCutAtFlush(t *testing.T) {
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
@@ -156,7 +173,22 @@ func TestCacheDiskCutAtFlush(t *testing.T) {
 	}
 	t.Logf("uncut boot: %d flushes before the token was fsynced: %v", n, uncut[:n])
 
+	type cut struct {
+		K    int
+		mode cachedisk.Mode
+		seed uint64
+	}
+	var cuts []cut
 	for K := 1; K <= n; K++ {
+		cuts = append(cuts, cut{K, cachedisk.DropAll, 0})
+	}
+	// And at the fsync's last flush, two cuts that keep a seeded part of
+	// the cache: there it holds the journal's commit block, 2 sectors,
+	// which seed 1 keeps one of (a torn commit: the journal checksum
+	// rejects it) and seed 5 both (the transaction replays).
+	cuts = append(cuts, cut{n, cachedisk.Subset, 1}, cut{n, cachedisk.Subset, 5})
+	for _, c := range cuts {
+		K := c.K
 		reset()
 		m := cachedisk.NewMachine()
 		endMachine(t, m)
@@ -181,7 +213,7 @@ func TestCacheDiskCutAtFlush(t *testing.T) {
 				t.Errorf("K=%d: flush %v, the uncut boot's was %v", K, r, uncut[i])
 			}
 		}
-		res, err := m.Cut(cachedisk.DropAll, 0)
+		res, err := m.Cut(c.mode, c.seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,6 +235,6 @@ func TestCacheDiskCutAtFlush(t *testing.T) {
 		if !strings.Contains(out, "sysinit: pid=1") {
 			t.Errorf("K=%d: the system did not start after the cut", K)
 		}
-		t.Logf("K=%d: flushes before the cut %v, cache lost %d sectors; next boot: cut.txt %s", K, log, res["userdata"].Cached, got)
+		t.Logf("K=%d %v seed %d: flushes before the cut %v, cache %+v; next boot: cut.txt %s", K, c.mode, c.seed, log, res["userdata"], got)
 	}
 }

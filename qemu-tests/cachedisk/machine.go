@@ -235,23 +235,34 @@ func (d *Disk) serve(c net.Conn) {
 		if err != nil {
 			return
 		}
-		if !d.handle(c, r) {
-			// Cut, or the client disconnected: answer nothing more,
-			// hold the connection until it closes.
+		switch d.handle(c, r) {
+		case hold:
+			// Cut: answer nothing more, hold the connection until
+			// the client goes (QEMU killed) or Cut closes it.
 			io.Copy(io.Discard, c)
+			return
+		case hangUp:
 			return
 		}
 	}
 }
 
-// handle performs one request and replies, under the machine's lock. It
-// returns false when the connection is to answer nothing more.
-func (d *Disk) handle(c net.Conn, r request) bool {
+// What serve does after a request.
+type next int
+
+const (
+	goOn   next = iota
+	hold        // the power is cut: answer nothing more
+	hangUp      // DISC, or the reply could not be sent
+)
+
+// handle performs one request and replies, under the machine's lock.
+func (d *Disk) handle(c net.Conn, r request) next {
 	m := d.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stopped {
-		return false
+		return hold
 	}
 	var errno uint32
 	var data []byte
@@ -266,7 +277,7 @@ func (d *Disk) handle(c net.Conn, r request) bool {
 		if m.flushes == m.cutAt {
 			m.stopped = true
 			close(m.reached)
-			return false
+			return hold
 		}
 		n, err := d.cache.Flush()
 		errno = ioErrno(err, errIO)
@@ -275,15 +286,15 @@ func (d *Disk) handle(c net.Conn, r request) bool {
 			m.log = append(m.log, FlushRecord{Seq: m.flushes, Disk: d.Name, Sectors: n})
 		}
 	case cmdDisc:
-		return false
+		return hangUp
 	default:
 		// TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS, ...: none advertised.
 		errno = errInval
 	}
 	if err := reply(c, r.handle, errno, data); err != nil {
-		return false
+		return hangUp
 	}
-	return true
+	return goOn
 }
 
 // ioErrno maps a cache error to an NBD error: ErrRange to rangeErrno, any

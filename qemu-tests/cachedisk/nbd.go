@@ -137,15 +137,18 @@ func handshake(c net.Conn, size int64) error {
 			if err := optReply(c, opt, repInfo, info); err != nil {
 				return err
 			}
-			// Block sizes: the model works on any byte range (partial
-			// sectors are merged), but 512 keeps clients aligned.
-			bs := make([]byte, 14)
-			binary.BigEndian.PutUint16(bs[0:], infoBlockSize)
-			binary.BigEndian.PutUint32(bs[2:], 1)
-			binary.BigEndian.PutUint32(bs[6:], 4096)
-			binary.BigEndian.PutUint32(bs[10:], 32<<20)
-			if err := optReply(c, opt, repInfo, bs); err != nil {
-				return err
+			if requestsInfo(data, infoBlockSize) {
+				// Block sizes, when asked: any byte range will do
+				// (the model merges partial sectors), 4 KiB
+				// preferred, QEMU's 32 MiB at most.
+				bs := make([]byte, 14)
+				binary.BigEndian.PutUint16(bs[0:], infoBlockSize)
+				binary.BigEndian.PutUint32(bs[2:], 1)
+				binary.BigEndian.PutUint32(bs[6:], 4096)
+				binary.BigEndian.PutUint32(bs[10:], 32<<20)
+				if err := optReply(c, opt, repInfo, bs); err != nil {
+					return err
+				}
 			}
 			if err := optReply(c, opt, repAck, nil); err != nil {
 				return err
@@ -174,6 +177,18 @@ func validGoData(d []byte) bool {
 	}
 	nr := int(binary.BigEndian.Uint16(d[4+nl:]))
 	return len(d) == 4+nl+2+2*nr
+}
+
+// requestsInfo reports whether valid NBD_OPT_GO/INFO data asks for info.
+func requestsInfo(d []byte, info uint16) bool {
+	nl := int(binary.BigEndian.Uint32(d))
+	reqs := d[4+nl+2:]
+	for i := 0; i+1 < len(reqs); i += 2 {
+		if binary.BigEndian.Uint16(reqs[i:]) == info {
+			return true
+		}
+	}
+	return false
 }
 
 func optReply(c net.Conn, opt, typ uint32, data []byte) error {

@@ -223,24 +223,34 @@ func TestNBDCutAtFlush(t *testing.T) {
 	}
 	// Flush 3 hangs: qemu-io waits for its reply until we kill it.
 	q := testutil.LookPath(t, "qemu-io")
-	cmd := exec.Command(q, "-f", "raw", "-t", "writeback", "-c", "write -P 0xcc 4k 4k", "-c", "flush", "-c", "write -P 0xdd 8k 4k", a.URI())
+	cmd := exec.Command("stdbuf", "-oL", q, "-f", "raw", "-t", "writeback",
+		"-c", "write -P 0xcc 4k 4k", "-c", "flush", "-c", "write -P 0xdd 8k 4k", a.URI())
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	select {
 	case <-m.Reached():
+	case err := <-exited:
+		t.Fatalf("qemu-io exited (%v) before flush 3 arrived:\n%s", err, out.String())
 	case <-time.After(60 * time.Second):
 		cmd.Process.Kill()
+		<-exited
 		t.Fatalf("flush 3 never arrived:\n%s", out.String())
 	}
-	time.Sleep(200 * time.Millisecond) // qemu-io must still be waiting
-	if cmd.ProcessState != nil || strings.Contains(out.String(), "flushed") || strings.Contains(out.String(), "8192") {
-		t.Fatalf("qemu-io went on past the cut flush:\n%s", out.String())
+	select {
+	case err := <-exited:
+		t.Fatalf("qemu-io went on past the cut flush (exit %v):\n%s", err, out.String())
+	case <-time.After(500 * time.Millisecond):
 	}
 	cmd.Process.Kill()
-	cmd.Wait()
+	<-exited
+	if o := out.String(); !strings.Contains(o, "wrote 4096/4096 bytes at offset 4096") || strings.Contains(o, "offset 8192") {
+		t.Fatalf("qemu-io should have written at 4096, then waited on the flush:\n%s", o)
+	}
 	if got, want := fmt.Sprint(m.Log()), "[flush 1 a 8 sectors flush 2 b 16 sectors]"; got != want {
 		t.Fatalf("flush log %s, want %s", got, want)
 	}
