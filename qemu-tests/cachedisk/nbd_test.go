@@ -35,6 +35,7 @@ func newImage(t *testing.T, dir, name string) string {
 func qemuIO(t *testing.T, d *Disk, cmds ...string) string {
 	t.Helper()
 	q := testutil.LookPath(t, "qemu-io")
+	testutil.LookPath(t, "stdbuf")
 	// -t writeback: qemu-io's default, writethrough, makes every write
 	// FUA.
 	args := []string{"-f", "raw", "-t", "writeback"}
@@ -223,7 +224,7 @@ func TestNBDCutAtFlush(t *testing.T) {
 	}
 	// Flush 3 hangs: qemu-io waits for its reply until we kill it.
 	q := testutil.LookPath(t, "qemu-io")
-	cmd := exec.Command("stdbuf", "-oL", q, "-f", "raw", "-t", "writeback",
+	cmd := exec.Command(testutil.LookPath(t, "stdbuf"), "-oL", q, "-f", "raw", "-t", "writeback",
 		"-c", "write -P 0xcc 4k 4k", "-c", "flush", "-c", "write -P 0xdd 8k 4k", a.URI())
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
