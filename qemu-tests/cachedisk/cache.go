@@ -79,7 +79,8 @@ func NewCache(back Backing, size int64) (*Cache, error) {
 func (c *Cache) Size() int64 { return c.size }
 
 func (c *Cache) inRange(off int64, n int) bool {
-	return off >= 0 && n >= 0 && off+int64(n) <= c.size
+	// No off+n: a client's offset near 2^63 would overflow it.
+	return off >= 0 && n >= 0 && off <= c.size && int64(n) <= c.size-off
 }
 
 // ReadAt fills p from off: each sector's newest cached version, or the

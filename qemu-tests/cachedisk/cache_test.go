@@ -206,6 +206,9 @@ func TestCacheRange(t *testing.T) {
 	if err := c.Write(sector('x'), SectorSize+1, false); err != ErrRange {
 		t.Errorf("write past the end: %v", err)
 	}
+	if err := c.Write(sector('x'), 1<<63-100, false); err != ErrRange {
+		t.Errorf("write at 2^63-100: %v", err)
+	}
 	if err := c.ReadAt(make([]byte, 1), -1); err != ErrRange {
 		t.Errorf("read at -1: %v", err)
 	}
