@@ -28,6 +28,12 @@ type Machine struct {
 	reached chan struct{} // closed when flush cutAt arrives
 	ended   bool
 	log     []FlushRecord
+	// cutDisk, cutDiskN: cut when that disk's flush number cutDiskN
+	// arrives; cutWhere*: where the cut was reached.
+	cutDisk      string
+	cutDiskN     int
+	cutWhereDisk string
+	cutWhereN    int
 }
 
 // FlushRecord is one performed flush.
@@ -51,7 +57,8 @@ type Disk struct {
 	f       *os.File
 	cache   *Cache
 	ln      net.Listener
-	flushes int
+	flushes int // flushes performed
+	arrived int // flushes that arrived (the one a cut stopped at included)
 	conns   map[net.Conn]bool
 	wg      sync.WaitGroup
 }
@@ -132,6 +139,24 @@ func (m *Machine) CutAtFlush(k int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cutAt = k
+}
+
+// CutAtDiskFlush arms the cut at the n-th flush of the disk named name,
+// counted from 1 on that disk alone: a campaign that targets the flushes
+// of one writer (cpinit's metadata store, misc) hits the same one in every
+// run, whatever other disks flush in between and when. n <= 0 disarms it.
+func (m *Machine) CutAtDiskFlush(name string, n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cutDisk, m.cutDiskN = name, n
+}
+
+// CutWhere says which flush a cut stopped at: the disk and its number on
+// that disk; "" if no cut was reached.
+func (m *Machine) CutWhere() (disk string, n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cutWhereDisk, m.cutWhereN
 }
 
 // Reached is closed when the armed flush arrives.
@@ -274,8 +299,10 @@ func (d *Disk) handle(c net.Conn, r request) next {
 		errno = ioErrno(d.cache.Write(r.data, int64(r.off), r.flags&cmdFlagFUA != 0), errNoSpc)
 	case cmdFlush:
 		m.flushes++
-		if m.flushes == m.cutAt {
+		d.arrived++
+		if m.flushes == m.cutAt || (m.cutDiskN > 0 && d.Name == m.cutDisk && d.arrived == m.cutDiskN) {
 			m.stopped = true
+			m.cutWhereDisk, m.cutWhereN = d.Name, d.arrived
 			close(m.reached)
 			return hold
 		}

@@ -268,3 +268,59 @@ func TestNBDCutAtFlush(t *testing.T) {
 	checkImage(t, a.Image, []region{{0, 4 << 10, []byte{0xaa}}})
 	checkImage(t, b.Image, []region{{0, 8 << 10, []byte{0xbb}}})
 }
+
+// TestNBDCutAtDiskFlush: the cut counted on one disk alone: disk b's second
+// flush, whatever a flushed before and in between (the global count would
+// be 4 here). CutWhere names it.
+func TestNBDCutAtDiskFlush(t *testing.T) {
+	dir := t.TempDir()
+	m := NewMachine()
+	a, err := m.AddDisk("a", newImage(t, dir, "a.img"), filepath.Join(dir, "a.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.AddDisk("b", newImage(t, dir, "b.img"), filepath.Join(dir, "b.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.CutAtDiskFlush("b", 2)
+	qemuIO(t, a, "write -P 0xaa 0 4k", "flush", "abort")
+	qemuIO(t, b, "write -P 0xbb 0 4k", "flush", "abort")
+	qemuIO(t, a, "write -P 0xab 4k 4k", "flush", "abort")
+	select {
+	case <-m.Reached():
+		t.Fatal("cut reached before b's second flush")
+	default:
+	}
+	if d, n := m.CutWhere(); d != "" || n != 0 {
+		t.Fatalf("CutWhere before the cut: %q %d", d, n)
+	}
+	q := testutil.LookPath(t, "qemu-io")
+	cmd := exec.Command(q, "-f", "raw", "-t", "writeback", "-c", "write -P 0xbc 4k 4k", "-c", "flush", b.URI())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-m.Reached():
+	case err := <-exited:
+		t.Fatalf("qemu-io exited (%v) before b's second flush arrived", err)
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatal("b's second flush never arrived")
+	}
+	cmd.Process.Kill()
+	<-exited
+	if d, n := m.CutWhere(); d != "b" || n != 2 {
+		t.Fatalf("CutWhere: %q %d, want b 2", d, n)
+	}
+	if m.Flushes() != 4 {
+		t.Fatalf("%d flushes arrived on the machine, want 4", m.Flushes())
+	}
+	if _, err := m.Cut(DropAll, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkImage(t, b.Image, []region{{0, 4 << 10, []byte{0xbb}}, {4 << 10, 4 << 10, []byte{0x11}}})
+}
