@@ -16,12 +16,14 @@ GO ?= go
 #   xfsprogs         reflinked files for the SHARED-extent test
 #   util-linux       losetup, for the loop-mounted ext4 tests
 #   cpio             to look inside initramfs images by hand
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools
+#   qemu-utils       qemu-io, QEMU's NBD client on the host, for the tests of
+#                    qemu-tests/cachedisk (the disk that loses its cache)
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo test unit vmtest deps kernel initramfs clean bench
+.PHONY: all demo test unit vmtest deps kernel initramfs clean bench soak
 
 all: test
 
@@ -53,6 +55,16 @@ demo: kernel
 test: kernel
 	$(GO) vet ./...
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# The long power-cut campaigns, not part of `make test` (about 40 minutes
+# here): SOAK_CUTS cuts of the cache-losing campaign (TestCacheCut: cuts at
+# counted flushes of the store, misc and userdata, disks that drop their
+# volatile cache, half of the cuts the whole cache) and SOAK_CUTS SIGKILL
+# cuts at seeded times (TestPowerCut). Each prints its seed first; replay
+# with CPINIT_CACHECUT_SEED= / CPINIT_SEED=.
+SOAK_CUTS ?= 200
+soak: kernel
+	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_POWERCUTS=$(SOAK_CUTS) $(GO) test -timeout 4h -v -run 'TestCacheCut$$|TestPowerCut$$' ./qemu-tests
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

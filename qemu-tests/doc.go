@@ -10,6 +10,11 @@
 // again with the same disks. Every QEMU
 // command line is logged so a failing boot can be rerun by hand.
 //
+// A disk that loses its volatile write cache at the cut, as real disks do,
+// is served by qemu-tests/cachedisk (an NBD server of the harness's own):
+// pass its URI in Options.Disks, Kill, then cut with its Machine, at any
+// moment or at flush number K.
+//
 // RunGuestTests (guest.go) runs a package's Go tests inside the guest: it
 // builds the test binary, appends it to a test-only initramfs whose /init is
 // qemu-tests/guestinit, boots, and fails if the tests fail or any of them

@@ -22,8 +22,10 @@ type Options struct {
 	// Append is added to the kernel command line after the harness's own
 	// console parameters.
 	Append string
-	// Disks are raw image files attached as virtio-blk disks, in order:
-	// /dev/vda, /dev/vdb, ...
+	// Disks are attached as virtio-blk disks, in order: /dev/vda,
+	// /dev/vdb, ... Each is a raw image file or an NBD export named by
+	// its URI, nbd+unix:///?socket=PATH (a cachedisk.Disk, whose URI
+	// method gives it: a disk with a volatile write cache).
 	Disks    []string
 	MemoryMB int // default 512
 	// Log receives the serial console as it arrives (in addition to the
@@ -91,8 +93,11 @@ func Start(o Options) (*VM, error) {
 		// to its virtual disk (its own page cache: unflushed data), not
 		// what it had sent without a flush: QEMU emulates no volatile disk
 		// cache, so a power cut here is kinder than on a real disk whose
-		// cache drops unflushed writes. Write ordering bugs that need a
-		// lost disk cache to show are beyond this harness.
+		// cache drops unflushed writes. A disk given as an NBD URI is
+		// served by qemu-tests/cachedisk, which has that cache: QEMU
+		// forwards the guest's flushes to it (cache=writeback shows the
+		// guest a write cache), and cachedisk.Machine.Cut plays the lost
+		// cache after Kill.
 		args = append(args, "-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=d%d,cache=writeback", d, i),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
 	}
@@ -235,8 +240,9 @@ func (vm *VM) Wait(timeout time.Duration) error {
 	return vm.err
 }
 
-// Kill cuts the power: SIGKILL to QEMU. Whatever the guest had written to
-// its virtual disks and flushed is in the image files; nothing else is.
+// Kill cuts the power: SIGKILL to QEMU. Whatever the guest had sent to a
+// raw image file is in it, flushed or not; a cachedisk disk keeps its cache
+// until its Machine's Cut decides what survives.
 func (vm *VM) Kill() {
 	vm.mu.Lock()
 	exited := vm.exited

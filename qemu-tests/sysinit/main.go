@@ -16,7 +16,14 @@
 //	sysinit.action=write             write sysinit.token= to /data/cut.txt,
 //	                                 fsync it and the directory, print
 //	                                 "sysinit: wrote cut.txt", then wait
-//	                                 forever (the host cuts the power)
+//	                                 forever (the host cuts the power);
+//	                                 with sysinit.rawdev=DEV first write
+//	                                 "synced sysinit.rawtoken=" at 4096
+//	                                 of DEV and fdatasync it, then
+//	                                 "unsynced TOKEN" at 0 and no flush
+//	                                 (O_DIRECT: both reach the disk),
+//	                                 and print "sysinit: wrote DEV
+//	                                 synced=4096 unsynced=0"
 //	sysinit.action=ota               the OTA agent of the old slot: run
 //	                                 `cpinit begin --size sysinit.cowsize=`
 //	                                 (and sysinit.beginargs=, comma-separated),
@@ -240,6 +247,12 @@ func run() error {
 			return err
 		}
 		fmt.Println("sysinit: wrote cut.txt")
+		if dev := p["rawdev"]; dev != "" {
+			if err := writeRaw(dev, p["rawtoken"]); err != nil {
+				return err
+			}
+			fmt.Printf("sysinit: wrote %s synced=4096 unsynced=0\n", dev)
+		}
 		for {
 			time.Sleep(time.Hour)
 		}
@@ -428,6 +441,37 @@ func report() error {
 		fmt.Printf("sysinit: %s=%q\n", filepath.Base(f), strings.TrimSpace(string(b)))
 	}
 	return nil
+}
+
+// writeRaw writes two 4 KiB blocks to the block device dev with O_DIRECT, so
+// both go to the disk at once, past the page cache: "synced TOKEN" at 4096,
+// then fdatasync (a flush of the disk's cache), then "unsynced TOKEN" at 0,
+// acknowledged by the disk but never flushed.
+func writeRaw(dev, token string) error {
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// O_DIRECT needs an aligned buffer: a page of its own.
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	block := func(s string, off int64) error {
+		clear(buf)
+		copy(buf, s+"\n")
+		_, err := f.WriteAt(buf, off)
+		return err
+	}
+	if err := block("synced "+token, 4096); err != nil {
+		return err
+	}
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return err
+	}
+	return block("unsynced "+token, 0)
 }
 
 func writeSynced(path, content string) error {

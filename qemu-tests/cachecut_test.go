@@ -1,0 +1,472 @@
+package qemutests
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
+)
+
+// The cache-losing power-cut campaign (TestCacheCut, issue 15). Userdata,
+// the metadata store and misc are served by qemu-tests/cachedisk, a disk
+// with a volatile write cache: at a cut it keeps only what was flushed
+// (DropAll), or for each cached sector any prefix of the versions written
+// since the last flush (Subset, seeded). Cuts are placed at flush
+// boundaries, counted, not timed: "when the n-th flush of disk D arrives",
+// before it is performed. So a cut lands at the same step of cpinit in
+// every run, whatever the host's speed.
+//
+// A reference run of two update cycles (one rolled back, one committed)
+// records, per boot ("phase"), the images before it and the flushes each
+// disk received. The cut points are every flush of the metadata store and
+// of misc (only cpinit writes those: each of its saves and misc writes, in
+// begin, the trial's first boot, commit, rollback, and the merge boot's
+// merge-attempt, merge-done and cleanup), and userdata flushes early, in
+// the middle and late in each boot (the merge's among them). Each cut runs
+// on a copy of the images before its phase; then the device boots until
+// settled, the way the cycle goes on (the update is rolled back, or, in
+// the commit phase, committed), and the checks are: every boot came up on
+// its own (no FATAL), the store is valid, the update's system never ran
+// on rolled-back data and the bootloader picks the slot whose data
+// userdata holds, e2fsck is clean, the COW file is gone, and userdata is
+// byte for byte the checkpoint (rollback) or exactly what the update had
+// synced before its commit.
+//
+// Flags (or environment variables):
+//
+//	-cachecuts N       (CPINIT_CACHECUTS)    cuts to make; default 50: a
+//	                                         round of every cut point (44
+//	                                         today) and the start of the
+//	                                         next, modes alternating
+//	-cachecut.seed S   (CPINIT_CACHECUT_SEED) seed; default from the clock
+//
+// The seed is printed first; it draws the Subset choices and the userdata
+// flushes of the later rounds, so a failure reproduces from it (the cut
+// points are counted flushes, not times).
+var (
+	flagCacheCuts = flag.Int("cachecuts", envInt("CPINIT_CACHECUTS", 50), "TestCacheCut: power cuts to make")
+	flagCacheSeed = flag.Uint64("cachecut.seed", uint64(envInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut: seed (0: from the clock)")
+)
+
+// The disks served by cachedisk, by their names in the flush log.
+const (
+	ccUserdata = "userdata"
+	ccMetadata = "metadata"
+	ccMisc     = "misc"
+)
+
+// ccPhase is one boot of a reference cycle.
+type ccPhase struct {
+	cycle  string // "rollback" or "commit"
+	name   string // begin, trial, rollback, merge, commit
+	slot   int    // the slot the bootloader picks for it
+	action string // the slot's sysinit parameters
+	dir    string // the images before this boot
+	// flushes per disk in the reference boot, and the sectors each made
+	// durable (sectors[disk][n-1] for the n-th)
+	flushes map[string]int
+	sectors map[string][]int
+}
+
+// ccPoint is one cut: the n-th flush of disk in phase, and how the cache is
+// lost.
+type ccPoint struct {
+	phase *ccPhase
+	disk  string
+	n     int
+	mode  cachedisk.Mode
+	seed  uint64
+}
+
+func (p ccPoint) String() string {
+	return fmt.Sprintf("%s/%s %s flush %d/%d %s", p.phase.cycle, p.phase.name, p.disk, p.n, p.phase.flushes[p.disk], p.mode)
+}
+
+// ccRef is the reference run's outcome.
+type ccRef struct {
+	before Manifest // userdata before the update
+	after  Manifest // userdata after the committed update
+	phases []*ccPhase
+}
+
+// ccStats counts the cuts by phase and where they landed.
+type ccStats struct {
+	mu      sync.Mutex
+	byPhase map[string]int
+	dropAll int
+	missed  int
+	points  map[string]int
+}
+
+func TestCacheCut(t *testing.T) {
+	seed := *flagCacheSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano()) & (1<<53 - 1)
+	}
+	total := max(*flagCacheCuts, 1)
+	t.Logf("cache-cut campaign: seed %d (replay: -cachecut.seed=%d or CPINIT_CACHECUT_SEED=%d), %d cuts", seed, seed, seed, total)
+	start := time.Now()
+	ref := ccReference(t)
+	points, round := ccPoints(ref, total, seed)
+	t.Logf("%d cut points in a round (every store and misc flush of cpinit's, userdata's first, middle and last of each boot); %d cuts", round, len(points))
+	if total < round {
+		t.Logf("NOTE: %d cuts do not cover a round of %d points (-cachecuts)", total, round)
+	}
+	st := &ccStats{byPhase: map[string]int{}, points: map[string]int{}}
+	t.Run("cuts", func(t *testing.T) {
+		for i, p := range points {
+			t.Run(fmt.Sprintf("%02d-%s-%s-%s-%d-%s", i, p.phase.cycle, p.phase.name, p.disk, p.n, p.mode), func(t *testing.T) {
+				t.Parallel()
+				ccCut(t, ref, p, st)
+			})
+		}
+	})
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	t.Logf("seed %d: %d cuts (%d DropAll, %d Subset), %d past the boot's end, %s", seed, len(points), st.dropAll, len(points)-st.dropAll, st.missed, time.Since(start).Round(time.Second))
+	var keys []string
+	for k := range st.byPhase {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		t.Logf("  %-18s %3d cuts", k, st.byPhase[k])
+	}
+}
+
+// ccReference runs the two cycles uncut on cachedisk, keeping the images
+// before each boot and its flush counts.
+func ccReference(t *testing.T) *ccRef {
+	t.Helper()
+	ref := &ccRef{}
+	for _, cycle := range []string{"rollback", "commit"} {
+		d := newABDevice(t, 51)
+		if cycle == "rollback" {
+			ref.before = manifest(t, d)
+		}
+		phases := []*ccPhase{
+			{cycle: cycle, name: "begin", slot: 0, action: "sysinit.action=ota sysinit.cowsize=48M"},
+			{cycle: cycle, name: "trial", slot: 1, action: "sysinit.action=workload sysinit.seed=51 sysinit.mib=8"},
+		}
+		if cycle == "rollback" {
+			phases = append(phases,
+				&ccPhase{cycle: cycle, name: "rollback", slot: 1, action: "sysinit.action=cmd sysinit.args=rollback"},
+				&ccPhase{cycle: cycle, name: "merge", slot: 0, action: "sysinit.action=report"})
+		} else {
+			phases = append(phases,
+				&ccPhase{cycle: cycle, name: "commit", slot: 1, action: "sysinit.action=cmd sysinit.args=commit"})
+		}
+		for _, ph := range phases {
+			ph.dir = t.TempDir()
+			ccSave(t, d, ph.dir)
+			vm, m, slot := ccBoot(t, d, ph.action, nil)
+			if slot != ph.slot {
+				t.Fatalf("reference %s/%s: the bootloader picked slot %d, want %d", cycle, ph.name, slot, ph.slot)
+			}
+			if err := vm.Wait(slotBootTimeout); err != nil {
+				t.Fatalf("reference %s/%s: %v\n--- console ---\n%s", cycle, ph.name, err, tail(vm.Output(), 60))
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			ccConsoleOK(t, vm.Output(), fmt.Sprintf("reference %s/%s", cycle, ph.name))
+			ph.flushes, ph.sectors = map[string]int{}, map[string][]int{}
+			for _, f := range m.Log() {
+				ph.flushes[f.Disk]++
+				ph.sectors[f.Disk] = append(ph.sectors[f.Disk], f.Sectors)
+			}
+			t.Logf("reference %s/%s: flushes %v, sectors made durable %v; record after: %s", cycle, ph.name, ph.flushes, ph.sectors, recStringOf(t, d))
+			ref.phases = append(ref.phases, ph)
+		}
+		r := wantRecord(t, d, bootstate.StateFresh)
+		if r.COWPath != "" || r.TargetSlot != "" {
+			t.Fatalf("reference %s cycle did not settle: %s", cycle, recString(*r))
+		}
+		if cycle == "commit" {
+			ref.after = manifest(t, d)
+			if len(ref.after.Diff(ref.before, 1)) == 0 {
+				t.Fatal("the committed update changed nothing in userdata")
+			}
+		} else if diff := manifest(t, d).Diff(ref.before, 10); len(diff) > 0 {
+			t.Fatalf("the reference rollback did not restore userdata:\n%s", strings.Join(diff, "\n"))
+		}
+	}
+	return ref
+}
+
+// ccPoints chooses the cuts: every flush of the metadata store and of misc
+// in every phase that made something durable, and userdata's first, middle
+// and last such flush of each phase, in rounds until there are total. It
+// returns them and the size of a round.
+func ccPoints(ref *ccRef, total int, seed uint64) ([]ccPoint, int) {
+	rng := rand.New(rand.NewPCG(seed, 0xcc))
+	var all []ccPoint
+	seen := map[string]bool{}
+	for _, ph := range ref.phases {
+		if ph.cycle == "commit" && ph.name != "commit" {
+			continue // begin and trial are the rollback cycle's
+		}
+		// Every flush that made something of the store or misc durable:
+		// cpinit's saves and misc writes. (A flush with nothing cached,
+		// such as QEMU's own at exit, is no step of cpinit's.)
+		for _, disk := range []string{ccMetadata, ccMisc} {
+			for n := 1; n <= ph.flushes[disk]; n++ {
+				if ph.sectors[disk][n-1] > 0 {
+					all = append(all, ccPoint{phase: ph, disk: disk, n: n})
+				}
+			}
+		}
+		// Userdata's writers are the filesystem, the system and the
+		// kernel's merge: its first, middle and last flush with data.
+		var ud []int
+		for n, sec := range ph.sectors[ccUserdata] {
+			if sec > 0 {
+				ud = append(ud, n+1)
+			}
+		}
+		if u := len(ud); u > 0 {
+			for _, i := range []int{0, u / 2, u - 1} {
+				if k := fmt.Sprintf("%p/%d", ph, ud[i]); !seen[k] {
+					seen[k] = true
+					all = append(all, ccPoint{phase: ph, disk: ccUserdata, n: ud[i]})
+				}
+			}
+		}
+	}
+	// Rounds over all points; the mode alternates along a round and from
+	// one round to the next, so two rounds cut every point both ways and
+	// at least half the cuts drop the whole cache. After the first round,
+	// userdata's points move to other flushes of the same boot.
+	var out []ccPoint
+	for r := 0; len(out) < total; r++ {
+		for i, p := range all {
+			if len(out) == total {
+				break
+			}
+			if r > 0 && p.disk == ccUserdata {
+				var ud []int
+				for n, sec := range p.phase.sectors[ccUserdata] {
+					if sec > 0 {
+						ud = append(ud, n+1)
+					}
+				}
+				p.n = ud[rng.IntN(len(ud))]
+			}
+			p.mode = cachedisk.Mode((i + r) % 2)
+			p.seed = rng.Uint64()
+			out = append(out, p)
+		}
+	}
+	return out, len(all)
+}
+
+// ccCut makes one cut and checks the device settles.
+func ccCut(t *testing.T, ref *ccRef, p ccPoint, st *ccStats) {
+	d := newABDevice(t, 51) // fresh system images; the state comes from the phase's copy
+	ccLoad(t, d, p.phase.dir)
+	cut := &p
+	vm, m, slot := ccBoot(t, d, p.phase.action, cut)
+	if slot != p.phase.slot {
+		t.Fatalf("the bootloader picked slot %d, want %d", slot, p.phase.slot)
+	}
+	missed := false
+	select {
+	case <-m.Reached():
+		vm.Kill()
+	case <-ccExited(vm):
+		missed = true // the boot ended before that flush
+	}
+	res, err := m.Cut(p.mode, p.seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, n := m.CutWhere()
+	lost := 0
+	for _, r := range res {
+		lost += r.Cached - r.Persisted
+	}
+	out := vm.Output()
+	ccConsoleOK(t, out, "the cut boot")
+	t.Logf("cut %s: landed at %s flush %d (missed=%v), %d cached sectors lost; record now %s; last console line %q",
+		p, disk, n, missed, lost, recStringOf(t, d), lastLine(out))
+	st.mu.Lock()
+	st.byPhase[p.phase.cycle+"/"+p.phase.name]++
+	if p.mode == cachedisk.DropAll {
+		st.dropAll++
+	}
+	if missed {
+		st.missed++
+	}
+	st.mu.Unlock()
+	goal := p.phase.cycle
+	if p.phase.name == "begin" || p.phase.name == "trial" {
+		goal = "rollback"
+	}
+	ccSettle(t, d, ref, goal)
+}
+
+// ccSettle boots (plain image files: every boot now ends cleanly) until the
+// cycle is over, driving it to goal the way a device would go on: the
+// update's slot is aborted from the boot menu (cpinit.abort=1, rollback) or
+// commits at its next boot (`cpinit commit --if-trial`, commit). Then the
+// checks.
+func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
+	t.Helper()
+	d.Slot[0] = "sysinit.action=report"
+	d.Slot[1] = "sysinit.action=report"
+	extraB := "cpinit.abort=1"
+	if goal == "commit" {
+		d.Slot[1] = "sysinit.action=cmd sysinit.args=commit,--if-trial"
+		extraB = ""
+	}
+	for boot := 0; ; boot++ {
+		r, err := d.Record()
+		if err != nil && !strings.Contains(err.Error(), "blank") {
+			t.Fatalf("metadata store after the cut: %v", err)
+		}
+		if boot > 0 && r != nil && r.State == bootstate.StateFresh && r.COWPath == "" && r.TargetSlot == "" {
+			break
+		}
+		if boot == 8 {
+			t.Fatalf("not settled after %d boots: %s", boot, recStringOf(t, d))
+		}
+		bc, err := d.ReadMisc()
+		if err != nil {
+			t.Fatalf("misc after the cut: %v", err)
+		}
+		next := *bc
+		extra := ""
+		if next.BootloaderSelect() == 1 {
+			extra = extraB
+		}
+		vm, slot := d.Boot(t, extra)
+		if err := vm.Wait(slotBootTimeout); err != nil {
+			t.Fatalf("settle boot %d (slot %d): %v\n--- console ---\n%s", boot, slot, err, tail(vm.Output(), 60))
+		}
+		out := vm.Output()
+		ccConsoleOK(t, out, fmt.Sprintf("settle boot %d (slot %d)", boot, slot))
+		if goal == "rollback" && slot == 1 && strings.Contains(out, "sysinit: pid=1") {
+			// Every boot of the update's slot carries cpinit.abort=1:
+			// cpinit rolls back (or cancels) and reboots into the old
+			// slot, or finds the rollback done and does the same.
+			t.Fatalf("settle boot %d: the update's system started on the way to a rollback (record was %s)\n--- console ---\n%s", boot, recStringOf(t, d), tail(out, 40))
+		}
+	}
+	if exists, err := d.COWFileExists(); err != nil || exists {
+		t.Fatalf("COW file still in userdata after settling (err %v)", err)
+	}
+	got := manifest(t, d) // e2fsck -fn first
+	want, pick := ref.before, 0
+	if goal == "commit" {
+		want, pick = ref.after, 1
+	}
+	if diff := got.Diff(want, 10); len(diff) > 0 {
+		t.Fatalf("userdata after settling (%s) differs from what it must be:\n%s", goal, strings.Join(diff, "\n"))
+	}
+	bc, err := d.ReadMisc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := bc.BootloaderSelect(); s != pick {
+		t.Fatalf("the bootloader's next pick is slot %d, want %d after the %s (misc %+v)", s, pick, goal, bc.Slots[:2])
+	}
+}
+
+// ccBoot boots the slot the bootloader picks with userdata, the metadata
+// store and misc served by a new cachedisk machine, armed with cut.
+func ccBoot(t *testing.T, d *ABDevice, action string, cut *ccPoint) (*VM, *cachedisk.Machine, int) {
+	t.Helper()
+	slot, err := d.SelectSlot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Slot[slot] = action
+	sock, err := os.MkdirTemp("", "cc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sock) })
+	m := cachedisk.NewMachine()
+	t.Cleanup(func() { m.Close() })
+	o := d.Options(slot, "no_timer_check")
+	for i, disk := range []struct{ name, image string }{{ccUserdata, d.Userdata}, {ccMetadata, d.Metadata}, {ccMisc, d.Misc}} {
+		cd, err := m.AddDisk(disk.name, disk.image, filepath.Join(sock, disk.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Disks[2+i] = cd.URI()
+	}
+	if cut != nil {
+		m.CutAtDiskFlush(cut.disk, cut.n)
+	}
+	vm := StartT(t, o)
+	return vm, m, slot
+}
+
+// ccExited is closed when the VM has exited.
+func ccExited(vm *VM) <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		vm.Wait(slotBootTimeout)
+		close(c)
+	}()
+	return c
+}
+
+// ccConsoleOK fails on what no boot may show.
+func ccConsoleOK(t *testing.T, out, what string) {
+	t.Helper()
+	for _, bad := range []string{"FATAL", "sysinit: error", "WARNING", "Kernel panic", "cmd exit=exit status"} {
+		if strings.Contains(out, bad) {
+			t.Fatalf("%s shows %q\n--- console ---\n%s", what, bad, tail(out, 60))
+		}
+	}
+}
+
+// ccSave and ccLoad copy the state images (userdata, store, misc).
+func ccSave(t *testing.T, d *ABDevice, dir string) {
+	t.Helper()
+	for _, p := range []string{d.Userdata, d.Metadata, d.Misc} {
+		copyFile(t, p, filepath.Join(dir, filepath.Base(p)))
+	}
+}
+
+func ccLoad(t *testing.T, d *ABDevice, dir string) {
+	t.Helper()
+	for _, p := range []string{d.Userdata, d.Metadata, d.Misc} {
+		copyFile(t, filepath.Join(dir, filepath.Base(p)), p)
+	}
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func recStringOf(t *testing.T, d *ABDevice) string {
+	r, err := d.Record()
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return recString(*r)
+}
+
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimRight(out, "\r\n"), "\n")
+	return strings.TrimRight(lines[len(lines)-1], "\r")
+}
