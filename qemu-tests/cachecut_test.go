@@ -19,8 +19,8 @@ import (
 // The cache-losing power-cut campaign (TestCacheCut, issue 15). Userdata,
 // the metadata store and misc are served by qemu-tests/cachedisk, a disk
 // with a volatile write cache: at a cut it keeps only what was flushed
-// (DropAll), or for each cached sector any prefix of the versions written
-// since the last flush (Subset, seeded). Cuts are placed at flush
+// (DropAll), or for each cached 4 KiB block any prefix of the versions
+// written since the last flush (Subset, seeded). Cuts are placed at flush
 // boundaries, counted, not timed: "when the n-th flush of disk D arrives",
 // before it is performed. So a cut lands at the same step of cpinit in
 // every run, whatever the host's speed.
@@ -397,6 +397,13 @@ func ccBoot(t *testing.T, d *ABDevice, action string, cut *ccPoint) (*VM, *cache
 	t.Cleanup(func() { os.RemoveAll(sock) })
 	m := cachedisk.NewMachine()
 	t.Cleanup(func() { m.Close() })
+	// The disks of the devices cpinit targets (eMMC, UFS, NVMe, 512e and
+	// 4Kn disks) write an aligned 4 KiB block whole or not at all, and
+	// ext4 relies on it: with 512-byte units a cut tore its superblock
+	// (1 KiB inside block 0, checksummed) at a boot's first flush and the
+	// next mount failed "bad message" (seed 3976630223851722), with or
+	// without cpinit.
+	m.SetAtomicUnit(cachedisk.AtomicUnit4K)
 	o := d.Options(slot, "no_timer_check")
 	for i, disk := range []struct{ name, image string }{{ccUserdata, d.Userdata}, {ccMetadata, d.Metadata}, {ccMisc, d.Misc}} {
 		cd, err := m.AddDisk(disk.name, disk.image, filepath.Join(sock, disk.name))

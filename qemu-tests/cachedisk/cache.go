@@ -18,9 +18,18 @@ import (
 	"sort"
 )
 
-// SectorSize is the unit of the model: a sector is written back whole or
-// not at all.
+// SectorSize is the default unit of the model, a logical sector: a unit is
+// written back whole or not at all. A Cache may use a larger unit
+// (NewCacheUnit, Machine.SetAtomicUnit).
 const SectorSize = 512
+
+// AtomicUnit4K is the unit of 512e and 4Kn disks' physical sectors and of
+// flash pages: an aligned 4 KiB block is written whole or not at all.
+// Filesystems rely on it: ext4's superblock (1 KiB inside block 0) carries
+// a checksum that a torn write breaks, and the kernel then refuses to
+// mount until e2fsck repairs it (TestCacheCut found this with 512-byte
+// units at the first flush of a boot's first mount).
+const AtomicUnit4K = 4096
 
 // Backing is the durable medium under a Cache (an *os.File for a disk, a
 // byte slice in the unit tests).
@@ -58,6 +67,7 @@ func (m Mode) String() string {
 type Cache struct {
 	back Backing
 	size int64
+	unit int64 // bytes written back whole or not at all
 	// dirty holds, per sector, the versions written since the last flush,
 	// oldest first. A sector absent from it reads from back.
 	dirty map[int64][][]byte
@@ -67,12 +77,22 @@ type Cache struct {
 var ErrRange = errors.New("cachedisk: access beyond the end of the disk")
 
 // NewCache returns an empty cache over back, a disk of size bytes (a
-// multiple of SectorSize).
+// multiple of SectorSize), with SectorSize as its unit.
 func NewCache(back Backing, size int64) (*Cache, error) {
-	if size <= 0 || size%SectorSize != 0 {
-		return nil, fmt.Errorf("cachedisk: disk size %d is not a positive multiple of %d", size, SectorSize)
+	return NewCacheUnit(back, size, SectorSize)
+}
+
+// NewCacheUnit is NewCache with another unit (a multiple of SectorSize
+// dividing size): writes smaller than a unit are merged into it, and a cut
+// keeps or drops each unit whole.
+func NewCacheUnit(back Backing, size, unit int64) (*Cache, error) {
+	if unit < SectorSize || unit%SectorSize != 0 {
+		return nil, fmt.Errorf("cachedisk: unit %d is not a multiple of %d", unit, SectorSize)
 	}
-	return &Cache{back: back, size: size, dirty: map[int64][][]byte{}}, nil
+	if size <= 0 || size%unit != 0 {
+		return nil, fmt.Errorf("cachedisk: disk size %d is not a positive multiple of %d", size, unit)
+	}
+	return &Cache{back: back, size: size, unit: unit, dirty: map[int64][][]byte{}}, nil
 }
 
 // Size is the disk's size in bytes.
@@ -99,21 +119,21 @@ func (c *Cache) ReadAt(p []byte, off int64) error {
 		return nil
 	}
 	end := off + int64(len(p))
-	for s := off / SectorSize; s*SectorSize < end; s++ {
+	for s := off / c.unit; s*c.unit < end; s++ {
 		v, ok := c.dirty[s]
 		if !ok {
 			continue
 		}
-		overlay(p, off, v[len(v)-1], s)
+		overlay(p, off, v[len(v)-1], s, c.unit)
 	}
 	return nil
 }
 
-// overlay copies the part of sector s (content sec) that falls in p, which
-// starts at byte off of the disk.
-func overlay(p []byte, off int64, sec []byte, s int64) {
-	lo, hi := max(s*SectorSize, off), min((s+1)*SectorSize, off+int64(len(p)))
-	copy(p[lo-off:hi-off], sec[lo-s*SectorSize:hi-s*SectorSize])
+// overlay copies the part of unit s (content sec, unit bytes) that falls in
+// p, which starts at byte off of the disk.
+func overlay(p []byte, off int64, sec []byte, s, unit int64) {
+	lo, hi := max(s*unit, off), min((s+1)*unit, off+int64(len(p)))
+	copy(p[lo-off:hi-off], sec[lo-s*unit:hi-s*unit])
 }
 
 // Write writes p at off. Without fua the data goes to the cache: each sector
@@ -128,23 +148,23 @@ func (c *Cache) Write(p []byte, off int64, fua bool) error {
 	if len(p) == 0 {
 		return nil
 	}
-	first, end := off/SectorSize, (off+int64(len(p))+SectorSize-1)/SectorSize
+	first, end := off/c.unit, (off+int64(len(p))+c.unit-1)/c.unit
 	// One slab for all the new versions; whole sectors, so partial ones
 	// start from their current content.
-	slab := make([]byte, (end-first)*SectorSize)
-	if off%SectorSize != 0 {
-		if err := c.ReadAt(slab[:SectorSize], first*SectorSize); err != nil {
+	slab := make([]byte, (end-first)*c.unit)
+	if off%c.unit != 0 {
+		if err := c.ReadAt(slab[:c.unit], first*c.unit); err != nil {
 			return err
 		}
 	}
-	if last := end - 1; (off+int64(len(p)))%SectorSize != 0 && (last != first || off%SectorSize == 0) {
-		if err := c.ReadAt(slab[len(slab)-SectorSize:], last*SectorSize); err != nil {
+	if last := end - 1; (off+int64(len(p)))%c.unit != 0 && (last != first || off%c.unit == 0) {
+		if err := c.ReadAt(slab[int64(len(slab))-c.unit:], last*c.unit); err != nil {
 			return err
 		}
 	}
-	copy(slab[off-first*SectorSize:], p)
+	copy(slab[off-first*c.unit:], p)
 	if fua {
-		if _, err := c.back.WriteAt(slab, first*SectorSize); err != nil {
+		if _, err := c.back.WriteAt(slab, first*c.unit); err != nil {
 			return err
 		}
 		for s := first; s < end; s++ {
@@ -153,8 +173,8 @@ func (c *Cache) Write(p []byte, off int64, fua bool) error {
 		return nil
 	}
 	for s := first; s < end; s++ {
-		i := (s - first) * SectorSize
-		c.dirty[s] = append(c.dirty[s], slab[i:i+SectorSize:i+SectorSize])
+		i := (s - first) * c.unit
+		c.dirty[s] = append(c.dirty[s], slab[i:i+c.unit:i+c.unit])
 	}
 	return nil
 }
@@ -179,7 +199,7 @@ func (c *Cache) writeBack(pick func([][]byte) []byte) error {
 		if len(run) == 0 {
 			return nil
 		}
-		_, err := c.back.WriteAt(run, runStart*SectorSize)
+		_, err := c.back.WriteAt(run, runStart*c.unit)
 		run = run[:0]
 		return err
 	}
@@ -188,7 +208,7 @@ func (c *Cache) writeBack(pick func([][]byte) []byte) error {
 		if sec == nil {
 			continue
 		}
-		if len(run) > 0 && runStart+int64(len(run)/SectorSize) != s {
+		if len(run) > 0 && runStart+int64(len(run))/c.unit != s {
 			if err := flush(); err != nil {
 				return err
 			}

@@ -216,3 +216,43 @@ func TestCacheRange(t *testing.T) {
 		t.Error("a size that is not a multiple of 512 was accepted")
 	}
 }
+
+// TestCacheUnit4K: with a 4 KiB unit, writes of single sectors are merged
+// into their unit, and a Subset cut keeps each unit at one of its versions
+// as written: never the second sector's new data without the first's,
+// which a 512-byte unit allows (a torn 4 KiB block).
+func TestCacheUnit4K(t *testing.T) {
+	seen := map[string]bool{}
+	for seed := uint64(0); seed < 64; seed++ {
+		m := make(mem, 2*AtomicUnit4K)
+		c, err := NewCacheUnit(m, int64(len(m)), AtomicUnit4K)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, c, sector('a'), 0, false)
+		write(t, c, sector('b'), SectorSize, false)
+		if got := read(t, c, 0, 2*SectorSize); !bytes.Equal(got, append(sector('a'), sector('b')...)) {
+			t.Fatalf("read back %q", got[:4])
+		}
+		r, err := c.Cut(Subset, rand.New(rand.NewPCG(seed, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Cached != 1 {
+			t.Fatalf("cached units %d, want 1", r.Cached)
+		}
+		state := string([]byte{m[0], m[SectorSize]})
+		switch state {
+		case "\x00\x00", "a\x00", "ab":
+		default:
+			t.Fatalf("seed %d: unit holds %q: torn inside the unit", seed, state)
+		}
+		seen[state] = true
+	}
+	if len(seen) != 3 {
+		t.Errorf("states seen %v, want all three (old, first write, both)", seen)
+	}
+	if _, err := NewCacheUnit(mem(make([]byte, 6144)), 6144, AtomicUnit4K); err == nil {
+		t.Error("a disk that is not whole units accepted")
+	}
+}

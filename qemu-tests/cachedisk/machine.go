@@ -34,6 +34,7 @@ type Machine struct {
 	cutDiskN     int
 	cutWhereDisk string
 	cutWhereN    int
+	unit         int64 // the disks' atomic unit (0: SectorSize)
 }
 
 // FlushRecord is one performed flush.
@@ -80,7 +81,11 @@ func (m *Machine) AddDisk(name, image, socket string) (*Disk, error) {
 		f.Close()
 		return nil, err
 	}
-	cache, err := NewCache(f, st.Size())
+	unit := m.unit
+	if unit == 0 {
+		unit = SectorSize
+	}
+	cache, err := NewCacheUnit(f, st.Size(), unit)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", image, err)
@@ -139,6 +144,14 @@ func (m *Machine) CutAtFlush(k int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cutAt = k
+}
+
+// SetAtomicUnit makes the disks added from now on write back units of n
+// bytes whole or not at all (NewCacheUnit); SectorSize by default.
+func (m *Machine) SetAtomicUnit(n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unit = n
 }
 
 // CutAtDiskFlush arms the cut at the n-th flush of the disk named name,
