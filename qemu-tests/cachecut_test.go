@@ -96,6 +96,9 @@ type ccRef struct {
 	before Manifest // userdata before the update
 	after  Manifest // userdata after the committed update
 	phases []*ccPhase
+	// device: the rollback cycle's device, whose system images every
+	// cut's device copies (they are only ever mounted read-only)
+	device *ABDevice
 }
 
 // ccStats counts the cuts by phase and where they landed.
@@ -151,7 +154,7 @@ func ccReference(t *testing.T) *ccRef {
 	for _, cycle := range []string{"rollback", "commit"} {
 		d := newABDevice(t, 51)
 		if cycle == "rollback" {
-			ref.before = manifest(t, d)
+			ref.before, ref.device = manifest(t, d), d
 		}
 		phases := []*ccPhase{
 			{cycle: cycle, name: "begin", slot: 0, action: "sysinit.action=ota sysinit.cowsize=48M"},
@@ -271,8 +274,7 @@ func ccPoints(ref *ccRef, total int, seed uint64) ([]ccPoint, int) {
 
 // ccCut makes one cut and checks the device settles.
 func ccCut(t *testing.T, ref *ccRef, p ccPoint, st *ccStats) {
-	d := newABDevice(t, 51) // fresh system images; the state comes from the phase's copy
-	ccLoad(t, d, p.phase.dir)
+	d := ccDevice(t, ref.device, p.phase.dir)
 	cut := &p
 	vm, m, slot := ccBoot(t, d, p.phase.action, cut)
 	if slot != p.phase.slot {
@@ -439,7 +441,7 @@ func ccConsoleOK(t *testing.T, out, what string) {
 	}
 }
 
-// ccSave and ccLoad copy the state images (userdata, store, misc).
+// ccSave keeps the state images (userdata, store, misc) in dir.
 func ccSave(t *testing.T, d *ABDevice, dir string) {
 	t.Helper()
 	for _, p := range []string{d.Userdata, d.Metadata, d.Misc} {
@@ -447,22 +449,23 @@ func ccSave(t *testing.T, d *ABDevice, dir string) {
 	}
 }
 
-func ccLoad(t *testing.T, d *ABDevice, dir string) {
+// ccDevice is a device of its own for one cut: ref's system images, and
+// userdata, store and misc as ccSave kept them in dir.
+func ccDevice(t *testing.T, ref *ABDevice, dir string) *ABDevice {
 	t.Helper()
-	for _, p := range []string{d.Userdata, d.Metadata, d.Misc} {
-		copyFile(t, filepath.Join(dir, filepath.Base(p)), p)
+	c := *ref
+	c.Dir = t.TempDir()
+	cp := func(src, name string) string {
+		dst := filepath.Join(c.Dir, name)
+		copyFile(t, src, dst)
+		return dst
 	}
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
+	c.Systems = [2]string{cp(ref.Systems[0], filepath.Base(ref.Systems[0])), cp(ref.Systems[1], filepath.Base(ref.Systems[1]))}
+	for _, p := range []*string{&c.Userdata, &c.Metadata, &c.Misc} {
+		name := filepath.Base(*p)
+		*p = cp(filepath.Join(dir, name), name)
 	}
-	if err := os.WriteFile(dst, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	return &c
 }
 
 func recStringOf(t *testing.T, d *ABDevice) string {

@@ -23,26 +23,32 @@ func cloneABDevice(t *testing.T, d *ABDevice) *ABDevice {
 	c.Dir = t.TempDir()
 	cp := func(src string) string {
 		dst := filepath.Join(c.Dir, filepath.Base(src))
-		in, err := os.Open(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer in.Close()
-		out, err := os.Create(dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			t.Fatal(err)
-		}
-		if err := out.Close(); err != nil {
-			t.Fatal(err)
-		}
+		copyFile(t, src, dst)
 		return dst
 	}
 	c.Systems = [2]string{cp(d.Systems[0]), cp(d.Systems[1])}
 	c.Userdata, c.Metadata, c.Misc = cp(d.Userdata), cp(d.Metadata), cp(d.Misc)
 	return &c
+}
+
+// copyFile copies an image file.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // cutAt boots the slot the bootloader picks with extra kernel parameters,

@@ -29,6 +29,22 @@ func newImage(t *testing.T, dir, name string) string {
 	return p
 }
 
+// twoDisks is a machine of two fresh disks, a and b, sharing its flush
+// counter.
+func twoDisks(t *testing.T) (*Machine, *Disk, *Disk) {
+	t.Helper()
+	dir := t.TempDir()
+	m := NewMachine()
+	var d [2]*Disk
+	for i, name := range []string{"a", "b"} {
+		var err error
+		if d[i], err = m.AddDisk(name, newImage(t, dir, name+".img"), filepath.Join(dir, name+".sock")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m, d[0], d[1]
+}
+
 // qemuIO runs qemu-io on d with the commands, each -c, and returns its
 // output. A last command "abort" crashes it (SIGABRT, no core file): no
 // flush on the way out.
@@ -201,16 +217,7 @@ func TestNBDQemuIOSubset(t *testing.T) {
 // waits for it until killed), and DropAll then keeps what the first two made
 // durable.
 func TestNBDCutAtFlush(t *testing.T) {
-	dir := t.TempDir()
-	m := NewMachine()
-	a, err := m.AddDisk("a", newImage(t, dir, "a.img"), filepath.Join(dir, "a.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := m.AddDisk("b", newImage(t, dir, "b.img"), filepath.Join(dir, "b.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, a, b := twoDisks(t)
 	m.CutAtFlush(3)
 	qemuIO(t, a, "write -P 0xaa 0 4k", "flush", "abort")
 	qemuIO(t, b, "write -P 0xbb 0 8k", "flush", "abort")
@@ -273,16 +280,7 @@ func TestNBDCutAtFlush(t *testing.T) {
 // flush, whatever a flushed before and in between (the global count would
 // be 4 here). CutWhere names it.
 func TestNBDCutAtDiskFlush(t *testing.T) {
-	dir := t.TempDir()
-	m := NewMachine()
-	a, err := m.AddDisk("a", newImage(t, dir, "a.img"), filepath.Join(dir, "a.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := m.AddDisk("b", newImage(t, dir, "b.img"), filepath.Join(dir, "b.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, a, b := twoDisks(t)
 	m.CutAtDiskFlush("b", 2)
 	qemuIO(t, a, "write -P 0xaa 0 4k", "flush", "abort")
 	qemuIO(t, b, "write -P 0xbb 0 4k", "flush", "abort")
