@@ -56,15 +56,19 @@ test: kernel
 	$(GO) vet ./...
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
 
-# The long power-cut campaigns, not part of `make test` (about 40 minutes
-# here): SOAK_CUTS cuts of the cache-losing campaign (TestCacheCut: cuts at
-# counted flushes of the store, misc and userdata, disks that drop their
-# volatile cache, half of the cuts the whole cache) and SOAK_CUTS SIGKILL
-# cuts at seeded times (TestPowerCut). Each prints its seed first; replay
-# with CPINIT_CACHECUT_SEED= / CPINIT_SEED=.
+# The long power-cut campaigns, not part of `make test`: SOAK_CUTS cuts of
+# the cache-losing campaign on ext4 userdata (TestCacheCut: cuts at counted
+# flushes of the store, misc and userdata, on disks that drop their
+# volatile cache, half of the cuts the whole cache), SOAK_F2FS_CUTS of it on
+# f2fs userdata over every boot of both cycles (TestCacheCutF2FS; make test
+# cuts only its merge), and SOAK_CUTS SIGKILL cuts at seeded times
+# (TestPowerCut). Each prints its seed first; replay with
+# CPINIT_CACHECUT_SEED= / CPINIT_SEED=. Figures: docs/TESTING.md.
 SOAK_CUTS ?= 200
+SOAK_F2FS_CUTS ?= 100
 soak: kernel
-	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_POWERCUTS=$(SOAK_CUTS) $(GO) test -timeout 4h -v -run 'TestCacheCut$$|TestPowerCut$$' ./qemu-tests
+	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) \
+		$(GO) test -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$' ./qemu-tests
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

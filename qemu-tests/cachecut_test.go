@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -52,10 +54,34 @@ import (
 // The seed is printed first; it draws the Subset choices and the userdata
 // flushes of the later rounds, so a failure reproduces from it (the cut
 // points are counted flushes, not times).
+//
+// TestCacheCutF2FS is the campaign on f2fs userdata (Debian's generic
+// kernel; userdata compared through the guest's manifest, fsck.f2fs on the
+// host). By default it cuts only the rollback cycle's merge boot (the path
+// f2fs adds: the kernel merging into a log-structured filesystem), a round
+// of its points:
+//
+//	-cachecuts.f2fs N      (CPINIT_CACHECUTS_F2FS)    cuts; default 0: one
+//	                                                  round of the points
+//	-cachecut.f2fs.all     (CPINIT_CACHECUT_F2FS_ALL=1) both cycles, every
+//	                                                  boot, as on ext4
+//	                                                  (make soak)
+//
+// It takes its seed from -cachecut.seed too.
 var (
-	flagCacheCuts = flag.Int("cachecuts", envInt("CPINIT_CACHECUTS", 50), "TestCacheCut: power cuts to make")
-	flagCacheSeed = flag.Uint64("cachecut.seed", uint64(envInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut: seed (0: from the clock)")
+	flagCacheCuts     = flag.Int("cachecuts", envInt("CPINIT_CACHECUTS", 50), "TestCacheCut: power cuts to make")
+	flagCacheSeed     = flag.Uint64("cachecut.seed", uint64(envInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut, TestCacheCutF2FS: seed (0: from the clock)")
+	flagCacheCutsF2FS = flag.Int("cachecuts.f2fs", envInt("CPINIT_CACHECUTS_F2FS", 0), "TestCacheCutF2FS: power cuts to make (0: a round of the cut points)")
+	flagCacheF2FSAll  = flag.Bool("cachecut.f2fs.all", envInt("CPINIT_CACHECUT_F2FS_ALL", 0) == 1, "TestCacheCutF2FS: cut every boot of both cycles, not only the merge")
 )
+
+// ccConfig is one campaign.
+type ccConfig struct {
+	fs     string   // userdata's filesystem: "" (ext4) or "f2fs"
+	cycles []string // "rollback", "commit"
+	cutIn  string   // cut only the boot ("phase") of this name ("" all)
+	cuts   int      // cuts to make (0: a round of the points)
+}
 
 // The disks served by cachedisk, by their names in the flush log.
 const (
@@ -93,8 +119,9 @@ func (p ccPoint) String() string {
 
 // ccRef is the reference run's outcome.
 type ccRef struct {
-	before Manifest // userdata before the update
-	after  Manifest // userdata after the committed update
+	cfg    ccConfig
+	before ccData // userdata before the update
+	after  ccData // userdata after the committed update
 	phases []*ccPhase
 	// device: the rollback cycle's device, whose system images every
 	// cut's device copies (they are only ever mounted read-only)
@@ -111,18 +138,33 @@ type ccStats struct {
 }
 
 func TestCacheCut(t *testing.T) {
+	ccCampaign(t, ccConfig{cycles: []string{"rollback", "commit"}, cuts: max(*flagCacheCuts, 1)})
+}
+
+func TestCacheCutF2FS(t *testing.T) {
+	cfg := ccConfig{fs: "f2fs", cycles: []string{"rollback"}, cutIn: "merge", cuts: *flagCacheCutsF2FS}
+	if *flagCacheF2FSAll {
+		cfg.cycles, cfg.cutIn = []string{"rollback", "commit"}, ""
+	}
+	ccCampaign(t, cfg)
+}
+
+func ccCampaign(t *testing.T, cfg ccConfig) {
 	seed := *flagCacheSeed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano()) & (1<<53 - 1)
 	}
-	total := max(*flagCacheCuts, 1)
-	t.Logf("cache-cut campaign: seed %d (replay: -cachecut.seed=%d or CPINIT_CACHECUT_SEED=%d), %d cuts", seed, seed, seed, total)
+	fs := cfg.fs
+	if fs == "" {
+		fs = "ext4"
+	}
+	t.Logf("cache-cut campaign on %s userdata: seed %d (replay: -cachecut.seed=%d or CPINIT_CACHECUT_SEED=%d), cycles %v, cuts in %q (\"\": every boot)", fs, seed, seed, seed, cfg.cycles, cfg.cutIn)
 	start := time.Now()
-	ref := ccReference(t)
-	points, round := ccPoints(ref, total, seed)
+	ref := ccReference(t, cfg)
+	points, round := ccPoints(ref, cfg.cuts, seed)
 	t.Logf("%d cut points in a round (every store and misc flush of cpinit's, userdata's first, middle and last of each boot); %d cuts", round, len(points))
-	if total < round {
-		t.Logf("NOTE: %d cuts do not cover a round of %d points (-cachecuts)", total, round)
+	if len(points) < round {
+		t.Logf("NOTE: %d cuts do not cover a round of %d points", len(points), round)
 	}
 	st := &ccStats{byPhase: map[string]int{}, points: map[string]int{}}
 	t.Run("cuts", func(t *testing.T) {
@@ -135,7 +177,7 @@ func TestCacheCut(t *testing.T) {
 	})
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	t.Logf("seed %d: %d cuts (%d DropAll, %d Subset), %d past the boot's end, %s", seed, len(points), st.dropAll, len(points)-st.dropAll, st.missed, time.Since(start).Round(time.Second))
+	t.Logf("%s, seed %d: %d cuts (%d DropAll, %d Subset), %d past the boot's end, %s", fs, seed, len(points), st.dropAll, len(points)-st.dropAll, st.missed, time.Since(start).Round(time.Second))
 	var keys []string
 	for k := range st.byPhase {
 		keys = append(keys, k)
@@ -146,18 +188,34 @@ func TestCacheCut(t *testing.T) {
 	}
 }
 
-// ccReference runs the two cycles uncut on cachedisk, keeping the images
+// ccReference runs the cycles uncut on cachedisk, keeping the images
 // before each boot and its flush counts.
-func ccReference(t *testing.T) *ccRef {
+func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 	t.Helper()
-	ref := &ccRef{}
-	for _, cycle := range []string{"rollback", "commit"} {
-		d := newABDevice(t, 51)
+	ref := &ccRef{cfg: cfg}
+	cow, manifestOpt := "48M", ""
+	if cfg.fs == "f2fs" {
+		// f2fs writes every change to new blocks: more COW per MiB
+		// written than ext4, and begin rounds it to whole sections.
+		cow, manifestOpt = "64M", " sysinit.manifest=1"
+	}
+	for _, cycle := range cfg.cycles {
+		var d *ABDevice
+		if cfg.fs == "f2fs" {
+			d = newF2FSDevice(t, 51)
+		} else {
+			d = newABDevice(t, 51)
+		}
 		if cycle == "rollback" {
-			ref.before, ref.device = manifest(t, d), d
+			ref.device = d
+			if cfg.fs == "" {
+				ref.before = ccData{m: manifest(t, d)}
+			}
 		}
 		phases := []*ccPhase{
-			{cycle: cycle, name: "begin", slot: 0, action: "sysinit.action=ota sysinit.cowsize=48M"},
+			// On f2fs, slot a prints the guest's manifest of userdata
+			// before it runs begin: the data a rollback must restore.
+			{cycle: cycle, name: "begin", slot: 0, action: "sysinit.action=ota sysinit.cowsize=" + cow + manifestOpt},
 			{cycle: cycle, name: "trial", slot: 1, action: "sysinit.action=workload sysinit.seed=51 sysinit.mib=8"},
 		}
 		if cycle == "rollback" {
@@ -167,6 +225,9 @@ func ccReference(t *testing.T) *ccRef {
 		} else {
 			phases = append(phases,
 				&ccPhase{cycle: cycle, name: "commit", slot: 1, action: "sysinit.action=cmd sysinit.args=commit"})
+		}
+		if ref.device == nil {
+			ref.device = d
 		}
 		for _, ph := range phases {
 			ph.dir = t.TempDir()
@@ -182,6 +243,13 @@ func ccReference(t *testing.T) *ccRef {
 				t.Fatal(err)
 			}
 			ccConsoleOK(t, vm.Output(), fmt.Sprintf("reference %s/%s", cycle, ph.name))
+			if cfg.fs == "f2fs" && cycle == "rollback" && ph.name == "begin" {
+				mm := regexp.MustCompile(manifestRe).FindStringSubmatch(vm.Output())
+				if mm == nil {
+					t.Fatalf("reference begin: no manifest line\n--- console ---\n%s", tail(vm.Output(), 60))
+				}
+				ref.before = ccData{line: mm[1] + " files=" + mm[2]}
+			}
 			ph.flushes, ph.sectors = map[string]int{}, map[string][]int{}
 			for _, f := range m.Log() {
 				ph.flushes[f.Disk]++
@@ -195,15 +263,63 @@ func ccReference(t *testing.T) *ccRef {
 			t.Fatalf("reference %s cycle did not settle: %s", cycle, recString(*r))
 		}
 		if cycle == "commit" {
-			ref.after = manifest(t, d)
-			if len(ref.after.Diff(ref.before, 1)) == 0 {
+			ref.after = ccUserdataNow(t, d, 1)
+			if len(ref.after.diff(ref.before)) == 0 {
 				t.Fatal("the committed update changed nothing in userdata")
 			}
-		} else if diff := manifest(t, d).Diff(ref.before, 10); len(diff) > 0 {
+		} else if diff := ccUserdataNow(t, d, 0).diff(ref.before); len(diff) > 0 {
 			t.Fatalf("the reference rollback did not restore userdata:\n%s", strings.Join(diff, "\n"))
 		}
 	}
 	return ref
+}
+
+// ccData is what userdata holds: on ext4 the manifest read from the host
+// (debugfs), on f2fs the guest's manifest line, "DIGEST files=N" (there is
+// no debugfs for f2fs).
+type ccData struct {
+	m    Manifest
+	line string
+}
+
+func (a ccData) diff(want ccData) []string {
+	if a.m != nil || want.m != nil {
+		return a.m.Diff(want.m, 10)
+	}
+	if a.line != want.line {
+		return []string{fmt.Sprintf("guest manifest %s, want %s", a.line, want.line)}
+	}
+	return nil
+}
+
+// ccUserdataNow checks the settled userdata and returns what it holds. On
+// ext4: the COW file is gone (debugfs) and e2fsck -fn is clean. On f2fs:
+// fsck.f2fs --dry-run is clean, then a boot of the slot the bootloader
+// picks (which must be pick) prints the manifest and shows the COW file
+// gone.
+func ccUserdataNow(t *testing.T, d *ABDevice, pick int) ccData {
+	t.Helper()
+	if d.FSType != "f2fs" {
+		if exists, err := d.COWFileExists(); err != nil || exists {
+			t.Fatalf("COW file still in userdata after settling (err %v)", err)
+		}
+		return ccData{m: manifest(t, d)} // e2fsck -fn first
+	}
+	if err := d.CheckF2FS(); err != nil {
+		t.Fatalf("userdata after settling: %v", err)
+	}
+	d.Slot[pick] = "sysinit.action=report sysinit.manifest=1"
+	vm, slot := d.Boot(t, "")
+	if slot != pick {
+		t.Fatalf("the bootloader picked slot %d for the manifest boot, want %d", slot, pick)
+	}
+	mm := vm.ExpectT(t, manifestRe, slotBootTimeout)
+	vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
+	if err := vm.Wait(slotBootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	ccConsoleOK(t, vm.Output(), "the manifest boot")
+	return ccData{line: mm[1] + " files=" + mm[2]}
 }
 
 // ccPoints chooses the cuts: every flush of the metadata store and of misc
@@ -215,8 +331,11 @@ func ccPoints(ref *ccRef, total int, seed uint64) ([]ccPoint, int) {
 	var all []ccPoint
 	seen := map[string]bool{}
 	for _, ph := range ref.phases {
-		if ph.cycle == "commit" && ph.name != "commit" {
+		if ph.cycle == "commit" && ph.name != "commit" && slices.Contains(ref.cfg.cycles, "rollback") {
 			continue // begin and trial are the rollback cycle's
+		}
+		if ref.cfg.cutIn != "" && ph.name != ref.cfg.cutIn {
+			continue
 		}
 		// Every flush that made something of the store or misc durable:
 		// cpinit's saves and misc writes. (A flush with nothing cached,
@@ -229,18 +348,31 @@ func ccPoints(ref *ccRef, total int, seed uint64) ([]ccPoint, int) {
 			}
 		}
 		// Userdata's writers are the filesystem, the system and the
-		// kernel's merge: its first, middle and last flush with data.
+		// kernel's merge: its first flush with data, the one that makes
+		// half of the boot's data durable (by sectors, not by count: a
+		// merge boot's many small flushes of the mount and of the COW's
+		// metadata would put a middle by count near the merge's start),
+		// and the last.
 		var ud []int
+		total, half := 0, 0
+		for _, sec := range ph.sectors[ccUserdata] {
+			total += sec
+		}
+		sum := 0
 		for n, sec := range ph.sectors[ccUserdata] {
-			if sec > 0 {
-				ud = append(ud, n+1)
+			if sec == 0 {
+				continue
 			}
+			if sum += sec; half == 0 && 2*sum >= total {
+				half = n + 1
+			}
+			ud = append(ud, n+1)
 		}
 		if u := len(ud); u > 0 {
-			for _, i := range []int{0, u / 2, u - 1} {
-				if k := fmt.Sprintf("%p/%d", ph, ud[i]); !seen[k] {
+			for _, n := range []int{ud[0], half, ud[u-1]} {
+				if k := fmt.Sprintf("%p/%d", ph, n); !seen[k] {
 					seen[k] = true
-					all = append(all, ccPoint{phase: ph, disk: ccUserdata, n: ud[i]})
+					all = append(all, ccPoint{phase: ph, disk: ccUserdata, n: n})
 				}
 			}
 		}
@@ -249,6 +381,9 @@ func ccPoints(ref *ccRef, total int, seed uint64) ([]ccPoint, int) {
 	// one round to the next, so two rounds cut every point both ways and
 	// at least half the cuts drop the whole cache. After the first round,
 	// userdata's points move to other flushes of the same boot.
+	if total == 0 {
+		total = len(all)
+	}
 	var out []ccPoint
 	for r := 0; len(out) < total; r++ {
 		for i, p := range all {
@@ -363,16 +498,9 @@ func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
 			t.Fatalf("settle boot %d: the update's system started on the way to a rollback (record was %s)\n--- console ---\n%s", boot, recStringOf(t, d), tail(out, 40))
 		}
 	}
-	if exists, err := d.COWFileExists(); err != nil || exists {
-		t.Fatalf("COW file still in userdata after settling (err %v)", err)
-	}
-	got := manifest(t, d) // e2fsck -fn first
-	want, pick := ref.before, 0
+	pick, want := 0, ref.before
 	if goal == "commit" {
-		want, pick = ref.after, 1
-	}
-	if diff := got.Diff(want, 10); len(diff) > 0 {
-		t.Fatalf("userdata after settling (%s) differs from what it must be:\n%s", goal, strings.Join(diff, "\n"))
+		pick, want = 1, ref.after
 	}
 	bc, err := d.ReadMisc()
 	if err != nil {
@@ -380,6 +508,9 @@ func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
 	}
 	if s := bc.BootloaderSelect(); s != pick {
 		t.Fatalf("the bootloader's next pick is slot %d, want %d after the %s (misc %+v)", s, pick, goal, bc.Slots[:2])
+	}
+	if diff := ccUserdataNow(t, d, pick).diff(want); len(diff) > 0 {
+		t.Fatalf("userdata after settling (%s) differs from what it must be:\n%s", goal, strings.Join(diff, "\n"))
 	}
 }
 
@@ -434,9 +565,9 @@ func ccExited(vm *VM) <-chan struct{} {
 // ccConsoleOK fails on what no boot may show.
 func ccConsoleOK(t *testing.T, out, what string) {
 	t.Helper()
-	for _, bad := range []string{"FATAL", "sysinit: error", "WARNING", "Kernel panic", "cmd exit=exit status"} {
-		if strings.Contains(out, bad) {
-			t.Fatalf("%s shows %q\n--- console ---\n%s", what, bad, tail(out, 60))
+	for _, bad := range []string{"FATAL", "sysinit: error", "WARNING", "Kernel panic", "cmd exit=exit status", "EXT4-fs error", `F2FS-fs \(vd.\): .*[Ee]rror`} {
+		if loc := regexp.MustCompile(bad).FindStringIndex(out); loc != nil {
+			t.Fatalf("%s shows %q\n--- console ---\n%s", what, out[loc[0]:loc[1]], tail(out, 60))
 		}
 	}
 }
