@@ -355,3 +355,86 @@ func (c *BootControl) BootloaderSelect() int {
 	copy(c.SlotSuffix[:], SlotSuffixes[best])
 	return best
 }
+
+// AndroidState is the Android misc backend's ABState: the block, and the
+// slot running now (libboot_control's SetActiveBootSlot clears
+// verity_corrupted only when switching away from it; -1 if unknown).
+type AndroidState struct {
+	BC      *BootControl
+	Current int
+}
+
+// Scheme implements ABState.
+func (s *AndroidState) Scheme() string { return "android-misc" }
+
+func (s *AndroidState) index(slot string) (int, error) {
+	i := SlotIndex(slot)
+	if i < 0 || i >= int(s.BC.NbSlot) || i >= MaxSlots {
+		return -1, fmt.Errorf("bootstate: android misc: slot %q: %w (nb_slot %d)", slot, ErrUnknownSlot, s.BC.NbSlot)
+	}
+	return i, nil
+}
+
+// Slots implements ABState. A slot is bootable as BootloaderSelect (U-Boot's
+// ab_select_slot) sees it: tries left (a successful slot keeps 1, see
+// MarkSuccessful) and not verity_corrupted.
+func (s *AndroidState) Slots() []SlotInfo {
+	n := min(int(s.BC.NbSlot), MaxSlots)
+	out := make([]SlotInfo, n)
+	for i := range n {
+		m := s.BC.Slots[i]
+		tries := int(m.TriesRemaining)
+		if m.SuccessfulBoot {
+			tries = -1
+		}
+		out[i] = SlotInfo{Name: SlotSuffixes[i][1:], Bootable: m.TriesRemaining > 0 && !m.VerityCorrupted,
+			Successful: m.SuccessfulBoot, TracksSuccess: true, Tries: tries}
+	}
+	return out
+}
+
+// Next implements ABState: BootloaderSelect's pick, on a copy (the pick
+// itself counts a try).
+func (s *AndroidState) Next() string {
+	c := *s.BC
+	if i := c.BootloaderSelect(); i >= 0 {
+		return SlotSuffixes[i][1:]
+	}
+	return ""
+}
+
+// SetActive implements ABState (BootControl.SetActive).
+func (s *AndroidState) SetActive(slot string) error {
+	i, err := s.index(slot)
+	if err != nil {
+		return err
+	}
+	return s.BC.SetActive(i, s.Current)
+}
+
+// MarkSuccessful implements ABState (BootControl.MarkSuccessful).
+func (s *AndroidState) MarkSuccessful(slot string) error {
+	i, err := s.index(slot)
+	if err != nil {
+		return err
+	}
+	return s.BC.MarkSuccessful(i)
+}
+
+// SetUnbootable implements ABState (BootControl.SetUnbootable).
+func (s *AndroidState) SetUnbootable(slot string) error {
+	i, err := s.index(slot)
+	if err != nil {
+		return err
+	}
+	return s.BC.SetUnbootable(i)
+}
+
+// FallBackFrom implements ABState (BootControl.FallBackFrom).
+func (s *AndroidState) FallBackFrom(slot string) error {
+	i, err := s.index(slot)
+	if err != nil {
+		return err
+	}
+	return s.BC.FallBackFrom(i, s.Current)
+}
