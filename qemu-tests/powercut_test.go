@@ -114,6 +114,7 @@ func (s *pcStats) add(f func()) {
 }
 
 func TestPowerCut(t *testing.T) {
+	t.Parallel()
 	seed := *flagPowercutSeed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano()) & (1<<53 - 1)
@@ -542,7 +543,9 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 		}
 	}
 	if c == nil && phase == phCleanup && w.wantCut(phCleanup, done) {
-		c = &cut{phase: phCleanup, anchor: `cpinit: (checkpoint \S+: deleting|no checkpoint; removing leftover|update abandoned)`, delay: w.uniform(300 * time.Millisecond)}
+		// The anchor is the first line of each cleanup path planned above,
+		// including a commit cut after misc marked the slot successful.
+		c = &cut{phase: phCleanup, anchor: `cpinit: (checkpoint \S+: deleting|no checkpoint; removing leftover|update abandoned|slot \S+ is marked successful: finishing its commit)`, delay: w.uniform(300 * time.Millisecond)}
 	}
 	if action == report {
 		want = append(want, `sysinit: hello\.txt=`)
