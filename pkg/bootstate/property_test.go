@@ -58,9 +58,9 @@ type simWorld struct {
 	fellBack bool
 	// ended: the run reached a state only a human can resolve (the
 	// snapshot went invalid in the middle of a merge) and stopped there.
-	ended bool
-	origin      int       // userdata content version
-	snapVersion int       // content the snapshot preserves
+	ended       bool
+	origin      int // userdata content version
+	snapVersion int // content the snapshot preserves
 	nextMapSize int
 
 	// Per boot, volatile.
