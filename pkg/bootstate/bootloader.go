@@ -82,8 +82,21 @@ type Bootloader interface {
 	Save(ABState) error
 }
 
-// ErrUnknownSlot: a slot name the bootloader's state does not have.
-var ErrUnknownSlot = errors.New("no such slot in the bootloader's state")
+// Errors a backend wraps (with the device or file and what to do) so that
+// callers and tests can tell bad input apart with errors.Is. On any of them
+// the backend has written nothing.
+var (
+	// ErrUnknownSlot: a slot name the bootloader's state does not have.
+	ErrUnknownSlot = errors.New("no such slot in the bootloader's state")
+	// ErrCorrupt: the stored state fails its own check (a bad CRC, a
+	// wrong magic or size, a malformed entry).
+	ErrCorrupt = errors.New("the bootloader's state is corrupt")
+	// ErrNoScheme: the state is intact but holds no A/B variable scheme
+	// cpinit knows, or misses a variable the scheme needs.
+	ErrNoScheme = errors.New("the bootloader's state has no A/B scheme cpinit knows")
+	// ErrFull: the new state does not fit where the bootloader keeps it.
+	ErrFull = errors.New("the bootloader's state does not fit its storage")
+)
 
 // OtherSlotOf returns the one other slot of a two-slot state: the slot a
 // fallback from slot boots. cpinit knows the fallback only on two-slot
