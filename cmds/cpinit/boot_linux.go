@@ -346,14 +346,17 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 	env.bootedSlot = in.BootedSlot
 	if p.Misc != nil {
 		if env.miscPath, err = devspec.WaitResolve(ctx, *p.Misc, pollInterval); err != nil {
-			in.BootControlErr = err
+			in.BootErr = err
 		} else {
-			in.BootControl, in.BootControlErr = readMisc(env.miscPath)
+			var bc *bootstate.BootControl
+			if bc, in.BootErr = readMisc(env.miscPath); in.BootErr == nil {
+				in.Boot = &bootstate.AndroidState{BC: bc, Current: bootstate.SlotIndex(in.BootedSlot)}
+			}
 		}
-		if in.BootControlErr != nil {
-			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootControlErr)
+		if in.BootErr != nil {
+			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootErr)
 		}
-		if w := bootstate.CheckBootedSlot(in.BootedSlot, in.BootControl); w != "" {
+		if w := bootstate.CheckBootedSlot(in.BootedSlot, in.Boot); w != "" {
 			log.Errorf("warning: %s", w)
 		}
 	}

@@ -678,6 +678,11 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 // bootloader goes on as if nothing happened (what says what it misses).
 // Nothing has been written when it refuses.
 func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
+	if r.Counter == bootstate.CounterBootloader {
+		// Recorded by a cpinit that drives a U-Boot, GRUB or systemd-boot
+		// backend (issue 16); this command cannot tell that bootloader.
+		return fmt.Errorf("%s: the checkpoint's trial boots are counted by a bootloader backend (cpinit.bootloader=) this cpinit command cannot write, so %s; nothing recorded", refusing, what)
+	}
 	if r.Counter != bootstate.CounterAndroid || sc.miscPath != "" {
 		return nil
 	}

@@ -367,6 +367,11 @@ type AndroidState struct {
 // Scheme implements ABState.
 func (s *AndroidState) Scheme() string { return "android-misc" }
 
+// RecordedBoot implements BootRecorder: misc's slot_suffix.
+func (s *AndroidState) RecordedBoot() (slot, where string) {
+	return s.BC.Suffix(), "misc's slot_suffix"
+}
+
 func (s *AndroidState) index(slot string) (int, error) {
 	i := SlotIndex(slot)
 	if i < 0 || i >= int(s.BC.NbSlot) || i >= MaxSlots {

@@ -151,15 +151,15 @@ func TestBootControlCorruption(t *testing.T) {
 func TestBootControlCorruptionPolicyInDecide(t *testing.T) {
 	r := activeRecord(t, CounterAndroid, "_b")
 	bad := &BootControlError{ErrBootControlCRC, "test"}
-	a := Decide(DecideInput{Record: &r, BootedSlot: "_b", BootControlErr: bad})
+	a := Decide(DecideInput{Record: &r, BootedSlot: "_b", BootErr: bad})
 	if a.Kind != ReattachSnapshot {
 		t.Errorf("bad CRC, booted target: %v, want reattach", a.Kind)
 	}
-	a = Decide(DecideInput{Record: &r, BootControlErr: bad})
+	a = Decide(DecideInput{Record: &r, BootErr: bad})
 	if a.Kind != StopForRecovery {
 		t.Errorf("bad CRC, slot unknown: %v, want stop", a.Kind)
 	}
-	a = Decide(DecideInput{Record: &r, BootedSlot: "_a", BootControlErr: bad})
+	a = Decide(DecideInput{Record: &r, BootedSlot: "_a", BootErr: bad})
 	if a.Kind != VerifyExtents || a.Reason != ReasonSlotFallback {
 		t.Errorf("bad CRC, booted old slot: %v %v, want verify for rollback", a.Kind, a.Reason)
 	}

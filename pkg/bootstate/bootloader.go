@@ -70,6 +70,15 @@ type ABState interface {
 	FallBackFrom(slot string) error
 }
 
+// BootRecorder is an ABState that records which slot the bootloader picked
+// last (Android's slot_suffix). cpinit only compares it with the kernel
+// command line (CheckBootedSlot); the command line decides.
+type BootRecorder interface {
+	// RecordedBoot returns the recorded slot ("" if none) and where it is
+	// recorded, for the warning ("misc's slot_suffix").
+	RecordedBoot() (slot, where string)
+}
+
 // Bootloader is where an ABState lives: it reads and writes it, durably
 // (flushed) before Save returns. Save must leave either the old or the new
 // state readable after a power cut at any point (a redundant copy, a

@@ -179,11 +179,12 @@ type DecideInput struct {
 	// BootedSlot is the slot this kernel was booted from, from the kernel
 	// command line (SlotFromCmdline). "" if none given.
 	BootedSlot string
-	// BootControl is the misc block if readable; BootControlErr why not.
-	// See the corruption policy in the package doc: a bad block is never a
-	// reason for a merge or a deletion on its own.
-	BootControl    *BootControl
-	BootControlErr error
+	// Boot is the bootloader's A/B state if readable (Android misc, a
+	// U-Boot or GRUB environment, systemd-boot's entries); BootErr why
+	// not. See the corruption policy in the package doc: a bad state is
+	// never a reason for a merge or a deletion on its own.
+	Boot    ABState
+	BootErr error
 	Params         Params
 	// Verified is the fingerprint of the extent map re-derived this boot
 	// (after a VerifyExtents action); nil before that.
@@ -257,13 +258,14 @@ func Decide(in DecideInput) Action {
 			return a
 		}
 		// The kernel command line is the truth about the booted slot. Misc's
-		// slot_suffix is not: a bootloader that falls back without
+		// slot_suffix (what a bootloader records of its pick) is not: a bootloader that falls back without
 		// rewriting it would make the old slot look like the update's
 		// (CheckBootedSlot reports a disagreement).
 		booted := in.BootedSlot
-		if !in.Params.Abort && r.Active && r.Counter == CounterAndroid && r.TargetSlot != "" &&
-			SameSlot(booted, r.TargetSlot) && slotSuccessful(in.BootControl, r.TargetSlot) {
-			// The trial slot is marked successful in misc: `cpinit commit`
+		if !in.Params.Abort && r.Active && r.Counter.Bootloader() && r.TargetSlot != "" &&
+			SameSlot(booted, r.TargetSlot) && slotSuccessful(in.Boot, r.TargetSlot) {
+			// The trial slot is marked successful by the bootloader
+			// (Android's successful_boot, a blessed entry): `cpinit commit`
 			// does that first and was cut before it recorded the commit
 			// (or the system marked itself good through the boot control
 			// HAL, as update_verifier does). begin clears the bit, so
@@ -355,10 +357,16 @@ func Decide(in DecideInput) Action {
 	return stop(fmt.Sprintf("unknown state %v", r.State))
 }
 
-// slotSuccessful reports whether misc marks the slot successful.
-func slotSuccessful(bc *BootControl, slot string) bool {
-	i := SlotIndex(slot)
-	return bc != nil && i >= 0 && i < int(bc.NbSlot) && bc.Slots[i].SuccessfulBoot
+// slotSuccessful reports whether the bootloader's state marks the slot
+// successful. A scheme that does not record success apart from its try
+// count (SlotInfo.TracksSuccess false: RAUC's BOOT_x_LEFT) never reports
+// it: a commit is never inferred from a counter.
+func slotSuccessful(s ABState, slot string) bool {
+	if s == nil {
+		return false
+	}
+	si, err := SlotOf(s, slot)
+	return err == nil && si.TracksSuccess && si.Successful
 }
 
 func stop(msg string) Action {
@@ -404,16 +412,22 @@ func SlotFromCmdline(cmdline string) string {
 }
 
 // CheckBootedSlot compares the booted slot from the kernel command line with
-// misc's slot_suffix and returns a warning when they disagree ("" when they
-// agree or there is nothing to compare). The command line wins: it is what
-// the bootloader passed to this kernel, while slot_suffix is only what the
+// the slot the bootloader recorded as booted (a BootRecorder: misc's
+// slot_suffix) and returns a warning when they disagree ("" when they agree
+// or there is nothing to compare). The command line wins: it is what the
+// bootloader passed to this kernel, while slot_suffix is only what the
 // bootloader last wrote, and not every bootloader rewrites it on a
 // fallback.
-func CheckBootedSlot(cmdlineSlot string, bc *BootControl) string {
-	if bc == nil || cmdlineSlot == "" || bc.Suffix() == "" || SameSlot(cmdlineSlot, bc.Suffix()) {
+func CheckBootedSlot(cmdlineSlot string, s ABState) string {
+	br, ok := s.(BootRecorder)
+	if !ok || cmdlineSlot == "" {
 		return ""
 	}
-	return fmt.Sprintf("the kernel command line says slot %s booted, misc's slot_suffix says %s: trusting the command line", cmdlineSlot, bc.Suffix())
+	rec, where := br.RecordedBoot()
+	if rec == "" || SameSlot(cmdlineSlot, rec) {
+		return ""
+	}
+	return fmt.Sprintf("the kernel command line says slot %s booted, %s says %s: trusting the command line", cmdlineSlot, where, rec)
 }
 
 // RecoveryKeepCurrent is the record `cpinit recover keep-current` writes

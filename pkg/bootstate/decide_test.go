@@ -66,8 +66,8 @@ func TestDecide(t *testing.T) {
 		// Issue 14, finding 7: misc's slot_suffix is not the booted slot
 		// (a bootloader may fall back without rewriting it); before the
 		// fix this rolled back on the strength of misc alone.
-		{"slot not from misc", DecideInput{Record: &active, BootControl: bcA}, StopForRecovery, "", "", 0, "booted slot is unknown"},
-		{"cmdline beats misc", DecideInput{Record: &active, BootedSlot: "_b", BootControl: bcA}, ReattachSnapshot, "boot-attempt", "", 0, ""},
+		{"slot not from misc", DecideInput{Record: &active, Boot: &AndroidState{BC: bcA, Current: -1}}, StopForRecovery, "", "", 0, "booted slot is unknown"},
+		{"cmdline beats misc", DecideInput{Record: &active, BootedSlot: "_b", Boot: &AndroidState{BC: bcA, Current: -1}}, ReattachSnapshot, "boot-attempt", "", 0, ""},
 		{"device matches", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Userdata: dev}}, ReattachSnapshot, "boot-attempt", "", 0, ""},
 		{"device differs", DecideInput{Record: &active, BootedSlot: "_b", Params: Params{Userdata: otherDev}}, StopForRecovery, "", "", 0, "8:0"},
 		{"pending unverified", DecideInput{Record: &pending}, VerifyExtents, "", "", ReasonSlotFallback, ""},
@@ -162,7 +162,7 @@ func TestPropertyDecideContract(t *testing.T) {
 		}
 		if rapid.Bool().Draw(t, "misc") {
 			bc, _ := NewBootControl(2, rapid.IntRange(0, 1).Draw(t, "misc slot"))
-			in.BootControl = bc
+			in.Boot = &AndroidState{BC: bc, Current: -1}
 		}
 		if rapid.Bool().Draw(t, "verified") {
 			fp := r.Fingerprint
@@ -224,7 +224,7 @@ func TestDecideFinishesCommitMarkedInMisc(t *testing.T) {
 	if err := bc.SetActive(1, 0); err != nil {
 		t.Fatal(err)
 	}
-	in := DecideInput{Record: &active, BootedSlot: "_b", BootControl: bc}
+	in := DecideInput{Record: &active, BootedSlot: "_b", Boot: &AndroidState{BC: bc, Current: -1}}
 	if a := Decide(in); a.Kind != ReattachSnapshot {
 		t.Fatalf("trial slot not yet successful: %v, want reattach", a.Kind)
 	}
@@ -237,7 +237,7 @@ func TestDecideFinishesCommitMarkedInMisc(t *testing.T) {
 	}
 	// Not when the old slot boots (its successful bit is old news), nor on
 	// an abort.
-	if a := Decide(DecideInput{Record: &active, BootedSlot: "_a", BootControl: bc}); a.Kind != VerifyExtents {
+	if a := Decide(DecideInput{Record: &active, BootedSlot: "_a", Boot: &AndroidState{BC: bc, Current: -1}}); a.Kind != VerifyExtents {
 		t.Fatalf("old slot booted: %v, want the rollback's verify", a.Kind)
 	}
 	in.Params.Abort = true
@@ -286,15 +286,54 @@ func TestDecideFallBack(t *testing.T) {
 
 func TestCheckBootedSlot(t *testing.T) {
 	bc, _ := NewBootControl(2, 0) // slot_suffix "_a"
-	if w := CheckBootedSlot("_b", bc); !strings.Contains(w, "says slot _b booted, misc's slot_suffix says _a") {
+	if w := CheckBootedSlot("_b", &AndroidState{BC: bc, Current: -1}); !strings.Contains(w, "says slot _b booted, misc's slot_suffix says _a") {
 		t.Errorf("disagreement: %q", w)
 	}
+	android := &AndroidState{BC: bc, Current: -1}
 	for _, c := range []struct {
 		slot string
-		bc   *BootControl
-	}{{"_a", bc}, {"a", bc}, {"", bc}, {"_b", nil}} {
-		if w := CheckBootedSlot(c.slot, c.bc); w != "" {
+		s    ABState
+	}{{"_a", android}, {"a", android}, {"", android}, {"_b", nil}} {
+		if w := CheckBootedSlot(c.slot, c.s); w != "" {
 			t.Errorf("CheckBootedSlot(%q): %q, want none", c.slot, w)
 		}
+	}
+}
+
+// stateView is an ABState that only shows fixed slots: Decide reads the
+// bootloader's state and never changes it.
+type stateView []SlotInfo
+
+func (v stateView) Scheme() string                 { return "test-view" }
+func (v stateView) Slots() []SlotInfo              { return v }
+func (v stateView) Next() string                   { return "" }
+func (v stateView) SetActive(string) error         { return errors.New("read-only view") }
+func (v stateView) MarkSuccessful(string) error    { return errors.New("read-only view") }
+func (v stateView) SetUnbootable(string) error     { return errors.New("read-only view") }
+func (v stateView) FallBackFrom(slot string) error { return errors.New("read-only view") }
+
+// A commit is finished from the bootloader's state only where the scheme
+// records success apart from its tries: RAUC's U-Boot scheme shows a good
+// slot and one on trial alike (BOOT_x_LEFT > 0), and taking that for a
+// commit would keep an update's data that nobody committed.
+func TestDecideSuccessOnlyWhereTracked(t *testing.T) {
+	active := activeRecord(t, CounterBootloader, "_b")
+	for _, c := range []struct {
+		name string
+		b    SlotInfo
+		want ActionKind
+	}{
+		{"tracked, successful", SlotInfo{Name: "b", Bootable: true, Successful: true, TracksSuccess: true, Tries: -1}, FinishCommitCleanup},
+		{"tracked, on trial", SlotInfo{Name: "b", Bootable: true, TracksSuccess: true, Tries: 2}, ReattachSnapshot},
+		{"untracked, looks successful", SlotInfo{Name: "b", Bootable: true, Successful: true, Tries: 3}, ReattachSnapshot},
+	} {
+		view := stateView{{Name: "a", Bootable: true, Successful: true, TracksSuccess: c.b.TracksSuccess, Tries: -1}, c.b}
+		if a := Decide(DecideInput{Record: &active, BootedSlot: "b", Boot: view}); a.Kind != c.want {
+			t.Errorf("%s: %v (%s), want %v", c.name, a.Kind, a.Message, c.want)
+		}
+	}
+	// A state without the target slot is no evidence either way.
+	if a := Decide(DecideInput{Record: &active, BootedSlot: "b", Boot: stateView{{Name: "a", TracksSuccess: true, Successful: true}}}); a.Kind != ReattachSnapshot {
+		t.Errorf("target slot missing from the state: %v, want reattach", a.Kind)
 	}
 }

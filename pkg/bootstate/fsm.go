@@ -226,11 +226,11 @@ func guard(r *Record, s *Step) error {
 		if err := checkCOWPath(b.COWPath); err != nil {
 			return terr(ErrBadBegin, err.Error())
 		}
-		if b.Counter != CounterAndroid && b.Counter != CounterNative {
+		if !b.Counter.Bootloader() && b.Counter != CounterNative {
 			return terr(ErrBadBegin, fmt.Sprintf("counter mode %v", b.Counter))
 		}
-		if b.Counter == CounterAndroid && SlotIndex(b.TargetSlot) < 0 {
-			return terr(ErrBadBegin, fmt.Sprintf("android counter needs a target slot _a.._d, got %q", b.TargetSlot))
+		if b.Counter.Bootloader() && SlotIndex(b.TargetSlot) < 0 {
+			return terr(ErrBadBegin, fmt.Sprintf("%v counter needs a target slot _a.._d, got %q", b.Counter, b.TargetSlot))
 		}
 		if len(b.TargetSlot) > MaxSlotLen || !printable(b.TargetSlot) {
 			return terr(ErrBadBegin, fmt.Sprintf("target slot %q: at most %d printable bytes", b.TargetSlot, MaxSlotLen))

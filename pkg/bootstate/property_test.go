@@ -472,7 +472,7 @@ func (w *simWorld) boot(i int) {
 		}
 		in.BootedSlot = SlotSuffixes[booted]
 		bc := *w.bc
-		in.BootControl = &bc
+		in.Boot = &AndroidState{BC: &bc, Current: booted}
 		// cpinit.abort=1, chosen from a boot menu entry of any slot.
 		in.Params.Abort = !w.calm && rapid.IntRange(0, 9).Draw(w.t, "abort param") == 0
 	}

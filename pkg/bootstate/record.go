@@ -148,7 +148,16 @@ const (
 	// CounterNative: no A/B bootloader counter; cpinit counts in the
 	// record (TriesLeft), decrementing before each trial boot.
 	CounterNative CounterMode = 2
+	// CounterBootloader: a bootloader other than Android's misc counts
+	// tries and falls back (U-Boot or GRUB environment, systemd-boot's
+	// entry counters: the backend cpinit.bootloader= names, through
+	// ABState). Handled as CounterAndroid is.
+	CounterBootloader CounterMode = 3
 )
+
+// Bootloader reports whether the bootloader (not cpinit) counts the trial's
+// tries and switches slots.
+func (m CounterMode) Bootloader() bool { return m == CounterAndroid || m == CounterBootloader }
 
 func (m CounterMode) String() string {
 	switch m {
@@ -156,6 +165,8 @@ func (m CounterMode) String() string {
 		return "android"
 	case CounterNative:
 		return "native"
+	case CounterBootloader:
+		return "bootloader"
 	}
 	return fmt.Sprintf("counter(%d)", uint8(m))
 }
@@ -325,7 +336,7 @@ func (r *Record) validate() error {
 	if r.Reason > maxReason {
 		return malformed("unknown reason %d", uint8(r.Reason))
 	}
-	if r.Counter != CounterAndroid && r.Counter != CounterNative {
+	if !r.Counter.Bootloader() && r.Counter != CounterNative {
 		return malformed("unknown counter mode %d", uint8(r.Counter))
 	}
 	if len(r.TargetSlot) > MaxSlotLen || !printable(r.TargetSlot) {
