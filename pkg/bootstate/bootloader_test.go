@@ -1,7 +1,10 @@
 package bootstate
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 )
@@ -47,5 +50,64 @@ func TestAndroidStateThroughInterface(t *testing.T) {
 	}
 	if _, err := SlotOf(s, "c"); !errors.Is(err, ErrUnknownSlot) {
 		t.Fatalf("SlotOf(c): %v", err)
+	}
+}
+
+// AndroidMisc reads and writes the block where libboot_control keeps it, on
+// a file standing for misc; a state of another backend is refused and
+// nothing is written.
+func TestAndroidMiscLoadSave(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "misc")
+	bc, err := NewBootControl(2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteBootControl(f, path, bc); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var bl Bootloader = &AndroidMisc{Path: path, Current: 0}
+	s, err := bl.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetActive("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bl.Save(s); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeBootControl(raw[BootControlOffset : BootControlOffset+BootControlSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// slot_suffix is the bootloader's to write (libboot_control's
+	// SetActiveBootSlot leaves it).
+	if got.Slots[1].Priority != 15 || got.Slots[0].Priority >= 15 || got.Slots[1].SuccessfulBoot {
+		t.Fatalf("saved block: %+v; want b active on trial", got.Slots)
+	}
+	if s2, err := bl.Load(); err != nil || s2.Next() != "b" {
+		t.Fatalf("reloaded: next %v, %v", s2, err)
+	}
+	if err := bl.Save(stateView{{Name: "a"}}); err == nil {
+		t.Fatal("saving another backend's state into misc: no error")
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(after, raw) {
+		t.Fatal("a refused save changed misc")
+	}
+	if _, err := (&AndroidMisc{Path: filepath.Join(t.TempDir(), "none")}).Load(); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing misc: %v", err)
 	}
 }

@@ -522,3 +522,53 @@ func WriteBootControl(misc Device, name string, c *BootControl) error {
 	}
 	return nil
 }
+
+// AndroidMisc is the Bootloader of Android's misc partition (or a file
+// holding its first KiB): bootloader_control at BootControlOffset.
+// Current is the index of the running slot (-1 if unknown), handed to the
+// states it loads (AndroidState.Current).
+//
+// Power cuts: the block is 32 bytes inside one 512-byte sector, written
+// with one write and flushed (WriteBootControl), as libboot_control does;
+// a sector write is atomic on the disks and eMMC that Android ships on, so
+// a cut leaves the old or the new block. Where it is not, the CRC turns a
+// torn block into ErrBootControlCRC, which cpinit never acts on alone
+// (the corruption policy in doc.go).
+type AndroidMisc struct {
+	Path    string
+	Current int
+}
+
+// Describe implements Bootloader.
+func (m *AndroidMisc) Describe() string { return "android misc " + m.Path }
+
+// Load implements Bootloader.
+func (m *AndroidMisc) Load() (ABState, error) {
+	f, err := os.Open(m.Path)
+	if err != nil {
+		return nil, fmt.Errorf("bootstate: android misc: %w", err)
+	}
+	defer f.Close()
+	bc, err := ReadBootControl(f, m.Path)
+	if err != nil {
+		return nil, err
+	}
+	return &AndroidState{BC: bc, Current: m.Current}, nil
+}
+
+// Save implements Bootloader: s must come from Load (an *AndroidState).
+func (m *AndroidMisc) Save(s ABState) error {
+	as, ok := s.(*AndroidState)
+	if !ok || as.BC == nil {
+		return fmt.Errorf("bootstate: android misc %s: cannot save a %s state, nothing written", m.Path, s.Scheme())
+	}
+	if _, err := as.BC.Encode(); err != nil {
+		return fmt.Errorf("%w (misc %s), nothing written", err, m.Path)
+	}
+	f, err := os.OpenFile(m.Path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("bootstate: android misc: %w", err)
+	}
+	defer f.Close()
+	return WriteBootControl(f, m.Path, as.BC)
+}
