@@ -348,10 +348,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		if env.miscPath, err = devspec.WaitResolve(ctx, *p.Misc, pollInterval); err != nil {
 			in.BootErr = err
 		} else {
-			var bc *bootstate.BootControl
-			if bc, in.BootErr = readMisc(env.miscPath); in.BootErr == nil {
-				in.Boot = &bootstate.AndroidState{BC: bc, Current: bootstate.SlotIndex(in.BootedSlot)}
-			}
+			in.Boot, in.BootErr = env.bootloader().Load()
 		}
 		if in.BootErr != nil {
 			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootErr)
@@ -417,14 +414,6 @@ type errRebootNow struct{ why string }
 
 func (e *errRebootNow) Error() string { return e.why }
 
-func readMisc(path string) (*bootstate.BootControl, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return bootstate.ReadBootControl(f, path)
-}
 
 // consoleProgress logs a running merge about once a second, and its end.
 func consoleProgress(logf func(string, ...any)) func(dmsnap.Progress) {

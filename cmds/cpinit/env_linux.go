@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -430,51 +430,60 @@ func (e *bootEnv) startMerge(k *dmsnap.Checkpoint) (invalid bool, err error) {
 	return false, err
 }
 
-// FallBack switches Android's misc away from the update's slot: the other
-// slot active, the update's unbootable (bootstate.BootControl.FallBackFrom),
-// written and flushed before it returns. A block that already says so is
-// not rewritten.
-func (e *bootEnv) FallBack(slot string) error {
+// bootloader is the bootloader whose A/B state PID 1 may have to switch
+// (nil when none is configured: the native counter).
+func (e *bootEnv) bootloader() bootstate.Bootloader {
 	if e.miscPath == "" {
-		return fmt.Errorf("no misc partition is configured (cpinit.misc=) to tell the bootloader: %w", bootstate.ErrNoSlotSwitch)
-	}
-	t := bootstate.SlotIndex(slot)
-	if t < 0 {
-		return fmt.Errorf("slot %q is not one of misc's A/B slots: %w", slot, bootstate.ErrNoSlotSwitch)
-	}
-	f, err := os.OpenFile(e.miscPath, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("A/B boot control: %w", err)
-	}
-	defer f.Close()
-	bc, err := bootstate.ReadBootControl(f, e.miscPath)
-	if err != nil {
-		return fmt.Errorf("A/B boot control: %w", err)
-	}
-	before, err := bc.Encode()
-	if err != nil {
-		return err
-	}
-	cur := bootstate.SlotIndex(e.bootedSlot)
-	if cur < 0 {
-		cur = t
-	}
-	if err := bc.FallBackFrom(t, cur); err != nil {
-		return fmt.Errorf("A/B boot control on %s: %w", e.miscPath, err)
-	}
-	after, err := bc.Encode()
-	if err != nil {
-		return err
-	}
-	if bytes.Equal(before, after) {
 		return nil
 	}
-	if err := bootstate.WriteBootControl(f, e.miscPath, bc); err != nil {
+	return &bootstate.AndroidMisc{Path: e.miscPath, Current: bootstate.SlotIndex(e.bootedSlot)}
+}
+
+// FallBack switches the bootloader away from the update's slot: the other
+// slot active, the update's unbootable (bootstate.ABState.FallBackFrom),
+// saved and flushed before it returns. A state that already says so is not
+// rewritten.
+func (e *bootEnv) FallBack(slot string) error {
+	bl := e.bootloader()
+	if bl == nil {
+		return fmt.Errorf("no misc partition is configured (cpinit.misc=) to tell the bootloader: %w", bootstate.ErrNoSlotSwitch)
+	}
+	before, err := bl.Load()
+	if err != nil {
+		return fmt.Errorf("A/B boot control: %w", err)
+	}
+	s, err := bl.Load()
+	if err != nil {
+		return fmt.Errorf("A/B boot control: %w", err)
+	}
+	other, err := bootstate.OtherSlotOf(s, slot)
+	if err != nil {
+		return fmt.Errorf("slot %q: %v: %w", slot, err, bootstate.ErrNoSlotSwitch)
+	}
+	if err := s.FallBackFrom(slot); err != nil {
+		return fmt.Errorf("A/B boot control (%s): %w", bl.Describe(), err)
+	}
+	if reflect.DeepEqual(before, s) {
+		return nil
+	}
+	if err := bl.Save(s); err != nil {
 		return err
 	}
-	other, _ := bc.OtherSlot(t)
-	e.logf("A/B boot control on %s: slot %s made active, slot %s unbootable", e.miscPath, bootstate.SlotSuffixes[other], bootstate.SlotSuffixes[t])
+	e.logf("A/B boot control on %s: slot %s made active, slot %s unbootable", bootloaderWhere(bl), suffixed(other), suffixed(slot))
 	return nil
+}
+
+// suffixed writes a slot name as Android's suffix ("_a"), the form the
+// console and the status have always shown.
+func suffixed(slot string) string { return "_" + strings.TrimPrefix(slot, "_") }
+
+// bootloaderWhere is where the bootloader's state lives, for messages:
+// misc's device path, else the backend's description.
+func bootloaderWhere(bl bootstate.Bootloader) string {
+	if m, ok := bl.(*bootstate.AndroidMisc); ok {
+		return m.Path
+	}
+	return bl.Describe()
 }
 
 var _ bootstate.Env = (*bootEnv)(nil)

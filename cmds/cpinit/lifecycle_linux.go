@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -195,22 +196,18 @@ func (sc *sysCtx) save(r *bootstate.Record, step bootstate.Step) (*bootstate.Rec
 
 func (sc *sysCtx) bootedSlot() string { return bootstate.SlotFromCmdline(sc.cmdline) }
 
-func (sc *sysCtx) readMisc() (*bootstate.BootControl, *os.File, error) {
-	f, err := os.OpenFile(sc.miscPath, os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
+// bootloader is the bootloader whose A/B state this command changes (nil
+// when none is configured: the native counter).
+func (sc *sysCtx) bootloader() bootstate.Bootloader {
+	if sc.miscPath == "" {
+		return nil
 	}
-	bc, err := bootstate.ReadBootControl(f, sc.miscPath)
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return bc, f, nil
+	return &bootstate.AndroidMisc{Path: sc.miscPath, Current: bootstate.SlotIndex(sc.bootedSlot())}
 }
 
-// updateMisc reads misc, applies fn and writes it back (CRC recomputed,
-// flushed).
-func (sc *sysCtx) updateMisc(fn func(*bootstate.BootControl) error) error {
+// updateMisc loads the bootloader's A/B state, applies fn and saves it
+// (flushed before it returns).
+func (sc *sysCtx) updateMisc(fn func(bootstate.ABState) error) error {
 	_, err := sc.changeMisc(fn)
 	return err
 }
@@ -218,36 +215,34 @@ func (sc *sysCtx) updateMisc(fn func(*bootstate.BootControl) error) error {
 // changeMisc is updateMisc for a change that may have to be taken back.
 // Once the write was attempted, restore is non-nil, whether or not the
 // write succeeded: a write or flush that failed may still have left the new
-// block, whole or in part. restore writes back the block as it was read,
-// unless misc still holds it (a write refused outright changed nothing, and
-// a misc that refuses writes could not be restored); a decode/encode round
-// trip is the identity (reserved bytes are kept, the CRC was valid), so misc
-// ends up byte for byte as before.
-func (sc *sysCtx) changeMisc(fn func(*bootstate.BootControl) error) (restore func() (wrote bool, err error), err error) {
-	bc, f, err := sc.readMisc()
-	if err != nil {
-		return nil, fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+// state, whole or in part. restore saves the state as it was loaded,
+// unless the bootloader still holds it (a write refused outright changed
+// nothing, and a device that refuses writes could not be restored); a
+// load/save round trip is the identity (misc: reserved bytes are kept, the
+// CRC was valid), so the state ends up as before.
+func (sc *sysCtx) changeMisc(fn func(bootstate.ABState) error) (restore func() (wrote bool, err error), err error) {
+	bl := sc.bootloader()
+	if bl == nil {
+		return nil, fmt.Errorf("no A/B bootloader state is configured: %w", bootstate.ErrNoSlotSwitch)
 	}
-	defer f.Close()
-	orig := *bc
-	if err := fn(bc); err != nil {
-		return nil, fmt.Errorf("A/B boot control on %s: %w", sc.miscPath, err)
+	orig, err := bl.Load()
+	if err != nil {
+		return nil, fmt.Errorf("A/B boot control (%s): %w", bl.Describe(), err)
+	}
+	s, err := bl.Load()
+	if err != nil {
+		return nil, fmt.Errorf("A/B boot control (%s): %w", bl.Describe(), err)
+	}
+	if err := fn(s); err != nil {
+		return nil, fmt.Errorf("A/B boot control (%s): %w", bl.Describe(), err)
 	}
 	restore = func() (bool, error) {
-		if now, f, err := sc.readMisc(); err == nil {
-			f.Close()
-			if *now == orig {
-				return false, nil
-			}
+		if now, err := bl.Load(); err == nil && reflect.DeepEqual(now, orig) {
+			return false, nil
 		}
-		f, err := os.OpenFile(sc.miscPath, os.O_RDWR, 0)
-		if err != nil {
-			return true, err
-		}
-		defer f.Close()
-		return true, bootstate.WriteBootControl(f, sc.miscPath, &orig)
+		return true, bl.Save(orig)
 	}
-	return restore, bootstate.WriteBootControl(f, sc.miscPath, bc)
+	return restore, bl.Save(s)
 }
 
 func (sc *sysCtx) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, *dmsnap.Client, error) {
@@ -422,18 +417,16 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	}
 	if counter == bootstate.CounterAndroid {
 		if err := do("misc", fmt.Sprintf("making slot %s active in misc %s", target, sc.miscPath), func() error {
-			cur := bootstate.SlotIndex(sc.bootedSlot())
-			u.restoreMisc, err = sc.changeMisc(func(bc *bootstate.BootControl) error {
+			u.restoreMisc, err = sc.changeMisc(func(s bootstate.ABState) error {
 				// As update_engine does around writing the new slot: first
 				// unbootable (clears successful_boot, which a slot that ran
 				// before still carries), then active with fresh tries. A
 				// successful slot would never be counted down, so a crashing
 				// update would never fall back.
-				t := bootstate.SlotIndex(target)
-				if err := bc.SetUnbootable(t); err != nil {
+				if err := s.SetUnbootable(target); err != nil {
 					return err
 				}
-				return bc.SetActive(t, cur)
+				return s.SetActive(target)
 			})
 			return err
 		}); err != nil {
@@ -640,8 +633,7 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 		// commit (Decide); the other order could let the bootloader fall
 		// back to the old slot with committed data.
 		if r.Counter == bootstate.CounterAndroid {
-			cur := bootstate.SlotIndex(sc.bootedSlot())
-			if err := sc.updateMisc(func(bc *bootstate.BootControl) error { return bc.MarkSuccessful(cur) }); err != nil {
+			if err := sc.updateMisc(func(s bootstate.ABState) error { return s.MarkSuccessful(sc.bootedSlot()) }); err != nil {
 				return fmt.Errorf("refusing to commit: marking slot %s successful in misc %s failed, nothing recorded: %w", r.TargetSlot, sc.miscPath, err)
 			}
 		}
@@ -763,12 +755,8 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 			// The old slot active and the update's unbootable, as a
 			// bootloader that ran out of tries leaves it: the update must
 			// not boot again on the rolled-back data.
-			cur := bootstate.SlotIndex(sc.bootedSlot())
-			if cur < 0 {
-				cur = target
-			}
-			if err := sc.updateMisc(func(bc *bootstate.BootControl) error {
-				return bc.FallBackFrom(target, cur)
+			if err := sc.updateMisc(func(s bootstate.ABState) error {
+				return s.FallBackFrom(r.TargetSlot)
 			}); err != nil {
 				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], sc.miscPath, err)
 			}
