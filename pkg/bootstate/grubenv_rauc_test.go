@@ -35,9 +35,9 @@ func grubRaucState(t testing.TB, e *GrubEnv) *GrubRaucState {
 	return s
 }
 
-// bootOnce plays GRUB on s's block and returns the slot booted and the
+// grubBootOnce plays GRUB on s's block and returns the slot booted and the
 // state GRUB left.
-func bootOnce(t testing.TB, s *GrubRaucState) (string, *GrubRaucState) {
+func grubBootOnce(t testing.TB, s *GrubRaucState) (string, *GrubRaucState) {
 	t.Helper()
 	booted, after, saved := GrubRaucBoot(s.Env().Encode(), s.slots)
 	if !saved {
@@ -55,7 +55,7 @@ func bootOnce(t testing.TB, s *GrubRaucState) (string, *GrubRaucState) {
 }
 
 func TestGrubRaucStateThroughInterface(t *testing.T) {
-	e, err := DecodeGrubEnv(readGolden(t, "rauc-a.grubenv"))
+	e, err := DecodeGrubEnv(grubReadGolden(t, "rauc-a.grubenv"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestGrubRaucUpdateCommits(t *testing.T) {
 	if err := st.SetActive("b"); err != nil {
 		t.Fatal(err)
 	}
-	booted, s := bootOnce(t, s)
+	booted, s := grubBootOnce(t, s)
 	if booted != "b" {
 		t.Fatalf("first boot after SetActive(b): %q", booted)
 	}
@@ -191,7 +191,7 @@ func TestGrubRaucUpdateCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		booted, s = bootOnce(t, s)
+		booted, s = grubBootOnce(t, s)
 		if booted != "b" {
 			t.Fatalf("boot %d after commit: %q", i, booted)
 		}
@@ -208,12 +208,12 @@ func TestGrubRaucUpdateFallsBack(t *testing.T) {
 	s := grubRaucState(t, grubRaucEnv(t, "A B", 1, 0, 1, 0))
 	s.SetUnbootable("b")
 	s.SetActive("b")
-	booted, s := bootOnce(t, s)
+	booted, s := grubBootOnce(t, s)
 	if booted != "b" {
 		t.Fatalf("trial boot: %q", booted)
 	}
 	// B crashes: no MarkSuccessful.
-	booted, s = bootOnce(t, s)
+	booted, s = grubBootOnce(t, s)
 	if booted != "a" {
 		t.Fatalf("boot after the crash: %q, want GRUB's fallback to a", booted)
 	}
@@ -225,7 +225,7 @@ func TestGrubRaucUpdateFallsBack(t *testing.T) {
 	// never picks B.
 	var seq []string
 	for range 4 {
-		booted, s = bootOnce(t, s)
+		booted, s = grubBootOnce(t, s)
 		seq = append(seq, booted)
 	}
 	if want := []string{"a", "", "a", ""}; !reflect.DeepEqual(seq, want) {
@@ -234,7 +234,7 @@ func TestGrubRaucUpdateFallsBack(t *testing.T) {
 	// A marked good at every boot: always A.
 	s = after
 	for i := range 4 {
-		if booted, s = bootOnce(t, s); booted != "a" {
+		if booted, s = grubBootOnce(t, s); booted != "a" {
 			t.Fatalf("boot %d, A marked good each time: %q", i, booted)
 		}
 		s.MarkSuccessful("a")
@@ -251,7 +251,7 @@ func TestGrubRaucGrubRetriesAFailedUpdate(t *testing.T) {
 	var seq []string
 	for range 4 {
 		var booted string
-		booted, s = bootOnce(t, s)
+		booted, s = grubBootOnce(t, s)
 		seq = append(seq, booted)
 	}
 	want := []string{"b", "a", "", "b"}
@@ -264,17 +264,17 @@ func TestGrubRaucGrubRetriesAFailedUpdate(t *testing.T) {
 // GRUB's fallback from a failed B finds no slot and boots Rescue.
 func TestGrubRaucUnmarkedRunningSlot(t *testing.T) {
 	s := grubRaucState(t, grubRaucEnv(t, "A B", 1, 0, 0, 0))
-	booted, s := bootOnce(t, s) // A boots, nobody runs mark-good
+	booted, s := grubBootOnce(t, s) // A boots, nobody runs mark-good
 	if booted != "a" {
 		t.Fatal(booted)
 	}
 	s.SetUnbootable("b")
 	s.SetActive("b")
-	booted, s = bootOnce(t, s)
+	booted, s = grubBootOnce(t, s)
 	if booted != "b" {
 		t.Fatal(booted)
 	}
-	if booted, _ = bootOnce(t, s); booted != "" {
+	if booted, _ = grubBootOnce(t, s); booted != "" {
 		t.Fatalf("B failed and A was never marked good: GRUB boots %q, want Rescue", booted)
 	}
 }
@@ -285,7 +285,7 @@ func TestGrubRaucUnmarkedRunningSlot(t *testing.T) {
 // script's save_env then writes the variables with every slot bad, which
 // cpinit loads as a valid state where nothing is bootable.
 func TestGrubRaucBootBadBlocks(t *testing.T) {
-	good := readGolden(t, "rauc-a.grubenv")
+	good := grubReadGolden(t, "rauc-a.grubenv")
 	for name, b := range map[string][]byte{
 		"torn header": append(bytes.Repeat([]byte{0}, 512), good[512:]...),
 		"empty file":  nil,
@@ -296,7 +296,7 @@ func TestGrubRaucBootBadBlocks(t *testing.T) {
 			t.Errorf("%s: booted %q, saved %v, changed %v", name, booted, saved, !bytes.Equal(after, b))
 		}
 	}
-	booted, after, saved := GrubRaucBoot(readGolden(t, "created.grubenv"), nil)
+	booted, after, saved := GrubRaucBoot(grubReadGolden(t, "created.grubenv"), nil)
 	if booted != "" || !saved {
 		t.Fatalf("empty env: booted %q saved %v", booted, saved)
 	}
@@ -453,7 +453,7 @@ func TestGrubRaucTornWrite(t *testing.T) {
 				old := grubRaucEnv(t, "A B", start[0], start[1], start[2], start[3], l.extra...)
 				s := grubRaucState(t, old.Clone())
 				if op == nil {
-					_, s = bootOnce(t, s)
+					_, s = grubBootOnce(t, s)
 				} else if err := op(s); err != nil {
 					t.Fatal(err)
 				}

@@ -27,7 +27,7 @@ var grubEnvGoldens = []struct {
 		{"saved_entry", "Debian GNU/Linux"}, {"kernelopts", "root=/dev/sda2 ro quiet"}, {"odd", "back\\slash\nnew line"}}},
 }
 
-func readGolden(t testing.TB, name string) []byte {
+func grubReadGolden(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "grubenv", name))
 	if err != nil {
@@ -39,7 +39,7 @@ func readGolden(t testing.TB, name string) []byte {
 func TestGrubEnvGolden(t *testing.T) {
 	for _, g := range grubEnvGoldens {
 		t.Run(g.file, func(t *testing.T) {
-			raw := readGolden(t, g.file)
+			raw := grubReadGolden(t, g.file)
 			e, err := NewGrubEnv(GrubEnvSize)
 			if err != nil {
 				t.Fatal(err)
@@ -200,7 +200,7 @@ func TestGrubEnvBadNames(t *testing.T) {
 
 // Blocks cpinit refuses, each with ErrCorrupt, starting from a good one.
 func TestDecodeGrubEnvCorrupt(t *testing.T) {
-	good := readGolden(t, "rauc-a.grubenv")
+	good := grubReadGolden(t, "rauc-a.grubenv")
 	mod := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
 	at := func(s string) int { return bytes.Index(good, []byte(s)) }
 	cases := []struct {
@@ -271,8 +271,9 @@ func TestGrubEnvKeepsSize(t *testing.T) {
 	}
 }
 
-// grubEnvRandomOps drives the same random changes into a GrubEnv and
-// returns them as grub-editenv argument lists, for the cross-checks.
+// grubEnvRandomOps returns n random grub-editenv argument lists (set and
+// unset, over RAUC's names and others, values with escapes, some long),
+// for the cross-checks to apply with the tool and with GrubEnv.
 func grubEnvRandomOps(r *rand.Rand, n int) [][]string {
 	names := []string{"ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY", "saved_entry", "x", "kernelopts"}
 	vals := []string{"", "0", "1", "A B", "B A", "back\\slash", "two\nlines", "\\\n\\", strings.Repeat("long ", 40), "#hash#"}
@@ -295,8 +296,8 @@ func grubEnvRandomOps(r *rand.Rand, n int) [][]string {
 	return ops
 }
 
-// applyEditenvOp applies one grub-editenv argument list to e.
-func applyEditenvOp(e *GrubEnv, op []string) error {
+// grubApplyEditenvOp applies one grub-editenv argument list to e.
+func grubApplyEditenvOp(e *GrubEnv, op []string) error {
 	switch op[0] {
 	case "set":
 		var vs []GrubEnvVar
@@ -313,9 +314,9 @@ func applyEditenvOp(e *GrubEnv, op []string) error {
 
 func FuzzDecodeGrubEnv(f *testing.F) {
 	for _, g := range grubEnvGoldens {
-		f.Add(readGolden(f, g.file))
+		f.Add(grubReadGolden(f, g.file))
 	}
-	good := readGolden(f, "rauc-a.grubenv")
+	good := grubReadGolden(f, "rauc-a.grubenv")
 	torn := bytes.Clone(good)
 	copy(torn[512:], make([]byte, 512))
 	f.Add(torn)
@@ -418,7 +419,7 @@ func grubEnvVarIndex(vs []GrubEnvVar, name string) int {
 func TestGrubEnvFileLoadSave(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "grubenv")
-	orig := readGolden(t, "rauc-a.grubenv")
+	orig := grubReadGolden(t, "rauc-a.grubenv")
 	if err := os.WriteFile(path, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -505,8 +506,8 @@ func TestGrubEnvFileLoadSave(t *testing.T) {
 // Bad files: Load fails with the sentinel and the path, the file is left
 // as it was.
 func TestGrubEnvFileBadInput(t *testing.T) {
-	good := readGolden(t, "rauc-a.grubenv")
-	created := readGolden(t, "created.grubenv")
+	good := grubReadGolden(t, "rauc-a.grubenv")
+	created := grubReadGolden(t, "created.grubenv")
 	order := bytes.Index(good, []byte("ORDER=A B"))
 	cases := []struct {
 		name string

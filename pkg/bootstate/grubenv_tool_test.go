@@ -27,9 +27,9 @@ func grubEditenvTool(t *testing.T) string {
 	return testutil.LookPath(t, "grub-editenv") // fails in CI when missing
 }
 
-// editenv runs grub-editenv FILE args... and returns its stdout; err is
+// grubEditenv runs grub-editenv FILE args... and returns its stdout; err is
 // non-nil when it exits non-zero (stderr in the message).
-func editenv(t *testing.T, tool, file string, args ...string) (string, error) {
+func grubEditenv(t *testing.T, tool, file string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(tool, append([]string{file}, args...)...)
 	var stdout, stderr bytes.Buffer
@@ -40,9 +40,9 @@ func editenv(t *testing.T, tool, file string, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-func mustEditenv(t *testing.T, tool, file string, args ...string) string {
+func grubMustEditenv(t *testing.T, tool, file string, args ...string) string {
 	t.Helper()
-	out, err := editenv(t, tool, file, args...)
+	out, err := grubEditenv(t, tool, file, args...)
 	if err != nil {
 		t.Fatalf("grub-editenv %s %q: %v", file, args, err)
 	}
@@ -55,16 +55,16 @@ func TestGrubEnvGoldensFromTool(t *testing.T) {
 	for _, g := range grubEnvGoldens {
 		t.Run(g.file, func(t *testing.T) {
 			f := filepath.Join(t.TempDir(), "grubenv")
-			mustEditenv(t, tool, f, "create")
+			grubMustEditenv(t, tool, f, "create")
 			if len(g.sets) > 0 {
 				args := []string{"set"}
 				for _, v := range g.sets {
 					args = append(args, v.Name+"="+v.Value)
 				}
-				mustEditenv(t, tool, f, args...)
+				grubMustEditenv(t, tool, f, args...)
 			}
 			got, _ := os.ReadFile(f)
-			if want := readGolden(t, g.file); !bytes.Equal(got, want) {
+			if want := grubReadGolden(t, g.file); !bytes.Equal(got, want) {
 				t.Fatalf("grub-editenv wrote\n%q\ntestdata has\n%q", got, want)
 			}
 		})
@@ -87,7 +87,7 @@ func TestGrubEnvSameBytesAsTool(t *testing.T) {
 				t.Fatal(err)
 			}
 			if size == GrubEnvSize {
-				mustEditenv(t, tool, f, "create")
+				grubMustEditenv(t, tool, f, "create")
 			} else if err := os.WriteFile(f, ours.Encode(), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -98,8 +98,8 @@ func TestGrubEnvSameBytesAsTool(t *testing.T) {
 			fulls := 0
 			for i, op := range grubEnvRandomOps(r, 80) {
 				before, _ := os.ReadFile(f)
-				_, toolErr := editenv(t, tool, f, op...)
-				ourErr := applyEditenvOp(ours, op)
+				_, toolErr := grubEditenv(t, tool, f, op...)
+				ourErr := grubApplyEditenvOp(ours, op)
 				got, _ := os.ReadFile(f)
 				switch {
 				case toolErr != nil && errors.Is(ourErr, ErrFull) && strings.Contains(toolErr.Error(), "environment block too small"):
@@ -117,7 +117,7 @@ func TestGrubEnvSameBytesAsTool(t *testing.T) {
 				if err != nil {
 					t.Fatalf("step %d: cpinit refuses the tool's block: %v", i, err)
 				}
-				if list := mustEditenv(t, tool, f, "list"); list != d.List() {
+				if list := grubMustEditenv(t, tool, f, "list"); list != d.List() {
 					t.Fatalf("step %d: grub-editenv list\n%q\ncpinit decodes\n%q", i, list, d.List())
 				}
 			}
@@ -162,7 +162,7 @@ func TestGrubEnvToolReadsOurs(t *testing.T) {
 		for _, v := range want {
 			sb.WriteString(v.Name + "=" + v.Value + "\n") // print_var's "%s=%s\n"
 		}
-		if got := mustEditenv(t, tool, f, "list"); got != sb.String() {
+		if got := grubMustEditenv(t, tool, f, "list"); got != sb.String() {
 			t.Fatalf("round %d: grub-editenv list\n%q\nwant\n%q", round, got, sb.String())
 		}
 	}
@@ -176,7 +176,7 @@ func TestGrubEnvToolReadsOurs(t *testing.T) {
 // failures.
 func TestGrubEnvPortMatchesToolOnDamagedBlocks(t *testing.T) {
 	tool := grubEditenvTool(t)
-	good := readGolden(t, "escapes.grubenv")
+	good := grubReadGolden(t, "escapes.grubenv")
 	r := rand.New(rand.NewPCG(5, 6))
 	dir := t.TempDir()
 	refused := 0
@@ -198,7 +198,7 @@ func TestGrubEnvPortMatchesToolOnDamagedBlocks(t *testing.T) {
 		if err := os.WriteFile(f, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		list, lerr := editenv(t, tool, f, "list")
+		list, lerr := grubEditenv(t, tool, f, "list")
 		var sb strings.Builder
 		grubEnvblkIterate(b, func(n, v string) bool { sb.WriteString(n + "=" + v + "\n"); return false })
 		if (lerr != nil) != !grubEnvOpen(b) || lerr == nil && list != sb.String() {
@@ -212,7 +212,7 @@ func TestGrubEnvPortMatchesToolOnDamagedBlocks(t *testing.T) {
 		val := []string{"1", "B A", "", "a\\b\nc", strings.Repeat("v", 40)}[r.IntN(5)]
 		want := bytes.Clone(b)
 		ok := grubEnvblkSet(want, name, val)
-		_, serr := editenv(t, tool, f, "set", name+"="+val)
+		_, serr := grubEditenv(t, tool, f, "set", name+"="+val)
 		got, _ := os.ReadFile(f)
 		if ok != (serr == nil) || !ok && !bytes.Equal(got, b) || ok && !bytes.Equal(got, want) {
 			t.Fatalf("round %d set %s=%q on %q:\ntool %v %q\nport %v %q", round, name, val, b, serr, got, ok, want)
@@ -221,7 +221,7 @@ func TestGrubEnvPortMatchesToolOnDamagedBlocks(t *testing.T) {
 		os.WriteFile(f, b, 0o644)
 		want = bytes.Clone(b)
 		grubEnvblkDelete(want, name)
-		_, uerr := editenv(t, tool, f, "unset", name)
+		_, uerr := grubEditenv(t, tool, f, "unset", name)
 		got, _ = os.ReadFile(f)
 		if (uerr == nil) != grubEnvOpen(b) || uerr == nil && !bytes.Equal(got, want) {
 			t.Fatalf("round %d unset %s on %q:\ntool %v %q\nport %q", round, name, b, uerr, got, want)
@@ -240,8 +240,8 @@ func TestGrubEnvPortMatchesToolOnDamagedBlocks(t *testing.T) {
 func TestGrubRaucMatchesRAUCCommands(t *testing.T) {
 	tool := grubEditenvTool(t)
 	f := filepath.Join(t.TempDir(), "grubenv")
-	mustEditenv(t, tool, f, "create")
-	mustEditenv(t, tool, f, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0")
+	grubMustEditenv(t, tool, f, "create")
+	grubMustEditenv(t, tool, f, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0")
 	b, _ := os.ReadFile(f)
 	e, err := DecodeGrubEnv(b)
 	if err != nil {
@@ -264,7 +264,7 @@ func TestGrubRaucMatchesRAUCCommands(t *testing.T) {
 			v, _ := a.Get(n)
 			args = append(args, n+"="+v)
 		}
-		mustEditenv(t, tool, f, args...)
+		grubMustEditenv(t, tool, f, args...)
 		if s, err = NewGrubRaucState(a, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +290,7 @@ func TestGrubRaucMatchesRAUCCommands(t *testing.T) {
 		if st.rauc == nil {
 			boot()
 		} else {
-			mustEditenv(t, tool, f, st.rauc...)
+			grubMustEditenv(t, tool, f, st.rauc...)
 			if err := st.ours(); err != nil {
 				t.Fatalf("step %d %s: %v", i, st.what, err)
 			}
@@ -310,12 +310,12 @@ func TestGrubRaucMatchesRAUCCommands(t *testing.T) {
 func TestGrubEnvFileWithTool(t *testing.T) {
 	tool := grubEditenvTool(t)
 	f := filepath.Join(t.TempDir(), "grubenv")
-	mustEditenv(t, tool, f, "create")
+	grubMustEditenv(t, tool, f, "create")
 	fb := &GrubEnvFile{Path: f}
 	if _, err := fb.Load(); !errors.Is(err, ErrNoScheme) {
 		t.Fatalf("Load of grub-editenv's empty block: %v, want ErrNoScheme", err)
 	}
-	mustEditenv(t, tool, f, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0", "saved_entry=0")
+	grubMustEditenv(t, tool, f, "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0", "saved_entry=0")
 	s, err := fb.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -327,10 +327,10 @@ func TestGrubEnvFileWithTool(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "ORDER=B A\nA_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=0\nsaved_entry=0\n"
-	if got := mustEditenv(t, tool, f, "list"); got != want {
+	if got := grubMustEditenv(t, tool, f, "list"); got != want {
 		t.Fatalf("grub-editenv list after cpinit's Save:\n%q\nwant\n%q", got, want)
 	}
-	mustEditenv(t, tool, f, "set", "B_TRY=1")
+	grubMustEditenv(t, tool, f, "set", "B_TRY=1")
 	s, err = fb.Load()
 	if err != nil {
 		t.Fatal(err)
