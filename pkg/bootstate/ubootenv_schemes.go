@@ -257,14 +257,27 @@ func raucLeftVar(bootname string) string { return "BOOT_" + bootname + "_LEFT" }
 // Scheme implements ABState.
 func (s *RAUCUBootState) Scheme() string { return UBootSchemeRAUC }
 
+// left is a slot's attempts as the script reads them; an empty or unset
+// BOOT_x_LEFT is 3 (the script's "test -n ... || setenv BOOT_x_LEFT 3").
 func (s *RAUCUBootState) left(bootname string) uint64 {
 	v, _ := s.env.Get(raucLeftVar(bootname))
+	if v == "" {
+		return 3
+	}
 	return parseLeadingUint(v, 16)
 }
 
+// order is BOOT_ORDER as the script iterates it; empty, the script's default
+// (the slots in cpinit's order, "A B").
 func (s *RAUCUBootState) order() []string {
-	v, _ := s.env.Get("BOOT_ORDER")
-	return strings.Fields(v)
+	if v, _ := s.env.Get("BOOT_ORDER"); v != "" {
+		return strings.Fields(v)
+	}
+	names := make([]string, len(s.slots))
+	for i, sl := range s.slots {
+		names[i] = sl.Value
+	}
+	return names
 }
 
 func (s *RAUCUBootState) inOrder(bootname string) bool {
@@ -441,8 +454,16 @@ func newBootcountUBootState(env *UBootEnv, cfg UBootSchemeConfig, scheme string)
 		}
 	}
 	if missing != nil {
-		return nil, fmt.Errorf("bootstate: %s: %s not set (without bootlimit U-Boot never falls back; without altbootcmd it stops at its prompt instead): %w",
-			scheme, strings.Join(missing, ", "), ErrNoScheme)
+		why := ""
+		for _, m := range missing {
+			switch m {
+			case "bootlimit":
+				why += "; without bootlimit U-Boot never falls back"
+			case "altbootcmd":
+				why += "; without altbootcmd U-Boot stops at its prompt when the tries run out"
+			}
+		}
+		return nil, fmt.Errorf("bootstate: %s: %s not set%s: %w", scheme, strings.Join(missing, ", "), why, ErrNoScheme)
 	}
 	if _, err := s.cur(); err != nil {
 		return nil, err
@@ -654,11 +675,7 @@ func SimulateUBootBoot(s UBootState) (string, error) {
 func (s *RAUCUBootState) simulateBoot() (string, error) {
 	env := s.env
 	if v, _ := env.Get("BOOT_ORDER"); v == "" {
-		names := make([]string, len(s.slots))
-		for i, sl := range s.slots {
-			names[i] = sl.Value
-		}
-		if err := env.Set("BOOT_ORDER", strings.Join(names, " ")); err != nil {
+		if err := env.Set("BOOT_ORDER", strings.Join(s.order(), " ")); err != nil {
 			return "", err
 		}
 	}

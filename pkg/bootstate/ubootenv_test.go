@@ -503,3 +503,33 @@ func TestUBootBootloaderNegativeOffsetAndForceRO(t *testing.T) {
 		t.Fatalf("force_ro for a file: %q", got)
 	}
 }
+
+// The decoder never panics, and what it decodes encodes and decodes back to
+// the same variables (or does not fit: a .flags item can grow, "a:r" is
+// written "a:sr").
+func FuzzDecodeUBootEnv(f *testing.F) {
+	f.Add(mkEnvCopy(f, 64, false, 0, 0, "a=1", "b=2"), false)
+	f.Add(append(mkEnvCopy(f, 64, true, 1, 0xff, "BOOT_ORDER=A B", ".flags=BOOT_ORDER:sr"), mkEnvCopy(f, 64, true, 0xff, 0, "x")...), true)
+	f.Fuzz(func(t *testing.T, b []byte, redundant bool) {
+		copies := [][]byte{b}
+		if redundant {
+			copies = [][]byte{b[:len(b)/2], b[len(b)/2 : len(b)/2*2]}
+		}
+		img, err := DecodeUBootEnv(copies, UBootFlagsIncremental)
+		if err != nil {
+			return
+		}
+		i, enc, err := img.EncodeNext(img.Env)
+		if errors.Is(err, ErrFull) {
+			return
+		}
+		if err != nil || len(enc) != img.Size {
+			t.Fatalf("encode: %v", err)
+		}
+		copies[i] = enc
+		img2, err := DecodeUBootEnv(copies, UBootFlagsIncremental)
+		if err != nil || img2.Current != i || !img2.Env.Equal(img.Env) {
+			t.Fatalf("re-decode: current %v, %v", img2, err)
+		}
+	})
+}
