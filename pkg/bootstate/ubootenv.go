@@ -720,13 +720,13 @@ type UBootBootloader struct {
 func (b *UBootBootloader) Describe() string {
 	scheme := b.Scheme.Scheme
 	if scheme == "" {
-		scheme = "uboot (scheme auto)"
+		scheme = "auto"
 	}
 	safety := "redundant"
 	if !b.Location.Redundant() {
 		safety = "single copy, not power-cut safe"
 	}
-	return fmt.Sprintf("%s u-boot env %s (%s)", scheme, b.Location, safety)
+	return fmt.Sprintf("u-boot env %s (%s), scheme %s", b.Location, safety, scheme)
 }
 
 // ubootOrigin is what a loaded state remembers of where it came from.

@@ -533,3 +533,54 @@ func FuzzDecodeUBootEnv(f *testing.F) {
 		}
 	})
 }
+
+// A power cut during Save: the new copy is written from its first byte on
+// and cut after k bytes (a disk writes sectors in any order, but any prefix
+// of a copy that is not all of it fails its CRC just the same). Redundant:
+// every cut leaves the old state current. Single copy: every cut leaves a
+// corrupt environment, which is why Describe says so.
+func TestUBootBootloaderTornSave(t *testing.T) {
+	const size = 0x200
+	for _, redundant := range []bool{true, false} {
+		copies := [][]byte{mkEnvCopy(t, size, redundant, 1, 0, raucEntries...)}
+		if redundant {
+			copies = append(copies, mkEnvCopy(t, size, true, 0, 0, raucEntries...))
+		}
+		bl, p := envFile(t, size, copies, UBootSchemeConfig{})
+		before := readFile(t, p)
+		s, err := bl.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetActive("b"); err != nil {
+			t.Fatal(err)
+		}
+		if err := bl.Save(s); err != nil {
+			t.Fatal(err)
+		}
+		after := readFile(t, p)
+		start := 0
+		if redundant {
+			start = size
+		}
+		for k := 0; k < size; k++ {
+			torn := bytes.Clone(before)
+			copy(torn[start:start+k], after[start:start+k])
+			if bytes.Equal(torn, after) || bytes.Equal(torn, before) {
+				continue // the cut fell before the first or after the last changed byte
+			}
+			if err := os.WriteFile(p, torn, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s2, err := bl.Load()
+			switch {
+			case redundant && err != nil:
+				t.Fatalf("cut after %d bytes: %v", k, err)
+			case redundant && s2.Next() != "a":
+				t.Fatalf("cut after %d bytes: next %s, want the old state's a", k, s2.Next())
+			case !redundant && !errors.Is(err, ErrCorrupt):
+				t.Fatalf("single copy cut after %d bytes: %v", k, err)
+			}
+		}
+	}
+}
