@@ -567,7 +567,7 @@ func ParseBLSLoaderConf(content []byte) BLSLoaderConfig {
 // up to a NUL if there is one (efivar_set writes it).
 func ParseBLSEFIVarString(data []byte) (string, error) {
 	if len(data) < 4 || len(data)%2 != 0 {
-		return "", fmt.Errorf("bootstate: EFI variable of %d bytes: not 4 bytes of attributes and UTF-16 text: %w", len(data), ErrCorrupt)
+		return "", fmt.Errorf("EFI variable of %d bytes: not 4 bytes of attributes and UTF-16 text: %w", len(data), ErrCorrupt)
 	}
 	u := make([]uint16, 0, (len(data)-4)/2)
 	for i := 4; i < len(data); i += 2 {
@@ -681,7 +681,7 @@ func (d *BLSDir) Load() (ABState, error) {
 			}
 			s, err := ParseBLSEFIVarString(data)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", p, err)
+				return nil, fmt.Errorf("bootstate: systemd-boot: %s: %w", p, err)
 			}
 			*v.to = s
 		}

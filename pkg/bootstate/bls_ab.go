@@ -2,6 +2,7 @@ package bootstate
 
 import (
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -172,7 +173,7 @@ func NewBLSState(cfg BLSConfig, dir string, entries []BLSEntry, lc BLSLoaderConf
 	}
 	s := &BLSState{Config: cfg, Dir: dir, Entries: append([]BLSEntry(nil), entries...), Loader: lc, Vars: vars, slot: [2]int{-1, -1}}
 	if lc.HasDefault && strings.EqualFold(lc.Default, "@saved") {
-		return nil, fmt.Errorf("bootstate: systemd-boot: %s/../loader.conf: %w (\"default @saved\" boots the entry booted last, so a new slot would never boot and a failed one never be left: remove the line, or write \"default %s-*\")", dir, ErrNoScheme, cfg.Stem)
+		return nil, fmt.Errorf("bootstate: systemd-boot: %s: %w (\"default @saved\" boots the entry booted last, so a new slot would never boot and a failed one never be left: remove the line, or write \"default %s-*\")", filepath.Join(filepath.Dir(dir), "loader.conf"), ErrNoScheme, cfg.Stem)
 	}
 	if strings.EqualFold(vars.EntryDefault, "@saved") {
 		return nil, fmt.Errorf("bootstate: systemd-boot: EFI variable LoaderEntryDefault is \"@saved\": %w (remove it: bootctl set-default \"\")", ErrNoScheme)
@@ -422,6 +423,9 @@ func (s *BLSState) explain(k int) string {
 	i, why := s.pick()
 	if i < 0 {
 		return why
+	}
+	if why == "it sorts first" && s.slotOf(i) == "" {
+		why += fmt.Sprintf(" (a line \"default %s-*\" in loader.conf keeps other entries from being the default)", s.Config.Stem)
 	}
 	return fmt.Sprintf("systemd-boot would boot %s: %s", s.Entries[i].File, why)
 }
