@@ -344,14 +344,13 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		Params:     bootstate.Params{Abort: p.Abort, Userdata: ud.id()},
 	}
 	env.bootedSlot = in.BootedSlot
-	if p.Misc != nil {
-		if env.miscPath, err = devspec.WaitResolve(ctx, *p.Misc, pollInterval); err != nil {
-			in.BootErr = err
-		} else {
-			in.Boot, in.BootErr = env.bootloader().Load()
+	if p.scheme() != schemeNone {
+		waitResolve := func(s devspec.Spec) (string, error) { return devspec.WaitResolve(ctx, s, pollInterval) }
+		if env.bl, in.BootErr = newBootloader(p, in.BootedSlot, waitResolve, true); in.BootErr == nil {
+			in.Boot, in.BootErr = env.bl.Load()
 		}
 		if in.BootErr != nil {
-			log.Errorf("warning: A/B boot control (cpinit.misc=%s): %v", p.Misc, in.BootErr)
+			log.Errorf("warning: A/B boot control (cpinit.bootloader=%s): %v", p.scheme(), in.BootErr)
 		}
 		if w := bootstate.CheckBootedSlot(in.BootedSlot, in.Boot); w != "" {
 			log.Errorf("warning: %s", w)
@@ -413,7 +412,6 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 type errRebootNow struct{ why string }
 
 func (e *errRebootNow) Error() string { return e.why }
-
 
 // consoleProgress logs a running merge about once a second, and its end.
 func consoleProgress(logf func(string, ...any)) func(dmsnap.Progress) {

@@ -62,11 +62,11 @@ type bootEnv struct {
 	// filesystem (set when no merge has started yet).
 	checkCurrent bool
 
-	// miscPath is Android's misc partition ("" if none is configured) and
-	// bootedSlot the slot this kernel booted (kernel command line): what
-	// FallBack needs to switch the bootloader away from an abandoned
-	// update.
-	miscPath   string
+	// bl is the bootloader whose A/B state guards the trial (nil if none
+	// is configured) and bootedSlot the slot this kernel booted (kernel
+	// command line): what FallBack needs to switch the bootloader away
+	// from an abandoned update.
+	bl         bootstate.Bootloader
 	bootedSlot string
 
 	// dmModules are loaded on the first use of device-mapper when lazyDM
@@ -432,12 +432,7 @@ func (e *bootEnv) startMerge(k *dmsnap.Checkpoint) (invalid bool, err error) {
 
 // bootloader is the bootloader whose A/B state PID 1 may have to switch
 // (nil when none is configured: the native counter).
-func (e *bootEnv) bootloader() bootstate.Bootloader {
-	if e.miscPath == "" {
-		return nil
-	}
-	return &bootstate.AndroidMisc{Path: e.miscPath, Current: bootstate.SlotIndex(e.bootedSlot)}
-}
+func (e *bootEnv) bootloader() bootstate.Bootloader { return e.bl }
 
 // FallBack switches the bootloader away from the update's slot: the other
 // slot active, the update's unbootable (bootstate.ABState.FallBackFrom),
@@ -446,7 +441,7 @@ func (e *bootEnv) bootloader() bootstate.Bootloader {
 func (e *bootEnv) FallBack(slot string) error {
 	bl := e.bootloader()
 	if bl == nil {
-		return fmt.Errorf("no misc partition is configured (cpinit.misc=) to tell the bootloader: %w", bootstate.ErrNoSlotSwitch)
+		return fmt.Errorf("no bootloader is configured (cpinit.misc= or cpinit.bootloader=) to tell: %w", bootstate.ErrNoSlotSwitch)
 	}
 	before, err := bl.Load()
 	if err != nil {

@@ -52,6 +52,9 @@ type sysCtx struct {
 	storeF   *os.File
 	storeDev string
 	miscPath string
+	// bl is the bootloader whose A/B state guards the trial (nil: the
+	// native counter); miscPath is its device when it is Android's misc.
+	bl       bootstate.Bootloader
 	ud       userdata
 	lockWait time.Duration // --lock-wait, for locks taken after open (watch)
 }
@@ -117,11 +120,16 @@ func (c *commonFlags) open() (*sysCtx, error) {
 	if sc.store, sc.storeF, err = openStore(sc.storeDev); err != nil {
 		return nil, err
 	}
-	if p.Misc != nil {
-		if sc.miscPath, err = devspec.Resolve(*p.Misc); err != nil {
-			sc.close()
-			return nil, fmt.Errorf("misc partition %s: %w", p.Misc, err)
-		}
+	if err := p.checkBootloader(); err != nil {
+		sc.close()
+		return nil, err
+	}
+	if sc.bl, err = newBootloader(p, sc.bootedSlot(), devspec.Resolve, false); err != nil {
+		sc.close()
+		return nil, err
+	}
+	if m, ok := sc.bl.(*bootstate.AndroidMisc); ok {
+		sc.miscPath = m.Path
 	}
 	dev, err := devspec.Resolve(p.Userdata)
 	if err != nil {
@@ -198,12 +206,7 @@ func (sc *sysCtx) bootedSlot() string { return bootstate.SlotFromCmdline(sc.cmdl
 
 // bootloader is the bootloader whose A/B state this command changes (nil
 // when none is configured: the native counter).
-func (sc *sysCtx) bootloader() bootstate.Bootloader {
-	if sc.miscPath == "" {
-		return nil
-	}
-	return &bootstate.AndroidMisc{Path: sc.miscPath, Current: bootstate.SlotIndex(sc.bootedSlot())}
-}
+func (sc *sysCtx) bootloader() bootstate.Bootloader { return sc.bl }
 
 // updateMisc loads the bootloader's A/B state, applies fn and saves it
 // (flushed before it returns).
@@ -237,8 +240,17 @@ func (sc *sysCtx) changeMisc(fn func(bootstate.ABState) error) (restore func() (
 		return nil, fmt.Errorf("A/B boot control (%s): %w", bl.Describe(), err)
 	}
 	restore = func() (bool, error) {
-		if now, err := bl.Load(); err == nil && reflect.DeepEqual(now, orig) {
+		now, err := bl.Load()
+		if err == nil && reflect.DeepEqual(now, orig) {
 			return false, nil
+		}
+		if r, ok := now.(bootstate.Reverter); ok && err == nil {
+			// Backends that guard against other writers refuse to save a
+			// state loaded before the last save: revert the current one.
+			if err := r.RevertTo(orig); err != nil {
+				return true, err
+			}
+			return true, bl.Save(now)
 		}
 		return true, bl.Save(orig)
 	}
@@ -302,8 +314,8 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	// Which slot, and who counts.
 	counter := bootstate.CounterNative
 	target := *slot
-	if sc.miscPath != "" {
-		counter = bootstate.CounterAndroid
+	if sc.bl != nil {
+		counter = counterOf(sc.bl)
 		if target == "" {
 			cur := bootstate.SlotIndex(sc.bootedSlot())
 			if cur < 0 {
@@ -415,8 +427,8 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	}); err != nil {
 		return err
 	}
-	if counter == bootstate.CounterAndroid {
-		if err := do("misc", fmt.Sprintf("making slot %s active in misc %s", target, sc.miscPath), func() error {
+	if counter.Bootloader() {
+		if err := do("misc", fmt.Sprintf("making slot %s active in %s", target, bootDesc(sc.bl)), func() error {
 			u.restoreMisc, err = sc.changeMisc(func(s bootstate.ABState) error {
 				// As update_engine does around writing the new slot: first
 				// unbootable (clears successful_boot, which a slot that ran
@@ -493,11 +505,11 @@ func (u *beginUndo) fail(what string, cause error) error {
 	if u.restoreMisc != nil {
 		wrote, err := u.restoreMisc()
 		if err != nil {
-			return left(err, fmt.Sprintf("an armed checkpoint for slot %s in the metadata store %s, its COW file %s, and misc %s, which may make slot %s active",
-				u.target, sc.storeDev, u.full, sc.miscPath, u.target), "to remove them, "+rerun)
+			return left(err, fmt.Sprintf("an armed checkpoint for slot %s in the metadata store %s, its COW file %s, and %s, which may make slot %s active",
+				u.target, sc.storeDev, u.full, bootDesc(sc.bl), u.target), "to remove them, "+rerun)
 		}
 		if wrote {
-			undone = append(undone, "restored misc "+sc.miscPath)
+			undone = append(undone, "restored "+bootDesc(sc.bl))
 		}
 	}
 	if !u.prepared {
@@ -628,13 +640,15 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 			"slot %s cannot be marked successful (the bootloader would count its tries down and fall back to the old slot, with the update's data)", r.TargetSlot)); err != nil {
 			return err
 		}
-		// Mark the slot good in misc first: a cut after this leaves a good
-		// slot with a pending trial, which the next boot finishes as a
-		// commit (Decide); the other order could let the bootloader fall
-		// back to the old slot with committed data.
-		if r.Counter == bootstate.CounterAndroid {
+		// Mark the slot good in the bootloader first: a cut after this
+		// leaves a good slot with a pending trial, which the next boot
+		// finishes as a commit where the bootloader records success
+		// (Decide) and otherwise treats as one more trial boot; the other
+		// order could let the bootloader fall back to the old slot with
+		// committed data.
+		if r.Counter.Bootloader() {
 			if err := sc.updateMisc(func(s bootstate.ABState) error { return s.MarkSuccessful(sc.bootedSlot()) }); err != nil {
-				return fmt.Errorf("refusing to commit: marking slot %s successful in misc %s failed, nothing recorded: %w", r.TargetSlot, sc.miscPath, err)
+				return fmt.Errorf("refusing to commit: marking slot %s successful in %s failed, nothing recorded: %w", r.TargetSlot, bootDesc(sc.bl), err)
 			}
 		}
 		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCommit}); err != nil {
@@ -670,16 +684,18 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 // bootloader goes on as if nothing happened (what says what it misses).
 // Nothing has been written when it refuses.
 func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
-	if r.Counter == bootstate.CounterBootloader {
-		// Recorded by a cpinit that drives a U-Boot, GRUB or systemd-boot
-		// backend (issue 16); this command cannot tell that bootloader.
-		return fmt.Errorf("%s: the checkpoint's trial boots are counted by a bootloader backend (cpinit.bootloader=) this cpinit command cannot write, so %s; nothing recorded", refusing, what)
-	}
-	if r.Counter != bootstate.CounterAndroid || sc.miscPath != "" {
+	switch {
+	case !r.Counter.Bootloader(), r.Counter == counterOf(sc.bl):
 		return nil
+	case r.Counter == bootstate.CounterAndroid && sc.bl == nil:
+		return fmt.Errorf("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
+			"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
+	case sc.bl == nil:
+		return fmt.Errorf("%s: the checkpoint's trial boots are counted by the bootloader (%v counter), but no bootloader is configured here, so %s; "+
+			"fix cpinit.bootloader= on the kernel command line; nothing recorded", refusing, r.Counter, what)
 	}
-	return fmt.Errorf("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
-		"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
+	return fmt.Errorf("%s: the checkpoint was begun with the %v counter, but this system is configured for %s, so %s; "+
+		"fix cpinit.bootloader= or cpinit.misc= on the kernel command line; nothing recorded", refusing, r.Counter, sc.bl.Describe(), what)
 }
 
 // snapshotUsable refuses a rollback whose live snapshot the kernel reports
@@ -750,7 +766,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 		"the old slot cannot be made active again (the bootloader would keep booting slot %s)", r.TargetSlot)); err != nil {
 		return err
 	}
-	if r.Counter == bootstate.CounterAndroid {
+	if r.Counter.Bootloader() {
 		if target := bootstate.SlotIndex(r.TargetSlot); target >= 0 {
 			// The old slot active and the update's unbootable, as a
 			// bootloader that ran out of tries leaves it: the update must
@@ -758,7 +774,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 			if err := sc.updateMisc(func(s bootstate.ABState) error {
 				return s.FallBackFrom(r.TargetSlot)
 			}); err != nil {
-				return fmt.Errorf("refusing to roll back: making the old slot %s active in misc %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], sc.miscPath, err)
+				return fmt.Errorf("refusing to roll back: making the old slot %s active in %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], bootDesc(sc.bl), err)
 			}
 		}
 	}

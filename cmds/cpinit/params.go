@@ -3,12 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/cpinit/cpinit/internal/devspec"
 	"github.com/cpinit/cpinit/internal/pid1"
+	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
 // Params are the cpinit.* kernel parameters. Each field documents its key and
@@ -53,6 +55,31 @@ type Params struct {
 	// bootloader_control block counts A/B boot tries. Without it cpinit
 	// counts trial boots itself (native counter).
 	Misc *devspec.Spec
+	// cpinit.bootloader= (default android-misc with cpinit.misc=, else
+	// none): whose A/B state guards the trial. android-misc, uboot-rauc,
+	// uboot-mender, uboot-bootcount, grub-rauc, systemd-boot, or none
+	// (cpinit's own native counter, which cannot switch slots). See
+	// docs/bootloader-*.md.
+	Bootloader string
+	// cpinit.ubootenv= (uboot-*; default: /etc/fw_env.config): where the
+	// U-Boot environment is, "dev:offset:size[,dev:offset:size]" (two
+	// areas: redundant copies), offsets and sizes in hex (0x...) or
+	// decimal (bootstate.ParseUBootEnvLocation).
+	UBootEnv string
+	// cpinit.bootpart= (grub-rauc, systemd-boot): the partition that
+	// holds the grubenv or the ESP's loader/entries, mounted by cpinit
+	// for each read or write. cpinit.bootpartfs= (default vfat) is its
+	// filesystem type.
+	BootPart   *devspec.Spec
+	BootPartFS string
+	// cpinit.grubenv= (grub-rauc; default /grub/grubenv): the grubenv
+	// file's path on cpinit.bootpart.
+	GrubEnv string
+	// cpinit.slotnames= (optional): the bootloader's names for cpinit's
+	// slots a and b, "a=X,b=Y": RAUC bootnames (default a=A,b=B), Mender
+	// partition numbers (a=2,b=3), the bootcount scheme's slot values,
+	// systemd-boot entry ids.
+	SlotNames string
 	// cpinit.abort=1: roll back the pending update at this boot (e.g. from
 	// a bootloader menu entry).
 	Abort bool
@@ -82,6 +109,8 @@ func DefaultParams() Params {
 		RootWait:   10 * time.Second,
 		OnFatal:    pid1.Halt,
 		COWSize:    cowSize{percent: defaultCOWPercent},
+		BootPartFS: "vfat",
+		GrubEnv:    "/grub/grubenv",
 	}
 }
 
@@ -176,6 +205,39 @@ func ParseParams(cmdline string) (Params, []string, error) {
 				continue
 			}
 			p.RootWait = d
+		case "cpinit.bootloader":
+			if !slices.Contains(bootloaderSchemes, val) {
+				bad("unknown bootloader scheme (known: %s)", strings.Join(bootloaderSchemes, " "))
+				continue
+			}
+			p.Bootloader = val
+		case "cpinit.ubootenv":
+			if _, err := bootstate.ParseUBootEnvLocation(val); err != nil {
+				bad("%v", err)
+				continue
+			}
+			p.UBootEnv = val
+		case "cpinit.bootpart":
+			sp, err := devspec.Parse(val)
+			if err != nil {
+				bad("%v", err)
+				continue
+			}
+			p.BootPart = &sp
+		case "cpinit.bootpartfs":
+			p.BootPartFS = val
+		case "cpinit.grubenv":
+			if !strings.HasPrefix(val, "/") {
+				bad("must be an absolute path on cpinit.bootpart")
+				continue
+			}
+			p.GrubEnv = val
+		case "cpinit.slotnames":
+			if _, err := bootstate.ParseUBootSlotNames(val); err != nil {
+				bad("%v", err)
+				continue
+			}
+			p.SlotNames = val
 		case "cpinit.metadata", "cpinit.misc":
 			sp, err := devspec.Parse(val)
 			if err != nil {
@@ -222,6 +284,9 @@ func ParseParams(cmdline string) (Params, []string, error) {
 			warnings = append(warnings, fmt.Sprintf("ignoring unknown kernel parameter %s (known: %s)", w, strings.Join(knownKeys, " ")))
 		}
 	}
+	if err := p.checkBootloader(); err != nil {
+		errs = append(errs, err)
+	}
 	if !haveUserdata && len(errs) == 0 {
 		errs = append(errs, errors.New("kernel parameter cpinit.userdata= is missing: name the userdata device (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=)"))
 	}
@@ -231,7 +296,8 @@ func ParseParams(cmdline string) (Params, []string, error) {
 var knownKeys = func() []string {
 	k := []string{"cpinit.userdata", "cpinit.root", "cpinit.fstype", "cpinit.rootfstype", "cpinit.mountopts",
 		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal", "cpinit.metadata", "cpinit.misc",
-		"cpinit.abort", "cpinit.recovery", "cpinit.slot", "cpinit.cow_size"}
+		"cpinit.abort", "cpinit.recovery", "cpinit.slot", "cpinit.cow_size", "cpinit.bootloader", "cpinit.ubootenv",
+		"cpinit.bootpart", "cpinit.bootpartfs", "cpinit.grubenv", "cpinit.slotnames"}
 	sort.Strings(k)
 	return k
 }()
@@ -246,4 +312,48 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("want a duration such as 10s or whole seconds, got %q", s)
 	}
 	return d, nil
+}
+
+// The cpinit.bootloader= schemes.
+const (
+	schemeNone        = "none"
+	schemeAndroidMisc = "android-misc"
+	schemeUBootRAUC   = bootstate.UBootSchemeRAUC
+	schemeUBootMender = bootstate.UBootSchemeMender
+	schemeUBootCount  = bootstate.UBootSchemeBootcount
+	schemeGrubRAUC    = "grub-rauc"
+	schemeSystemdBoot = "systemd-boot"
+)
+
+var bootloaderSchemes = []string{schemeNone, schemeAndroidMisc, schemeUBootRAUC, schemeUBootMender, schemeUBootCount, schemeGrubRAUC, schemeSystemdBoot}
+
+// scheme is cpinit.bootloader= with its default: android-misc where a misc
+// partition is named, else none.
+func (p *Params) scheme() string {
+	switch {
+	case p.Bootloader != "":
+		return p.Bootloader
+	case p.Misc != nil:
+		return schemeAndroidMisc
+	}
+	return schemeNone
+}
+
+// checkBootloader refuses parameters that name a scheme without the place
+// its state lives in (a device must never be guessed).
+func (p *Params) checkBootloader() error {
+	if p.Misc != nil && p.scheme() != schemeAndroidMisc {
+		return fmt.Errorf("kernel parameters cpinit.misc= and cpinit.bootloader=%s name two bootloaders: keep the one this device boots with", p.scheme())
+	}
+	switch p.scheme() {
+	case schemeAndroidMisc:
+		if p.Misc == nil {
+			return errors.New("kernel parameter cpinit.bootloader=android-misc needs cpinit.misc= (the misc partition)")
+		}
+	case schemeGrubRAUC, schemeSystemdBoot:
+		if p.BootPart == nil {
+			return fmt.Errorf("kernel parameter cpinit.bootloader=%s needs cpinit.bootpart= (the partition that holds its state)", p.scheme())
+		}
+	}
+	return nil
 }

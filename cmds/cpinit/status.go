@@ -33,6 +33,31 @@ type Status struct {
 	// could be chosen (state "unreadable").
 	Store []string `json:"store,omitempty"`
 	Note  string   `json:"note,omitempty"`
+	// Boot is the bootloader's own A/B state, as cpinit reads it, when a
+	// bootloader is configured (cpinit.bootloader=, cpinit.misc=).
+	Boot *BootView `json:"boot,omitempty"`
+}
+
+// BootView is the bootloader's A/B state (bootstate.ABState) as status
+// shows it.
+type BootView struct {
+	Scheme string     `json:"scheme,omitempty"` // android-misc, uboot-rauc, grub-rauc, systemd-boot, ...
+	Where  string     `json:"where"`            // where the state lives (bootstate.Bootloader.Describe)
+	Next   string     `json:"next,omitempty"`   // the slot the bootloader tries next; absent: none bootable
+	Error  string     `json:"error,omitempty"`  // the state could not be read (then no slots)
+	Slots  []BootSlot `json:"slots,omitempty"`
+}
+
+// BootSlot is one slot in BootView (bootstate.SlotInfo).
+type BootSlot struct {
+	Name     string `json:"name"`
+	Bootable bool   `json:"bootable"`
+	// Successful is present only where the scheme records success apart
+	// from its tries (bootstate.SlotInfo.TracksSuccess).
+	Successful *bool `json:"successful,omitempty"`
+	// Tries left; absent where the scheme does not count them for this
+	// slot (a successful Android slot, a blessed entry).
+	Tries *int `json:"tries,omitempty"`
 }
 
 // SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
@@ -80,6 +105,14 @@ const (
 	// command was given no misc (cpinit.misc= or --misc): commit and
 	// rollback from here refuse.
 	bootloaderMiscMissing = "misc-missing"
+	// bootloaderTold: another bootloader (cpinit.bootloader=: U-Boot or
+	// GRUB environment, systemd-boot) counts the trial's tries; commit
+	// marks the slot successful there, rollback makes the old slot active.
+	bootloaderTold = "told"
+	// bootloaderMissing: the checkpoint was begun with a bootloader counter
+	// this command is not configured for (none, or another one): commit
+	// and rollback from here refuse.
+	bootloaderMissing = "bootloader-missing"
 )
 
 // snapStateName is the schema's stable name of a snapshot state; the kernel

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
@@ -59,10 +60,14 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 		switch {
 		case r.Counter == bootstate.CounterNative:
 			st.Bootloader = bootloaderNotTold
-		case sc.miscPath == "":
+		case r.Counter == bootstate.CounterAndroid && sc.bl == nil:
 			st.Bootloader = bootloaderMiscMissing
-		default:
+		case r.Counter != counterOf(sc.bl):
+			st.Bootloader = bootloaderMissing
+		case r.Counter == bootstate.CounterAndroid:
 			st.Bootloader = bootloaderMisc
+		default:
+			st.Bootloader = bootloaderTold
 		}
 	}
 	if r.State == bootstate.StateCheckpointing || r.State == bootstate.StateRollbackPending {
@@ -73,6 +78,7 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 			c.Close()
 		}
 	}
+	st.Boot = bootView(sc.bl)
 	if st.Snapshot != nil && st.Snapshot.State == snapActive && r.State == bootstate.StateCheckpointing {
 		st.Fill = sc.fillRate(&r.Map, window)
 	}
@@ -138,6 +144,41 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "bootloader:        not told (no misc; cpinit's native counter counts trial boots)")
 	case bootloaderMiscMissing:
 		fmt.Fprintln(stdout, "bootloader:        counts tries in misc, but no misc is configured here: commit and rollback refuse; pass --misc or set cpinit.misc=")
+	case bootloaderTold:
+		fmt.Fprintln(stdout, "bootloader:        told (commit marks the slot successful, rollback makes the old slot active)")
+	case bootloaderMissing:
+		fmt.Fprintf(stdout, "bootloader:        the checkpoint's %s counter is not the bootloader configured here: commit and rollback refuse; fix cpinit.bootloader=\n", st.Counter)
+	}
+	if b := st.Boot; b != nil {
+		fmt.Fprintf(stdout, "bootloader state:  %s", b.Where)
+		if b.Error != "" {
+			fmt.Fprintf(stdout, ": unreadable: %s\n", b.Error)
+		} else {
+			next := b.Next
+			if next == "" {
+				next = "none bootable"
+			}
+			fmt.Fprintf(stdout, ", next boot: %s\n", next)
+		}
+		for _, s := range b.Slots {
+			var parts []string
+			if !s.Bootable {
+				parts = append(parts, "not bootable")
+			} else {
+				parts = append(parts, "bootable")
+			}
+			if s.Successful != nil {
+				if *s.Successful {
+					parts = append(parts, "successful")
+				} else {
+					parts = append(parts, "not marked successful")
+				}
+			}
+			if s.Tries != nil {
+				parts = append(parts, fmt.Sprintf("%d tries left", *s.Tries))
+			}
+			fmt.Fprintf(stdout, "  slot %-13s %s\n", s.Name+":", strings.Join(parts, ", "))
+		}
 	}
 	if u := st.Snapshot; u != nil && u.State != snapActive {
 		// The kernel reports no usage for an Invalid snapshot.
@@ -212,7 +253,7 @@ func cmdMerge(args []string, stdout io.Writer) error {
 	// on the update's own slot switches the bootloader first.
 	env.cowPath = r.COWPath
 	env.checkCurrent = r.MergeTries == 0
-	env.miscPath, env.bootedSlot = sc.miscPath, sc.bootedSlot()
+	env.bl, env.bootedSlot = sc.bl, sc.bootedSlot()
 	in := bootstate.DecideInput{BootedSlot: sc.bootedSlot(), Params: bootstate.Params{Userdata: sc.ud.id()}}
 	a, err := bootstate.RunBoot(sc.store, in, env)
 	if env.mounted != "" {
@@ -278,4 +319,32 @@ func (sc *sysCtx) fillRate(m *bootstate.ExtentMap, window time.Duration) *FillRa
 		f.SecondsToFull = &v
 	}
 	return f
+}
+
+// bootView reads the bootloader's A/B state for status (nil when none is
+// configured); a state that cannot be read is shown with the reason.
+func bootView(bl bootstate.Bootloader) *BootView {
+	if bl == nil {
+		return nil
+	}
+	v := &BootView{Where: bl.Describe()}
+	s, err := bl.Load()
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	v.Scheme, v.Next = s.Scheme(), s.Next()
+	for _, si := range s.Slots() {
+		b := BootSlot{Name: si.Name, Bootable: si.Bootable}
+		if si.TracksSuccess {
+			ok := si.Successful
+			b.Successful = &ok
+		}
+		if si.Tries >= 0 {
+			n := si.Tries
+			b.Tries = &n
+		}
+		v.Slots = append(v.Slots, b)
+	}
+	return v
 }

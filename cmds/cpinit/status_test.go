@@ -161,8 +161,8 @@ func TestStatusSchemaDoc(t *testing.T) {
 	}{
 		{"state", root.Properties["state"], states},
 		{"reason", root.Properties["reason"], reasons},
-		{"counter", root.Properties["counter"], []string{bootstate.CounterAndroid.String(), bootstate.CounterNative.String()}},
-		{"bootloader", root.Properties["bootloader"], []string{bootloaderMisc, bootloaderNotTold, bootloaderMiscMissing}},
+		{"counter", root.Properties["counter"], []string{bootstate.CounterAndroid.String(), bootstate.CounterNative.String(), bootstate.CounterBootloader.String()}},
+		{"bootloader", root.Properties["bootloader"], []string{bootloaderMisc, bootloaderNotTold, bootloaderMiscMissing, bootloaderTold, bootloaderMissing}},
 		{"snapshot.state", root.Properties["snapshot"].resolve(root).Properties["state"], snapStates},
 	} {
 		if !slices.Equal(enum(c.node), c.want) {

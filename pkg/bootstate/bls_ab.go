@@ -162,6 +162,19 @@ type BLSState struct {
 	loaded []string // Entries' file names as loaded or last saved
 }
 
+// RevertTo implements Reverter: each slot's entry renamed back to the name
+// it has in old (as old was loaded).
+func (s *BLSState) RevertTo(old ABState) error {
+	o, ok := old.(*BLSState)
+	if !ok {
+		return fmt.Errorf("bootstate: systemd-boot: cannot revert to a %s state", old.Scheme())
+	}
+	for k := range s.slot {
+		s.Entries[s.slot[k]].File = o.loaded[o.slot[k]]
+	}
+	return nil
+}
+
 // NewBLSState checks entries for the A/B scheme: exactly one entry per slot,
 // every entry named "<stem>-..." a well-formed slot entry, sort lines that
 // let the ids decide the order, and no "@saved" default (it boots whatever

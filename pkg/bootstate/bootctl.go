@@ -367,6 +367,17 @@ type AndroidState struct {
 // Scheme implements ABState.
 func (s *AndroidState) Scheme() string { return "android-misc" }
 
+// RevertTo implements Reverter: the whole block as old has it.
+func (s *AndroidState) RevertTo(old ABState) error {
+	o, ok := old.(*AndroidState)
+	if !ok || o.BC == nil {
+		return fmt.Errorf("bootstate: android misc: cannot revert to a %s state", old.Scheme())
+	}
+	c := *o.BC
+	s.BC = &c
+	return nil
+}
+
 // RecordedBoot implements BootRecorder: misc's slot_suffix.
 func (s *AndroidState) RecordedBoot() (slot, where string) {
 	return s.BC.Suffix(), "misc's slot_suffix"

@@ -79,6 +79,16 @@ type BootRecorder interface {
 	RecordedBoot() (slot, where string)
 }
 
+// Reverter is an ABState that can take back the content of an older state
+// of the same backend: how a caller undoes a change it saved (a failed
+// `cpinit begin`). Saving the older state itself would not do: backends
+// that guard against concurrent writers refuse to save a state loaded
+// before the storage last changed. The caller loads the current state,
+// reverts it to the older one's content and saves it.
+type Reverter interface {
+	RevertTo(old ABState) error
+}
+
 // Bootloader is where an ABState lives: it reads and writes it, durably
 // (flushed) before Save returns. Save must leave either the old or the new
 // state readable after a power cut at any point (a redundant copy, a

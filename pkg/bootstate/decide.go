@@ -185,7 +185,7 @@ type DecideInput struct {
 	// never a reason for a merge or a deletion on its own.
 	Boot    ABState
 	BootErr error
-	Params         Params
+	Params  Params
 	// Verified is the fingerprint of the extent map re-derived this boot
 	// (after a VerifyExtents action); nil before that.
 	Verified *[32]byte

@@ -197,6 +197,22 @@ func (s *GrubRaucState) parseOrder(order string) ([]int, error) {
 	return idx, nil
 }
 
+// RevertTo implements Reverter: old's block, written over the block this
+// state was loaded from.
+func (s *GrubRaucState) RevertTo(old ABState) error {
+	o, ok := old.(*GrubRaucState)
+	if !ok {
+		return fmt.Errorf("bootstate: grub-rauc: cannot revert to a %s state", old.Scheme())
+	}
+	n, err := NewGrubRaucState(o.env.Clone(), s.slots)
+	if err != nil {
+		return err
+	}
+	n.loaded = s.loaded
+	*s = *n
+	return nil
+}
+
 // Env returns the environment block the state reads and changes.
 func (s *GrubRaucState) Env() *GrubEnv { return s.env }
 

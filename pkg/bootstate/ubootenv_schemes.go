@@ -94,6 +94,17 @@ func (b *ubootBase) base() *ubootBase { return b }
 // Env implements UBootState.
 func (b *ubootBase) Env() *UBootEnv { return b.env }
 
+// RevertTo implements Reverter: old's variables, saved over the copies
+// this state was loaded from.
+func (b *ubootBase) RevertTo(old ABState) error {
+	o, ok := old.(UBootState)
+	if !ok {
+		return fmt.Errorf("bootstate: u-boot env: cannot revert to a %s state", old.Scheme())
+	}
+	b.env = o.Env().Clone()
+	return nil
+}
+
 func (b *ubootBase) set(kv ...string) error {
 	// Check every variable first so that a refused one changes nothing.
 	for i := 0; i < len(kv); i += 2 {
