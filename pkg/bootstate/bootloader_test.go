@@ -111,3 +111,73 @@ func TestAndroidMiscLoadSave(t *testing.T) {
 		t.Fatalf("missing misc: %v", err)
 	}
 }
+
+// Undoing a saved change the way `cpinit begin` does when a later step
+// fails: load the current state, revert it to the one loaded before the
+// change, save. Each file backend ends where it started; saving the old
+// state itself is refused where the backend guards against other writers.
+func TestRevertAfterSave(t *testing.T) {
+	beginChange := func(s ABState) error {
+		if err := s.SetUnbootable("b"); err != nil {
+			return err
+		}
+		return s.SetActive("b")
+	}
+	undo := func(t *testing.T, bl Bootloader) {
+		t.Helper()
+		orig, err := bl.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := bl.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := beginChange(s); err != nil {
+			t.Fatal(err)
+		}
+		if err := bl.Save(s); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := bl.Load(); n.Next() != "b" {
+			t.Fatalf("after the change: next %q", n.Next())
+		}
+		now, err := bl.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := now.(Reverter).RevertTo(orig); err != nil {
+			t.Fatal(err)
+		}
+		if err := bl.Save(now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("grub-rauc", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "grubenv")
+		env, err := NewGrubEnv(GrubEnvSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Set(GrubEnvVar{"ORDER", "A B"}, GrubEnvVar{"A_OK", "1"}, GrubEnvVar{"A_TRY", "0"}, GrubEnvVar{"B_OK", "1"}, GrubEnvVar{"B_TRY", "0"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, env.Encode(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.ReadFile(path)
+		bl := &GrubEnvFile{Path: path}
+		undo(t, bl)
+		if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+			t.Fatalf("grubenv after the undo:\n%s\nbefore:\n%s", after, before)
+		}
+	})
+	t.Run("systemd-boot", func(t *testing.T) {
+		esp := blsESP(t, "cpinit-1-a.conf", "cpinit-0-b+0.conf")
+		before := blsTree(t, esp)
+		undo(t, &BLSDir{ESP: esp})
+		if after := blsTree(t, esp); !reflect.DeepEqual(after, before) {
+			t.Fatalf("ESP after the undo: %v\nbefore: %v", after, before)
+		}
+	})
+}
