@@ -48,7 +48,6 @@ func systemImage(t *testing.T, dir, label string) string {
 // system root it found by label, and switch_roots to the system's init,
 // which reads back a file the host put in userdata.
 func TestBootSwitchRoot(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	dir := t.TempDir()
@@ -98,7 +97,6 @@ func TestBootSwitchRoot(t *testing.T) {
 // unmounts userdata and powers off cleanly instead of exiting (which would
 // panic the kernel).
 func TestBootNoNextInit(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	udImg := filepath.Join(t.TempDir(), "userdata.img")
@@ -123,7 +121,6 @@ func TestBootNoNextInit(t *testing.T) {
 // TestBootMissingUserdata: a userdata device that never appears is a clear
 // fatal error naming it, then a halt, never a kernel panic.
 func TestBootMissingUserdata(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	vm := StartT(t, Options{
@@ -140,7 +137,6 @@ func TestBootMissingUserdata(t *testing.T) {
 // TestBootBadParameter: an unusable kernel parameter stops the boot with a
 // message naming it, and cpinit.on_fatal=reboot is honoured even then.
 func TestBootBadParameter(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	vm := StartT(t, Options{
@@ -167,7 +163,6 @@ func assertNoPanic(t *testing.T, vm *VM) {
 // /dev/mapper/control and reads the dm version: the path pkg/dmsnap's tests
 // take.
 func TestGuestDeviceMapper(t *testing.T) {
-	t.Parallel()
 	needQEMU(t)
 	out := RunGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",
@@ -184,7 +179,6 @@ func TestGuestDeviceMapper(t *testing.T) {
 // and fsyncs a file, the host kills QEMU without warning, and the next boot
 // with the same disks finds the file (and a clean journal replay).
 func TestPowerCutAndReboot(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	dir := t.TempDir()
@@ -216,7 +210,6 @@ func TestPowerCutAndReboot(t *testing.T) {
 // test that skips inside the VM must fail the run, or a broken gate would
 // report untested code as passing.
 func TestGuestRunnerCatchesSkip(t *testing.T) {
-	t.Parallel()
 	needQEMU(t)
 	_, err := runGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",

@@ -138,12 +138,10 @@ type ccStats struct {
 }
 
 func TestCacheCut(t *testing.T) {
-	t.Parallel()
 	ccCampaign(t, ccConfig{cycles: []string{"rollback", "commit"}, cuts: max(*flagCacheCuts, 1)})
 }
 
 func TestCacheCutF2FS(t *testing.T) {
-	t.Parallel()
 	cfg := ccConfig{fs: "f2fs", cycles: []string{"rollback"}, cutIn: "merge", cuts: *flagCacheCutsF2FS}
 	if *flagCacheF2FSAll {
 		cfg.cycles, cfg.cutIn = []string{"rollback", "commit"}, ""

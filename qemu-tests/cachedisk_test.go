@@ -36,7 +36,6 @@ func endMachine(t *testing.T, m *cachedisk.Machine) {
 // have kept it, and does: the last boot). After a DropAll cut the fsynced
 // token and the flushed block survive and the unflushed block is gone.
 func TestCacheDiskPowerCut(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	dir := t.TempDir()
@@ -132,7 +131,6 @@ func TestCacheDiskPowerCut(t *testing.T) {
 // or whole: ext4's fsync never leaves a torn file behind, whatever the cache
 // loses after flush K-1.
 func TestCacheDiskCutAtFlush(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := cpinitImage(t)
 	dir := t.TempDir()

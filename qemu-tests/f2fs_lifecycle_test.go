@@ -74,7 +74,6 @@ func f2fsOTABegin(t *testing.T, d *ABDevice, cowSize string) (digest, files stri
 // what the trial left (the guest's manifest digest after = the trial's),
 // the COW file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateCommits(t *testing.T) {
-	t.Parallel()
 	d := newF2FSDevice(t, 1)
 	before, _ := f2fsOTABegin(t, d, "64M")
 
@@ -129,7 +128,6 @@ func TestF2FSUpdateCommits(t *testing.T) {
 // manifest of userdata equals the one printed before the update, the COW
 // file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateFailsRollsBack(t *testing.T) {
-	t.Parallel()
 	d := newF2FSDevice(t, 2)
 	before, beforeFiles := f2fsOTABegin(t, d, "64M")
 

@@ -72,7 +72,6 @@ func hookedInitramfs(t *testing.T) string {
 // image's own init (kept as /inito), which finds userdata mounted. Naming
 // cpinit itself as the next init is refused, not looped.
 func TestEarlyHook(t *testing.T) {
-	t.Parallel()
 	k := needQEMU(t)
 	initrd := hookedInitramfs(t)
 	dir := t.TempDir()

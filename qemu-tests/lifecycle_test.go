@@ -66,7 +66,6 @@ func otaBegin(t *testing.T, d *ABDevice, cowSize string) {
 // changes userdata and commits; the next boot is plain, the new data is
 // kept, the COW file is gone, the state is fresh.
 func TestUpdateCommits(t *testing.T) {
-	t.Parallel()
 	d := newABDevice(t, 1)
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
@@ -116,7 +115,6 @@ func TestUpdateCommits(t *testing.T) {
 // the checkpoint back, and userdata is exactly what it was before the update
 // (paths, sizes, modes, sha256), with a clean e2fsck.
 func TestUpdateFailsRollsBack(t *testing.T) {
-	t.Parallel()
 	d := newABDevice(t, 2)
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
@@ -188,7 +186,6 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 // the booted system is the update being rolled back, it makes the old slot
 // active and reboots into it instead of starting the new system on old data.
 func TestAbortFromBootMenu(t *testing.T) {
-	t.Parallel()
 	d := newABDevice(t, 3)
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")

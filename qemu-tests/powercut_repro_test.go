@@ -28,7 +28,6 @@ import (
 // Either way userdata must end exactly as before the update, with the old
 // slot running and the bootloader's next pick the old slot.
 func TestPowerCutInsideRollback(t *testing.T) {
-	t.Parallel()
 	for _, c := range []struct {
 		name    string
 		restore func(d *ABDevice) string // which image to put back

@@ -128,7 +128,6 @@ func settleAfterRollback(t *testing.T, d *ABDevice, before Manifest, extra strin
 // slot. A crashing update's fallback adds a cut after merge-done on the old
 // slot (the cleanup).
 func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
-	t.Parallel()
 	type cutPoint struct {
 		name, anchor string
 		delay        time.Duration

@@ -95,7 +95,6 @@ func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
 // enabled, does nothing at a boot that is no trial, and is skipped by its
 // condition in recovery mode.
 func TestSystemdUpdateCommits(t *testing.T) {
-	t.Parallel()
 	d := newSystemdABDevice(t, 11)
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
@@ -191,7 +190,6 @@ func TestSystemdUpdateCommits(t *testing.T) {
 // bootloader's tries count down, it falls back to slot a, and cpinit rolls
 // userdata back to exactly what it was before the update.
 func TestSystemdHealthCheckVetoes(t *testing.T) {
-	t.Parallel()
 	d := newSystemdABDevice(t, 12)
 	before := manifest(t, d)
 	otaBegin(t, d, "64M")
@@ -256,7 +254,6 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 // health check's drop-in), so a unit error shows here and not as a
 // mysterious boot. Any output is a failure (warnings exit 0).
 func TestSystemdSlotUnitsVerify(t *testing.T) {
-	t.Parallel()
 	requireHostSystemd(t)
 	analyze := testutil.LookPath(t, "systemd-analyze")
 	root := filepath.Join(t.TempDir(), "root")
