@@ -125,7 +125,9 @@ func RunBoot(s *Store, in DecideInput, env Env) (Action, error) {
 		if a.FallBack != "" {
 			// Before anything is persisted (write-ahead): the bootloader
 			// stops booting the update before the record gives it up.
-			if err := env.FallBack(a.FallBack); err != nil {
+			if err := env.FallBack(a.FallBack); err != nil && a.SettleFallBack {
+				env.Log(fmt.Sprintf("warning: the bootloader already boots the old slot, but making slot %s unbootable for good failed: %v", a.FallBack, err))
+			} else if err != nil {
 				if !errors.Is(err, ErrNoSlotSwitch) {
 					return fail("switch slots", err)
 				}

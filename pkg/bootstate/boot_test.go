@@ -282,3 +282,47 @@ func TestRunBootFallBackFailures(t *testing.T) {
 		t.Errorf("after the other slot booted: %+v", r)
 	}
 }
+
+// With a bootloader backend other than Android's, a rollback on the old
+// slot (the bootloader fell back) also makes the update's slot unbootable
+// for good (RAUC's GRUB scheme would retry it after its reset rule); that
+// write failing does not stop the rollback, the old slot already boots.
+func TestRunBootSettlesFallBackOnOldSlot(t *testing.T) {
+	active := activeRecord(t, CounterBootloader, "b")
+	for _, c := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"written", nil, "verify fallback:b save:rollback-pending/active save:rollback-pending/active merge save:fresh/leftover"},
+		{"write fails", errors.New("grubenv: EIO"), "verify fallback:b save:rollback-pending/active save:rollback-pending/active merge save:fresh/leftover"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env := &recEnv{fallBackErr: c.err, fp: active.Fingerprint}
+			dev := newMemDev()
+			mustSave(t, NewStore(dev, ""), &active)
+			a, err := RunBoot(NewStore(recDev{dev, env}, "mem"), DecideInput{BootedSlot: "a"}, env)
+			if err != nil {
+				t.Fatalf("%v %v", a.Kind, err)
+			}
+			if got := strings.Join(env.ops, " "); !strings.HasPrefix(got, c.want) {
+				t.Errorf("\n got %s\nwant %s...", got, c.want)
+			}
+			if r, _ := mustLoad(t, NewStore(dev, "")); r.State != StateFresh || r.Reason != ReasonMerged {
+				t.Errorf("after the rollback: %+v", r)
+			}
+		})
+	}
+	// Android's counter: the bootloader's own fallback is final, misc is
+	// not written on the old slot.
+	android := activeRecord(t, CounterAndroid, "_b")
+	env := &recEnv{fp: android.Fingerprint}
+	dev := newMemDev()
+	mustSave(t, NewStore(dev, ""), &android)
+	if _, err := RunBoot(NewStore(recDev{dev, env}, "mem"), DecideInput{BootedSlot: "_a"}, env); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(env.ops, " "); strings.Contains(got, "fallback") {
+		t.Errorf("android counter, old slot: ops %s, want no fallback write", got)
+	}
+}

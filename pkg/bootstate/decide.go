@@ -145,6 +145,14 @@ type Action struct {
 	// record leaves checkpointing, so no power cut can leave a rolled-back
 	// userdata under a bootloader that still boots the update.
 	FallBack string
+	// SettleFallBack: FallBack on a boot of the old slot, which the
+	// bootloader already fell back to. It only makes the bootloader's
+	// state say so for good: RAUC's GRUB scheme leaves a failed slot
+	// x_OK=1, and its reset rule would try it again one day, on the
+	// rolled-back data. Set for CounterBootloader (Android's bootloaders
+	// leave a failed slot at 0 tries). A failure is logged, not fatal:
+	// the old slot is already the one that boots.
+	SettleFallBack bool
 	// Message is one line for the console, always set.
 	Message string
 	// Command: StopForRecovery only, what to run in recovery mode.
@@ -293,15 +301,12 @@ func Decide(in DecideInput) Action {
 			// Abandoning the update on a boot of the update's own slot:
 			// the bootloader must stop booting it before the record says
 			// so (Action.FallBack).
-			fallBack := ""
-			if r.TargetSlot != "" && SameSlot(booted, r.TargetSlot) {
-				fallBack = r.TargetSlot
-			}
+			fallBack, settle := fallBackFor(&r, booted)
 			if !r.Active {
 				// The snapshot never existed: the trial never wrote
 				// userdata, so there is nothing to merge.
 				return Action{Kind: FinishCommitCleanup, Before: &Step{Event: EventCancel},
-					After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: why, FallBack: fallBack,
+					After: &Step{Event: EventCleanupDone}, COWPath: r.COWPath, Reason: why, FallBack: fallBack, SettleFallBack: settle,
 					Message: fmt.Sprintf("update abandoned before first use (%s): dropping the unused checkpoint", why)}
 			}
 			// Verify first, record after: only a rollback that can run
@@ -316,7 +321,7 @@ func Decide(in DecideInput) Action {
 				return stop(fmt.Sprintf("the extents of %s no longer match the recorded map; merging would write to the wrong blocks", r.COWPath))
 			}
 			return Action{Kind: RecordRollback, Before: &Step{Event: EventRollback, Reason: why},
-				COWPath: r.COWPath, Map: mp, Reason: why, FallBack: fallBack,
+				COWPath: r.COWPath, Map: mp, Reason: why, FallBack: fallBack, SettleFallBack: settle,
 				Message: fmt.Sprintf("the COW file's extents match the record: recording the rollback (%s)", why)}
 		}
 		if !r.Active {
@@ -334,17 +339,17 @@ func Decide(in DecideInput) Action {
 		if r.MergeTries >= MaxMergeAttempts {
 			return stop(fmt.Sprintf("merge attempted %d times without finishing", r.MergeTries))
 		}
-		fallBack := ""
-		if r.TargetSlot != "" && SameSlot(in.BootedSlot, r.TargetSlot) {
-			// Whoever recorded the rollback switched the bootloader
-			// first; it may have been reset since. Again, idempotently.
-			// (With the booted slot unknown the merge still runs: the
-			// data must be restored whatever boots next; the fresh record
-			// then stops the boot until the slot is known.)
-			fallBack = r.TargetSlot
+		// Whoever recorded the rollback switched the bootloader first; it
+		// may have been reset since. Again, idempotently. (With the booted
+		// slot unknown the merge still runs: the data must be restored
+		// whatever boots next; the fresh record then stops the boot until
+		// the slot is known.)
+		fallBack, settle := "", false
+		if in.BootedSlot != "" {
+			fallBack, settle = fallBackFor(&r, in.BootedSlot)
 		}
 		if in.Verified == nil {
-			return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: r.Reason, FallBack: fallBack,
+			return Action{Kind: VerifyExtents, COWPath: r.COWPath, Map: mp, Reason: r.Reason, FallBack: fallBack, SettleFallBack: settle,
 				Message: "verifying the COW extent map before merging"}
 		}
 		if *in.Verified != r.Fingerprint {
@@ -355,6 +360,22 @@ func Decide(in DecideInput) Action {
 			Message: fmt.Sprintf("merging the checkpoint back into userdata (%s), attempt %d", r.Reason, r.MergeTries+1)}
 	}
 	return stop(fmt.Sprintf("unknown state %v", r.State))
+}
+
+// fallBackFor is the FallBack of an update being abandoned on a boot of
+// booted: the update's slot when it is the one running (the bootloader must
+// stop booting it), and with a bootloader backend other than Android's also
+// on the old slot, to settle (Action.SettleFallBack).
+func fallBackFor(r *Record, booted string) (slot string, settle bool) {
+	switch {
+	case r.TargetSlot == "":
+		return "", false
+	case SameSlot(booted, r.TargetSlot):
+		return r.TargetSlot, false
+	case r.Counter == CounterBootloader:
+		return r.TargetSlot, true
+	}
+	return "", false
 }
 
 // slotSuccessful reports whether the bootloader's state marks the slot
