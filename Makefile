@@ -21,7 +21,7 @@ GO ?= go
 #   libubootenv-tool fw_printenv/fw_setenv and u-boot-tools mkenvimage: the
 #   u-boot-tools     oracles pkg/bootstate's U-Boot environment is compared
 #                    with, byte for byte, in both directions
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m

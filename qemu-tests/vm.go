@@ -28,6 +28,11 @@ type Options struct {
 	// method gives it: a disk with a volatile write cache).
 	Disks    []string
 	MemoryMB int // default 512
+	// Firmware, when set, boots through UEFI instead of loading Kernel
+	// directly: OVMF's code and this copy of its variable store (NewOVMFVars)
+	// as the machine's flash. The bootloader on a disk's ESP then picks the
+	// kernel and its command line; Kernel, Initrd and Append are unused.
+	Firmware string
 	// Log receives the serial console as it arrives (in addition to the
 	// in-memory copy Expect searches).
 	Log io.Writer
@@ -65,26 +70,35 @@ func accelArgs() []string {
 	return []string{"-accel", "tcg", "-cpu", "qemu64"}
 }
 
+// KernelConsoleArgs start every test kernel's command line (a bootloader's
+// configuration passes them too). panic=-1: a kernel panic reboots at once,
+// which -no-reboot turns into a QEMU exit instead of a hang; tests look for
+// "Kernel panic". no_timer_check: under TCG on a loaded host the kernel's
+// IO-APIC timer check can time out and panic ("IO-APIC + timer doesn't
+// work!") before init runs; the emulated timer is fine.
+const KernelConsoleArgs = "console=ttyS0 panic=-1 loglevel=4 no_timer_check"
+
 // Start boots a VM. Stop it with Kill, or wait for it with Wait.
 func Start(o Options) (*VM, error) {
 	if o.MemoryMB == 0 {
 		o.MemoryMB = 512
 	}
-	initrd, err := concatInitrd(o.Initrd)
-	if err != nil {
-		return nil, err
-	}
 	args := []string{
 		"-machine", "q35", "-smp", "1", "-m", fmt.Sprint(o.MemoryMB),
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
 		"-no-reboot", "-nodefaults",
-		"-kernel", o.Kernel, "-initrd", initrd,
-		// panic=-1: a kernel panic reboots at once, which -no-reboot turns
-		// into a QEMU exit instead of a hang; tests look for "Kernel panic".
-		// no_timer_check: under TCG on a loaded host the kernel's IO-APIC
-		// timer check can time out and panic ("IO-APIC + timer doesn't
-		// work!") before init runs; the emulated timer is fine.
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 no_timer_check " + o.Append),
+	}
+	var initrd string
+	if o.Firmware != "" {
+		args = append(args, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+o.Firmware)
+	} else {
+		var err error
+		if initrd, err = concatInitrd(o.Initrd); err != nil {
+			return nil, err
+		}
+		args = append(args, "-kernel", o.Kernel, "-initrd", initrd,
+			"-append", strings.TrimSpace(KernelConsoleArgs+" "+o.Append))
 	}
 	args = append(args, accelArgs()...)
 	for i, d := range o.Disks {

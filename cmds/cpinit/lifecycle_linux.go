@@ -430,6 +430,18 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	if counter.Bootloader() {
 		if err := do("misc", fmt.Sprintf("making slot %s active in %s", target, bootDesc(sc.bl)), func() error {
 			u.restoreMisc, err = sc.changeMisc(func(s bootstate.ABState) error {
+				// The running slot is the fallback: it must stay bootable.
+				// Under RAUC's GRUB scheme a slot is bootable only once
+				// marked good at each boot (x_TRY=0), which RAUC's
+				// mark-good service does; mark it as that would, or a
+				// crashing update would fall back to no slot at all.
+				if cur := sc.bootedSlot(); cur != "" {
+					if si, err := bootstate.SlotOf(s, cur); err == nil && !si.Bootable {
+						if err := s.MarkSuccessful(cur); err != nil {
+							return fmt.Errorf("the running slot %s, the update's fallback, is not bootable and cannot be marked good: %w", cur, err)
+						}
+					}
+				}
 				// As update_engine does around writing the new slot: first
 				// unbootable (clears successful_boot, which a slot that ran
 				// before still carries), then active with fresh tries. A
