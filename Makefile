@@ -55,9 +55,13 @@ demo: kernel
 
 # Unit tests, root-only host tests (loop-mounted ext4) and the QEMU suite
 # (qemu-tests/, which also runs the in-guest tests of pkg/dmsnap).
+# The real-bootloader tests that make test leaves to make soak (time): make
+# test boots each bootloader's crash-until-fallback rollback, the soak also
+# its commit and `cpinit rollback` paths.
+SOAK_ONLY := TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootRollbackCommand$$
 test: kernel
 	$(GO) vet ./...
-	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
 
 # The long power-cut campaigns, not part of `make test`: SOAK_CUTS cuts of
 # the cache-losing campaign on ext4 userdata (TestCacheCut: cuts at counted
@@ -71,7 +75,7 @@ SOAK_CUTS ?= 200
 SOAK_F2FS_CUTS ?= 100
 soak: kernel
 	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) \
-		$(GO) test -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$' ./qemu-tests
+		$(GO) test -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)' ./qemu-tests
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

@@ -189,6 +189,7 @@ func bootSlot(t *testing.T, vm *VM, slot string) {
 	t.Helper()
 	entry := map[string]string{"a": "1", "b": "2"}[slot]
 	vm.ExpectT(t, `grub: boots entry `+entry, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; grub-rauc grubenv`, slotBootTimeout)
 }
 
 // grubBegin boots slot A, whose system runs `cpinit begin`: the checkpoint

@@ -349,6 +349,13 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		if env.bl, in.BootErr = newBootloader(p, in.BootedSlot, waitResolve, true); in.BootErr == nil {
 			in.Boot, in.BootErr = env.bl.Load()
 		}
+		if in.BootErr == nil {
+			next := in.Boot.Next()
+			if next == "" {
+				next = "none bootable"
+			}
+			log.Printf("booted slot %q; %s: next boot %s", in.BootedSlot, env.bl.Describe(), next)
+		}
 		if in.BootErr != nil {
 			log.Errorf("warning: A/B boot control (cpinit.bootloader=%s): %v", p.scheme(), in.BootErr)
 		}
