@@ -113,10 +113,14 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	// Device-mapper waits until a mapping is needed: a boot with no
 	// checkpoint mounts the partition and never needs it.
 	mods, dmMods := pid1.SplitDeviceMapper(mods)
-	if err := pid1.LoadModules(mods); err != nil {
+	absent, err := pid1.LoadModules(mods)
+	if err != nil {
 		return handover{}, err
 	}
 	log.Printf("loaded kernel modules: %v; device-mapper modules load when needed: %v", mods, dmMods)
+	if len(absent) > 0 {
+		log.Printf("kernel modules with nothing to drive on this machine (their init said ENODEV): %v", absent)
+	}
 
 	ctx, cancel := context.WithTimeoutCause(context.Background(), p.RootWait,
 		fmt.Errorf("device did not appear within cpinit.rootwait=%s", p.RootWait))
@@ -211,7 +215,7 @@ func recoveryGuard(ctx context.Context, p Params, dmMods []string) {
 			"Finish the rollback with `cpinit merge`, or give it up with `cpinit recover keep-current --yes`, then reboot", dev, why)
 	}
 	if len(dmMods) > 0 {
-		if err := pid1.LoadModules(dmMods); err != nil {
+		if _, err := pid1.LoadModules(dmMods); err != nil {
 			log.Errorf("warning: recovery mode: loading the device-mapper modules for `cpinit merge`: %v", err)
 		}
 	}

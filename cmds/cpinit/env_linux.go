@@ -86,7 +86,7 @@ func (e *bootEnv) client() (*dmsnap.Client, error) {
 	}
 	var loadErr error
 	if e.lazyDM && len(e.dmModules) > 0 {
-		if loadErr = pid1.LoadModules(e.dmModules); loadErr == nil {
+		if _, loadErr = pid1.LoadModules(e.dmModules); loadErr == nil {
 			e.logf("loaded device-mapper modules: %v", e.dmModules)
 		}
 		e.dmModules = nil

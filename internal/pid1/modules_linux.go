@@ -36,17 +36,26 @@ func ParseModuleList(r io.Reader) ([]string, error) {
 
 // LoadModules loads each module (and what it depends on, from
 // /lib/modules/$(uname -r)/modules.dep) with u-root's kmodule. A module that
-// is already loaded or built in is fine. The error names every module that
-// failed to load.
-func LoadModules(names []string) error {
+// is already loaded or built in is fine. A module whose init returns ENODEV
+// found nothing to drive on this machine and the kernel has unloaded it
+// again: efivarfs does that on a machine not booted through UEFI
+// (fs/efivarfs/super.c, efivarfs_init). Such modules are returned in
+// absent, not as errors; whatever needs one fails later with its own
+// message (cpinit.bootloader=systemd-boot says it needs EFI variables). The
+// error names every module that failed to load for any other reason.
+func LoadModules(names []string) (absent []string, err error) {
 	var errs []error
 	for _, name := range names {
 		err := kmodule.Probe(name, "")
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		switch {
+		case err == nil, errors.Is(err, unix.EEXIST):
+		case errors.Is(err, unix.ENODEV):
+			absent = append(absent, name)
+		default:
 			errs = append(errs, fmt.Errorf("load kernel module %s: %w", name, err))
 		}
 	}
-	return errors.Join(errs...)
+	return absent, errors.Join(errs...)
 }
 
 // SplitDeviceMapper separates the device-mapper modules (dm-*, dm_*) from
@@ -95,11 +104,13 @@ func DeviceMapperPresent() bool {
 }
 
 // LoadModuleList loads the modules named in the list file at path (a
-// missing list loads nothing) and returns their names.
-func LoadModuleList(path string) ([]string, error) {
-	mods, err := ReadModuleList(path)
+// missing list loads nothing) and returns their names and those that found
+// nothing to drive (see LoadModules).
+func LoadModuleList(path string) (mods, absent []string, err error) {
+	mods, err = ReadModuleList(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return mods, LoadModules(mods)
+	absent, err = LoadModules(mods)
+	return mods, absent, err
 }

@@ -41,8 +41,10 @@ func run() (int, error) {
 		return 0, err
 	}
 	log.Reopen()
-	if _, err := pid1.LoadModuleList(pid1.ModuleListPath); err != nil {
+	if _, absent, err := pid1.LoadModuleList(pid1.ModuleListPath); err != nil {
 		return 0, err
+	} else if len(absent) > 0 {
+		log.Printf("kernel modules with nothing to drive here: %v", absent)
 	}
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {

@@ -53,7 +53,7 @@ func run() error {
 	}
 	kmsg, _ = os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
 	mark("started")
-	if _, err := pid1.LoadModuleList(pid1.ModuleListPath); err != nil {
+	if _, _, err := pid1.LoadModuleList(pid1.ModuleListPath); err != nil {
 		return err
 	}
 	mark("loaded kernel modules")
