@@ -40,8 +40,9 @@ func ParseModuleList(r io.Reader) ([]string, error) {
 // found nothing to drive on this machine and the kernel has unloaded it
 // again: efivarfs does that on a machine not booted through UEFI
 // (fs/efivarfs/super.c, efivarfs_init). Such modules are returned in
-// absent, not as errors; whatever needs one fails later with its own
-// message (cpinit.bootloader=systemd-boot says it needs EFI variables). The
+// absent, not as errors: whatever uses one checks for what it drives
+// (cpinit's systemd-boot backend reads EFI variables only when
+// /sys/firmware/efi exists, and a failed efivarfs mount names them). The
 // error names every module that failed to load for any other reason.
 func LoadModules(names []string) (absent []string, err error) {
 	var errs []error
