@@ -115,6 +115,11 @@ type BuildOptions struct {
 	// instead.
 	Base string
 	Log  io.Writer
+	// Cache is a directory of built images to reuse (see cache.go): an
+	// image whose inputs were all built before is copied from it instead
+	// of built again. The tests use it ("" builds every time, as
+	// mkinitramfs does).
+	Cache string
 }
 
 // Build makes an initramfs: u-root with InitCmd as /init (-initcmd, not
@@ -166,7 +171,26 @@ func Build(o BuildOptions) error {
 	if err != nil {
 		return err
 	}
-	tmpOut := out + ".tmp"
+	var key string
+	if o.Cache != "" {
+		if key, err = cacheKey(RepoRoot(), o, filepath.Join(stage, "modules")); err != nil {
+			return fmt.Errorf("initramfs cache key for %s: %w", o.Out, err)
+		}
+		unlock, err := cacheLock(o.Cache, key)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		cached := filepath.Join(o.Cache, key+".cpio")
+		if _, err := os.Stat(cached); err == nil {
+			fmt.Fprintf(o.Log, "initramfs: %s from the cache (%s)\n", o.Out, cached)
+			return copyAtomic(cached, out)
+		}
+	}
+	tmpOut, err := tempBeside(out)
+	if err != nil {
+		return err
+	}
 	args := []string{"tool", "u-root",
 		"-defaultsh=",
 		"-initcmd=" + o.InitCmd,
@@ -187,16 +211,20 @@ func Build(o BuildOptions) error {
 	args = append(args, o.Pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = RepoRoot()
-	// CGO off: the image has no libc for our Go binaries. GOAMD64=v1 so it
-	// runs on QEMU's default CPU models.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	cmd.Env = buildEnv()
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(&output, o.Log), io.MultiWriter(&output, o.Log)
 	if err := cmd.Run(); err != nil {
 		os.Remove(tmpOut)
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, output.Bytes())
 	}
-	return os.Rename(tmpOut, out)
+	if err := os.Rename(tmpOut, out); err != nil {
+		return err
+	}
+	if o.Cache != "" {
+		return copyAtomic(out, filepath.Join(o.Cache, key+".cpio"))
+	}
+	return nil
 }
 
 func copyFile(src, dst string) error {

@@ -20,11 +20,22 @@ func TestBuildReproducible(t *testing.T) {
 	}
 	k := pinnedKernel(t)
 	dir := t.TempDir()
+	// The second build also fills an empty cache (BuildOptions.Cache),
+	// the third must come from it: the same bytes, and no u-root run.
+	cache := filepath.Join(dir, "cache")
 	var imgs [][]byte
-	for _, name := range []string{"a.cpio", "b.cpio"} {
+	for i, name := range []string{"a.cpio", "b.cpio", "c.cpio"} {
 		out := filepath.Join(dir, name)
-		if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}}); err != nil {
+		var log strings.Builder
+		o := BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Log: &log}
+		if i > 0 {
+			o.Cache = cache
+		}
+		if err := Build(o); err != nil {
 			t.Fatal(err)
+		}
+		if hit := strings.Contains(log.String(), "from the cache"); hit != (i == 2) {
+			t.Errorf("build %d: from the cache %v, want %v; log:\n%s", i+1, hit, i == 2, log.String())
 		}
 		b, err := os.ReadFile(out)
 		if err != nil {
@@ -34,6 +45,9 @@ func TestBuildReproducible(t *testing.T) {
 	}
 	if !bytes.Equal(imgs[0], imgs[1]) {
 		t.Fatalf("two builds from the same inputs differ (%d vs %d bytes)", len(imgs[0]), len(imgs[1]))
+	}
+	if !bytes.Equal(imgs[1], imgs[2]) {
+		t.Fatalf("the cached image differs from the build that filled the cache (%d vs %d bytes)", len(imgs[2]), len(imgs[1]))
 	}
 	t.Logf("initramfs: %d bytes uncompressed", len(imgs[0]))
 

@@ -31,8 +31,13 @@ func BuildInitramfs(out, initcmd string, files []string, pkgs ...string) error {
 	if err != nil {
 		return err
 	}
-	return initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Out: out, InitCmd: initcmd, Files: files, Pkgs: pkgs})
+	return initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Out: out, InitCmd: initcmd, Files: files, Pkgs: pkgs, Cache: ImageCache()})
 }
+
+// ImageCache is where the tests keep the initramfs images they build, for
+// the next test process that needs the same one (initramfs.BuildOptions.Cache;
+// out/ is git-ignored and `make clean` removes it).
+func ImageCache() string { return filepath.Join(OutDir(), "cache", "initramfs") }
 
 var (
 	cpinitOnce sync.Once
@@ -70,7 +75,7 @@ func CpinitInitramfsFor(env string) (Kernel, string, error) {
 		return k, p, nil
 	}
 	p := filepath.Join(OutDir(), "cpinit-"+strings.TrimSuffix(env, ".env")+".cpio")
-	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}}); err != nil {
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: ImageCache()}); err != nil {
 		return k, "", err
 	}
 	cpinitFor[env] = p

@@ -640,7 +640,7 @@ func noSnapshotInitramfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "cpinit-nosnap.cpio")
-	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: lp, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}}); err != nil {
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: lp, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: ImageCache()}); err != nil {
 		t.Fatal(err)
 	}
 	return out

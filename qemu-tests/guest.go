@@ -60,7 +60,7 @@ func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
 		}
 		files = append(files, f+":"+strings.TrimPrefix(f, "/"))
 	}
-	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "guestinit", Files: files, Pkgs: []string{"./qemu-tests/guestinit"}}); err != nil {
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "guestinit", Files: files, Pkgs: []string{"./qemu-tests/guestinit"}, Cache: ImageCache()}); err != nil {
 		return "", err
 	}
 	guestBuilt[key] = p

@@ -58,7 +58,7 @@ func hookedInitramfs(t *testing.T) string {
 			return
 		}
 		hookPath = filepath.Join(OutDir(), "hooked.cpio")
-		hookErr = initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Out: hookPath, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Base: base})
+		hookErr = initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Out: hookPath, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Base: base, Cache: ImageCache()})
 		os.RemoveAll(dir)
 	})
 	if hookErr != nil {

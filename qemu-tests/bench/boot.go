@@ -131,6 +131,7 @@ func runBoot(tmp string) error {
 		return out, initramfs.Build(initramfs.BuildOptions{
 			Modules: k.Modules, List: list, Out: out,
 			InitCmd: "minimalinit", Pkgs: []string{"./qemu-tests/minimalinit"},
+			Cache: qt.ImageCache(),
 		})
 	}
 	minimalRD, err := minimal("minimal.cpio", filepath.Join(qt.RepoRoot(), "qemu-tests", "minimalinit", "modules.list"))

@@ -1,0 +1,83 @@
+package initramfs
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestCacheKey: the key of a build changes with every input that goes into
+// the image and with nothing else. A small module of its own stands for
+// the repository (go list runs in it).
+func TestCacheKey(t *testing.T) {
+	root := t.TempDir()
+	write := func(path, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.22\n")
+	write(filepath.Join(root, "cmd", "x", "main.go"), "package main\n\nimport \"example.com/k/lib\"\n\nfunc main() { lib.F() }\n")
+	write(filepath.Join(root, "lib", "lib.go"), "package lib\n\nfunc F() {}\n")
+	write(filepath.Join(root, "lib", "lib_windows.go"), "package lib\n\nvar W = 1\n")
+	stage := filepath.Join(root, "stage")
+	write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module a")
+	list := filepath.Join(root, "modules.list")
+	write(list, "a\n")
+	file := filepath.Join(root, "tool")
+	write(file, "#!/bin/sh\n")
+	base := filepath.Join(root, "base.cpio")
+	write(base, "base")
+	o := BuildOptions{List: list, InitCmd: "x", Files: []string{file + ":bin/tool"}, Pkgs: []string{"./cmd/x"}, Base: base}
+
+	key := func() string {
+		t.Helper()
+		k, err := cacheKey(root, o, stage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k0 := key()
+	if k := key(); k != k0 {
+		t.Fatalf("the same inputs give two keys: %s, %s", k0, k)
+	}
+	// Out and Log are not inputs; a file the build's GOOS does not
+	// compile is not one either.
+	o.Out, o.Log = filepath.Join(root, "elsewhere.cpio"), os.Stderr
+	write(filepath.Join(root, "lib", "lib_windows.go"), "package lib\n\nvar W = 2\n")
+	if k := key(); k != k0 {
+		t.Errorf("the key changed with Out, Log or a file for another GOOS")
+	}
+	changes := []struct {
+		what   string
+		change func()
+		undo   func()
+	}{
+		{"a dependency's source", func() { write(filepath.Join(root, "lib", "lib.go"), "package lib\n\nfunc F() { println() }\n") },
+			func() { write(filepath.Join(root, "lib", "lib.go"), "package lib\n\nfunc F() {}\n") }},
+		{"go.mod", func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.23\n") },
+			func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.22\n") }},
+		{"InitCmd", func() { o.InitCmd = "y" }, func() { o.InitCmd = "x" }},
+		{"the module list", func() { write(list, "a\nb\n") }, func() { write(list, "a\n") }},
+		{"a staged module", func() { write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module A") },
+			func() { write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module a") }},
+		{"a -files file's contents", func() { write(file, "#!/bin/sh\n:\n") }, func() { write(file, "#!/bin/sh\n") }},
+		{"a -files guest path", func() { o.Files = []string{file + ":bin/tool2"} }, func() { o.Files = []string{file + ":bin/tool"} }},
+		{"the base", func() { write(base, "base2") }, func() { write(base, "base") }},
+	}
+	for _, c := range changes {
+		c.change()
+		if k := key(); k == k0 {
+			t.Errorf("the key did not change with %s", c.what)
+		}
+		c.undo()
+		if k := key(); k != k0 {
+			t.Fatalf("undoing the change of %s did not give the first key back", c.what)
+		}
+	}
+}
