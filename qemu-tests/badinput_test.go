@@ -113,14 +113,14 @@ func debugfsW(t *testing.T, d *ABDevice, req string) {
 // sets cpinit.on_fatal=reboot) and checks the lines every such stop prints.
 func stopped(t *testing.T, vm *VM, problem string) {
 	t.Helper()
-	vm.ExpectT(t, `cpinit: FATAL: `, slotBootTimeout)
-	m := vm.ExpectT(t, problem, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: `, SlotBootTimeout)
+	m := vm.ExpectT(t, problem, SlotBootTimeout)
 	t.Logf("console: %s", m[0])
-	vm.ExpectT(t, `userdata was left untouched \(not mapped, not mounted, COW file kept\)`, slotBootTimeout)
-	vm.ExpectT(t, regexp.QuoteMeta("to recover: boot recovery mode (cpinit.recovery=1), inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current --yes`"), slotBootTimeout)
-	vm.ExpectT(t, `recovery mode: boot with cpinit.recovery=1`, slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `userdata was left untouched \(not mapped, not mounted, COW file kept\)`, SlotBootTimeout)
+	vm.ExpectT(t, regexp.QuoteMeta("to recover: boot recovery mode (cpinit.recovery=1), inspect with `cpinit status`, then fix the cause or run `cpinit recover keep-current --yes`"), SlotBootTimeout)
+	vm.ExpectT(t, `recovery mode: boot with cpinit.recovery=1`, SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {
 		t.Fatal("a boot that stopped for recovery reported userdata mounted")
 	}
@@ -137,7 +137,7 @@ func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, SlotBootTimeout)
 	return vm
 }
 
@@ -149,11 +149,11 @@ func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 // keeps the update's data and deletes the COW file.
 func TestBadInputCorruptStore(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 11)
+	d := NewTestDevice(t, 11)
 	otaBegin(t, d, "32M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=11 sysinit.mib=4 sysinit.then=crash")
-	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 
 	corruptStore(t, d)
 	u := snapshotImages(t, d)
@@ -166,37 +166,37 @@ func TestBadInputCorruptStore(t *testing.T) {
 
 	bothSlots(d, "sysinit.action=cmd sysinit.args=status+recover,keep-current+recover,keep-current,--yes")
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\): userdata is neither mapped nor mounted`, slotBootTimeout)
-	vm.ExpectT(t, `state: +unreadable`, slotBootTimeout)
-	vm.ExpectT(t, `store copy A: invalid: `, slotBootTimeout)
-	vm.ExpectT(t, `store copy B: invalid: `, slotBootTimeout)
-	vm.ExpectT(t, "note: +metadata store /dev/vdd: .*no valid copy; boot stops for recovery until an operator runs `cpinit recover keep-current --yes`", slotBootTimeout)
-	vm.ExpectT(t, `the metadata store is unreadable .*cannot tell which state the checkpoint was in.*e2fsck`, slotBootTimeout)
-	vm.ExpectT(t, `refusing to write the metadata store /dev/vdd without --yes`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cmd exit=exit status 1`, slotBootTimeout)
-	vm.ExpectT(t, `kept the current data: metadata store /dev/vdd now says committed \(operator\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, slotBootTimeout)
-	vm.ExpectT(t, `state: +committed, reason operator`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\): userdata is neither mapped nor mounted`, SlotBootTimeout)
+	vm.ExpectT(t, `state: +unreadable`, SlotBootTimeout)
+	vm.ExpectT(t, `store copy A: invalid: `, SlotBootTimeout)
+	vm.ExpectT(t, `store copy B: invalid: `, SlotBootTimeout)
+	vm.ExpectT(t, "note: +metadata store /dev/vdd: .*no valid copy; boot stops for recovery until an operator runs `cpinit recover keep-current --yes`", SlotBootTimeout)
+	vm.ExpectT(t, `the metadata store is unreadable .*cannot tell which state the checkpoint was in.*e2fsck`, SlotBootTimeout)
+	vm.ExpectT(t, `refusing to write the metadata store /dev/vdd without --yes`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=exit status 1`, SlotBootTimeout)
+	vm.ExpectT(t, `kept the current data: metadata store /dev/vdd now says committed \(operator\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, SlotBootTimeout)
+	vm.ExpectT(t, `state: +committed, reason operator`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if imageHash(t, d.Userdata) != u.userdata {
 		t.Fatal("recovery mode changed userdata")
 	}
-	if r := wantRecord(t, d, bootstate.StateCommitted); r.Reason != bootstate.ReasonOperator || r.COWPath != "/.cpinit/cow" {
+	if r := WantRecord(t, d, bootstate.StateCommitted); r.Reason != bootstate.ReasonOperator || r.COWPath != "/.cpinit/cow" {
 		t.Fatalf("after keep-current: reason %v, COW %q", r.Reason, r.COWPath)
 	}
 
 	bothSlots(d, "sysinit.action=report")
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `cpinit: checkpoint operator: deleting /.cpinit/cow`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: checkpoint operator: deleting /.cpinit/cow`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	m := manifest(t, d) // e2fsck -fn clean
+	WantRecord(t, d, bootstate.StateFresh)
+	m := UserdataManifestT(t, d) // e2fsck -fn clean
 	if _, ok := m["new/file000"]; !ok {
 		t.Fatal("the update's data is gone after keep-current")
 	}
@@ -210,7 +210,7 @@ func TestBadInputCorruptStore(t *testing.T) {
 // goes on, and the boot's own writes repair copy A.
 func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 22)
+	d := NewTestDevice(t, 22)
 	otaBegin(t, d, "32M")
 	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
 	if err != nil {
@@ -227,9 +227,9 @@ func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 	// (trialBoot matched the create-snapshot line, which follows the
 	// warning; check the whole console.)
 	if !strings.Contains(vm.Output(), "cpinit: warning: metadata store /dev/vdd: only one good copy (copy A: invalid: ") {
-		t.Fatalf("no warning about the bad copy:\n%s", tail(vm.Output(), 30))
+		t.Fatalf("no warning about the bad copy:\n%s", Tail(vm.Output(), 30))
 	}
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	s, sf, err := bootstate.OpenStore(d.Metadata)
@@ -248,8 +248,8 @@ func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 // the map to userdata would write over unrelated blocks: the boot stops.
 func TestBadInputRecordNamesOtherDevice(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 12)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 12)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "32M")
 	rewriteRecord(t, d, func(r *bootstate.Record) {
 		r.Map.DevMinor += 16
@@ -263,7 +263,7 @@ func TestBadInputRecordNamesOtherDevice(t *testing.T) {
 	if exists, err := d.COWFileExists(); err != nil || !exists {
 		t.Fatalf("COW file gone (err %v)", err)
 	}
-	if diff := manifest(t, d).Diff(before, 5); len(diff) > 0 {
+	if diff := UserdataManifestT(t, d).Diff(before, 5); len(diff) > 0 {
 		t.Fatalf("userdata changed:\n%s", strings.Join(diff, "\n"))
 	}
 }
@@ -283,12 +283,12 @@ var cowDamage = []struct{ name, debugfs string }{
 // message that says so and what to do, nothing mounted, nothing merged.
 func changedCOWStopped(t *testing.T, vm *VM, refusal string) {
 	t.Helper()
-	m := vm.ExpectT(t, `cpinit: FATAL: .*`+refusal, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit: FATAL: .*`+refusal, SlotBootTimeout)
 	t.Logf("console: %s", m[0])
-	vm.ExpectT(t, `(userdata was left untouched|userdata was not mounted and the checkpoint is kept)`, slotBootTimeout)
-	vm.ExpectT(t, "cpinit recover keep-current", slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `(userdata was left untouched|userdata was not mounted and the checkpoint is kept)`, SlotBootTimeout)
+	vm.ExpectT(t, "cpinit recover keep-current", SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") || strings.Contains(vm.Output(), "cpinit: merge") {
 		t.Fatal("userdata mounted or merged with a changed COW file")
 	}
@@ -303,20 +303,20 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 	for _, c := range cowDamage {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			d := newABDevice(t, 13)
+			d := NewTestDevice(t, 13)
 			otaBegin(t, d, "32M")
 			// noatime: the trial writes no inode, so the COW file's inode
 			// block is not copied into the COW and the snapshot view shows
 			// the change (a copied block would show the original inode,
 			// which is what the merge restores: then merging is right).
 			vm := trialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
 			debugfsW(t, d, c.debugfs)
 			d.Slot[1] = "sysinit.action=report"
 			vm, _ = d.Boot(t, "cpinit.abort=1")
-			vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, SlotBootTimeout)
 			// Different extents in the snapshot view make Decide compare
 			// fingerprints and stop; a map that cannot be taken there at
 			// all fails the verification; if the snapshot view shows the
@@ -326,7 +326,7 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 			changedCOWStopped(t, vm, `((the extents of /.cpinit/cow no longer match the recorded map|COW file /.cpinit/cow no longer matches the recorded map \(.*\)); merging would write to the wrong blocks|COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*merging would write garbage into userdata)`)
 			// The COW is verified before the rollback is recorded (and
 			// before the bootloader is switched): nothing moved.
-			wantRecord(t, d, bootstate.StateCheckpointing)
+			WantRecord(t, d, bootstate.StateCheckpointing)
 			if bc, err := d.ReadMisc(); err != nil || bc.Slots[1].Priority != 15 {
 				t.Fatalf("misc changed by a refused rollback: %+v (%v)", bc, err)
 			}
@@ -344,21 +344,21 @@ func TestBadInputCOWChangedDuringTrial(t *testing.T) {
 	for _, c := range cowDamage {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			d := newABDevice(t, 21)
+			d := NewTestDevice(t, 21)
 			otaBegin(t, d, "32M")
 			vm := trialBoot(t, d, "sysinit.action=report")
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
 			debugfsW(t, d, c.debugfs)
 			ud := imageHash(t, d.Userdata)
 			vm, _ = d.Boot(t, "")
-			vm.ExpectT(t, `cpinit: trial boot 2 of slot "_b": reattaching the checkpoint`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: trial boot 2 of slot "_b": reattaching the checkpoint`, SlotBootTimeout)
 			changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to continue the trial on this checkpoint`)
 			if imageHash(t, d.Userdata) != ud {
 				t.Fatal("the refused trial boot wrote to userdata")
 			}
-			if r := wantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
+			if r := WantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
 				t.Fatal("checkpoint no longer active")
 			}
 		})
@@ -374,8 +374,8 @@ func TestBadInputCOWChangedDuringTrial(t *testing.T) {
 // the data is intact.
 func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 19)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 19)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "32M")
 	debugfsW(t, d, "rm /.cpinit/cow")
 	u := snapshotImages(t, d)
@@ -384,14 +384,14 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("slot %d, want the update's slot 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: FATAL: .*COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to create the snapshot, which would write to blocks the file may no longer own`, slotBootTimeout)
-	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, slotBootTimeout)
-	vm.ExpectT(t, "boot with cpinit.recovery=1 and run `cpinit recover keep-current`", slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: .*COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*refusing to create the snapshot, which would write to blocks the file may no longer own`, SlotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, SlotBootTimeout)
+	vm.ExpectT(t, "boot with cpinit.recovery=1 and run `cpinit recover keep-current`", SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if imageHash(t, d.Userdata) != u.userdata {
 		t.Fatal("the refused boot wrote to userdata")
 	}
-	if r := wantRecord(t, d, bootstate.StateCheckpointing); r.Active {
+	if r := WantRecord(t, d, bootstate.StateCheckpointing); r.Active {
 		t.Fatal("checkpoint marked active without a snapshot")
 	}
 	// The update is abandoned (cpinit.abort=1 here; the bootloader's
@@ -400,10 +400,10 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	vm, _ = d.Boot(t, "cpinit.abort=1")
 	// On the update's own slot: the bootloader is switched away from the
 	// abandoned update first, and its system does not start.
-	vm.ExpectT(t, `cpinit: update abandoned before first use \(abort\): dropping the unused checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: the update of slot _b was abandoned before it ran`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: state=fresh .* action=reboot-other-slot`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: update abandoned before first use \(abort\): dropping the unused checkpoint`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: the update of slot _b was abandoned before it ran`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=reboot-other-slot`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(vm.Output(), "sysinit: pid=1") {
@@ -414,14 +414,14 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	if slot != 0 {
 		t.Fatalf("after the abort the bootloader picked slot %d, want the old slot 0", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh .* action=mount-plain`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh .* action=mount-plain`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := wantRecord(t, d, bootstate.StateFresh); r.TargetSlot != "" || r.COWPath != "" {
+	if r := WantRecord(t, d, bootstate.StateFresh); r.TargetSlot != "" || r.COWPath != "" {
 		t.Fatalf("record after the old slot booted: %+v", r)
 	}
-	if diff := manifest(t, d).Diff(before, 5); len(diff) > 0 {
+	if diff := UserdataManifestT(t, d).Diff(before, 5); len(diff) > 0 {
 		t.Fatalf("userdata changed:\n%s", strings.Join(diff, "\n"))
 	}
 }
@@ -433,30 +433,30 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 // attempted.
 func TestBadInputOverflow(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 14)
+	d := NewTestDevice(t, 14)
 	otaBegin(t, d, "16M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
-	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	vm.ExpectT(t, `COW used: +unusable: the snapshot is invalid \(the COW overflowed or hit an I/O error\)`, slotBootTimeout)
-	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
-	vm.ExpectT(t, `note: +the COW overflowed: rollback is no longer possible`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	vm.ExpectT(t, `COW used: +unusable: the snapshot is invalid \(the COW overflowed or hit an I/O error\)`, SlotBootTimeout)
+	vm.ExpectT(t, `rollback possible: false`, SlotBootTimeout)
+	vm.ExpectT(t, `note: +the COW overflowed: rollback is no longer possible`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data and deleting the checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data and deleting the checkpoint`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(vm.Output(), "merge") {
 		t.Fatal("a merge was attempted on an overflowed COW")
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	m := manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	m := UserdataManifestT(t, d)
 	if _, ok := m["new/file000"]; !ok {
 		t.Fatal("the update's data is gone after the overflow")
 	}
@@ -470,27 +470,27 @@ func TestBadInputOverflow(t *testing.T) {
 // overflow instead, keeps the current data and says so.
 func TestBadInputOverflowAtRollback(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 15)
+	d := NewTestDevice(t, 15)
 	otaBegin(t, d, "16M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=15 sysinit.mib=40")
-	vm.ExpectT(t, `rollback possible: false`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `rollback possible: false`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ = d.Boot(t, "cpinit.abort=1")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: WARNING: the COW store /.cpinit/cow overflowed; rollback is impossible, keeping the current data`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(vm.Output(), "cpinit: merge:") {
 		t.Fatal("an overflowed COW was merged")
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	UserdataManifestT(t, d)
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("COW file still in userdata (err %v)", err)
 	}
@@ -501,16 +501,16 @@ func TestBadInputOverflowAtRollback(t *testing.T) {
 // file or leftover appears.
 func TestBadInputBeginTooBig(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 16)
+	d := NewTestDevice(t, 16)
 	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=300M"
 	vm, _ := d.Boot(t, "")
-	vm.ExpectT(t, `refusing to begin: a 300 MiB COW file does not fit: userdata has \d+ MiB free and begin keeps --reserve 128 MiB free.*pass a smaller --size \(at most \d+ MiB here\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
-	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `refusing to begin: a 300 MiB COW file does not fit: userdata has \d+ MiB free and begin keeps --reserve 128 MiB free.*pass a smaller --size \(at most \d+ MiB here\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, SlotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := wantRecord(t, d, bootstate.StateFresh)
+	r := WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("a refused begin left COW path %q in the record", r.COWPath)
 	}
@@ -528,18 +528,18 @@ func TestBadInputBeginTooBig(t *testing.T) {
 	os.Remove(big)
 	d.Slot[0] = "sysinit.action=ota"
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint \(50%\) is too small to be useful: userdata has \d+ MiB free and begin keeps --reserve 128 MiB; the trial.s writes, new files included, must fit in the COW \(docs/cow-sizing.md\): free some space in userdata`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `refusing to begin: a \d+ MiB checkpoint \(50%\) is too small to be useful: userdata has \d+ MiB free and begin keeps --reserve 128 MiB; the trial.s writes, new files included, must fit in the COW \(docs/cow-sizing.md\): free some space in userdata`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: error: ota begin: exit status 1`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := wantRecord(t, d, bootstate.StateFresh); r.COWPath != "" {
+	if r := WantRecord(t, d, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("a refused begin left COW path %q in the record", r.COWPath)
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("a refused begin left a COW file (err %v)", err)
 	}
-	manifest(t, d)
+	UserdataManifestT(t, d)
 }
 
 // TestBadInputKernelParams: malformed cpinit.* parameters stop the boot
@@ -547,37 +547,37 @@ func TestBadInputBeginTooBig(t *testing.T) {
 // only warns.
 func TestBadInputKernelParams(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 17)
+	d := NewTestDevice(t, 17)
 	otaBegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ := d.Boot(t, "cpinit.abort=maybe cpinit.metadata= cpinit.rootwait=soon cpinit.bogus=1")
-	vm.ExpectT(t, `cpinit: warning: ignoring unknown kernel parameter cpinit.bogus=1 \(known: `, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: FATAL: kernel parameter cpinit.abort=maybe: want 1 or 0`, slotBootTimeout)
-	vm.ExpectT(t, `kernel parameter cpinit.metadata=: needs a value`, slotBootTimeout)
-	vm.ExpectT(t, `kernel parameter cpinit.rootwait=soon: want a duration`, slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: warning: ignoring unknown kernel parameter cpinit.bogus=1 \(known: `, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: kernel parameter cpinit.abort=maybe: want 1 or 0`, SlotBootTimeout)
+	vm.ExpectT(t, `kernel parameter cpinit.metadata=: needs a value`, SlotBootTimeout)
+	vm.ExpectT(t, `kernel parameter cpinit.rootwait=soon: want a duration`, SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	u.check(t, d, "boot with bad kernel parameters")
-	wantRecord(t, d, bootstate.StateCheckpointing)
+	WantRecord(t, d, bootstate.StateCheckpointing)
 
 	// Mount options the filesystem rejects, on the update's first boot:
 	// the snapshot exists by then, the mount fails, nothing is written
 	// through it; the message names the parameter.
 	vm, _ = d.Boot(t, "cpinit.mountopts=noatime,bogus")
-	vm.ExpectT(t, `cpinit: FATAL: .*mount /newroot/data: .*invalid argument \(check cpinit.fstype=ext4 and cpinit.mountopts=noatime,bogus\)`, slotBootTimeout)
-	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: .*mount /newroot/data: .*invalid argument \(check cpinit.fstype=ext4 and cpinit.mountopts=noatime,bogus\)`, SlotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	// (The snapshot was created: its COW header is in userdata now.)
-	if r := wantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
+	if r := WantRecord(t, d, bootstate.StateCheckpointing); !r.Active {
 		t.Fatal("checkpoint not active after the snapshot was created")
 	}
 	// Fixed: the next boot reattaches the checkpoint (flag options such as
 	// noatime are mount flags, not filesystem data).
 	vm, _ = d.Boot(t, "cpinit.mountopts=noatime")
-	vm.ExpectT(t, `cpinit: state=checkpointing/active .* action=reattach-snapshot`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=checkpointing/active .* action=reattach-snapshot`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -588,7 +588,7 @@ func TestBadInputKernelParams(t *testing.T) {
 // without mounting userdata. With the module back the trial proceeds.
 func TestBadInputNoSnapshotModule(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 18)
+	d := NewTestDevice(t, 18)
 	good := d.Initrd
 	d.Initrd = noSnapshotInitramfs(t)
 	otaBegin(t, d, "32M")
@@ -596,25 +596,25 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 	u.metadata = "" // the boot attempt is counted
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ := d.Boot(t, "")
-	m := vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot.*`, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit: FATAL: .*dm-snapshot.*`, SlotBootTimeout)
 	t.Logf("console: %s", m[0])
-	vm.ExpectT(t, `this kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in /etc/cpinit/modules`, slotBootTimeout)
-	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `this kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in /etc/cpinit/modules`, SlotBootTimeout)
+	vm.ExpectT(t, `userdata was not mounted and the checkpoint is kept: fix the cause above and reboot`, SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {
 		t.Fatal("userdata mounted without dm-snapshot while a checkpoint is armed")
 	}
 	if imageHash(t, d.Userdata) != u.userdata {
 		t.Fatal("userdata changed by a boot without dm-snapshot")
 	}
-	if r := wantRecord(t, d, bootstate.StateCheckpointing); r.Active {
+	if r := WantRecord(t, d, bootstate.StateCheckpointing); r.Active {
 		t.Fatal("checkpoint marked active without a snapshot")
 	}
 
 	d.Initrd = good
 	vm = trialBoot(t, d, "sysinit.action=report")
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -623,7 +623,7 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 // without dm-snapshot (and dm-bufio, which only it needs).
 func noSnapshotInitramfs(t *testing.T) string {
 	t.Helper()
-	k := needQEMU(t)
+	k := NeedQEMU(t)
 	list, err := os.ReadFile(filepath.Join(RepoRoot(), "initramfs", "modules.list"))
 	if err != nil {
 		t.Fatal(err)
@@ -670,30 +670,30 @@ func bootWithout(t *testing.T, d *ABDevice, param, replacement string) *VM {
 // and format someone else's partition.
 func TestBadInputMetadataParamWrong(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 20)
+	d := NewTestDevice(t, 20)
 	otaBegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	sysB := imageHash(t, d.Systems[1])
 	bothSlots(d, "sysinit.action=report")
 
 	vm := bootWithout(t, d, "cpinit.metadata=/dev/vdd", "cpinit.metadata=/dev/vdb")
-	vm.ExpectT(t, `cpinit: FATAL: metadata store \(cpinit.metadata=/dev/vdb\): /dev/vdb holds an ext2/3/4 filesystem labelled "system_b", not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; fix cpinit.metadata=`, slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: metadata store \(cpinit.metadata=/dev/vdb\): /dev/vdb holds an ext2/3/4 filesystem labelled "system_b", not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; fix cpinit.metadata=`, SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	u.check(t, d, "boot with cpinit.metadata naming a filesystem")
 	if imageHash(t, d.Systems[1]) != sysB {
 		t.Fatal("cpinit wrote to the partition wrongly named as its metadata store")
 	}
 
 	vm = bootWithout(t, d, "cpinit.metadata=/dev/vdd", "")
-	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but no cpinit.metadata= names its metadata store: refusing to mount userdata directly`, slotBootTimeout)
-	vm.ExpectT(t, `stopping the machine \(reboot`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but no cpinit.metadata= names its metadata store: refusing to mount userdata directly`, SlotBootTimeout)
+	vm.ExpectT(t, `stopping the machine \(reboot`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {
 		t.Fatal("userdata mounted raw while a checkpoint exists")
 	}
 	u.check(t, d, "boot without cpinit.metadata")
-	wantRecord(t, d, bootstate.StateCheckpointing)
+	WantRecord(t, d, bootstate.StateCheckpointing)
 
 	// The store wiped (all zeros): blank, which on a first boot means
 	// "format it and mount plainly"; beside a COW file it is refused.
@@ -702,9 +702,9 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 	}
 	u = snapshotImages(t, d)
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but the metadata store /dev/vdd \(cpinit.metadata=/dev/vdd\) is blank: refusing to mount userdata directly`, slotBootTimeout)
-	vm.ExpectT(t, "run `cpinit recover keep-current --yes` in recovery mode", slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `cpinit: FATAL: .*userdata holds the COW file /.cpinit/cow of a checkpoint, but the metadata store /dev/vdd \(cpinit.metadata=/dev/vdd\) is blank: refusing to mount userdata directly`, SlotBootTimeout)
+	vm.ExpectT(t, "run `cpinit recover keep-current --yes` in recovery mode", SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "mounted=") {
 		t.Fatal("userdata mounted raw beside a wiped store")
 	}
@@ -719,35 +719,35 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 // operator then keeps the current data.
 func TestBadInputTrialDeletesCOW(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 23)
+	d := NewTestDevice(t, 23)
 	otaBegin(t, d, "32M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=23 sysinit.mib=8 sysinit.then=crash")
-	vm.ExpectT(t, `sysinit: deleted the COW file`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `sysinit: deleted the COW file`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ = d.Boot(t, "cpinit.abort=1")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort`, SlotBootTimeout)
 	changedCOWStopped(t, vm, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*no such file or directory; the saved chunks may have been overwritten: merging would write garbage into userdata`)
 	// Verified before recorded: the refused rollback left the trial's
 	// record and misc as they were.
-	wantRecord(t, d, bootstate.StateCheckpointing)
+	WantRecord(t, d, bootstate.StateCheckpointing)
 
 	bothSlots(d, "sysinit.action=cmd sysinit.args=recover,keep-current,--yes")
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `a checkpoint for slot "_b" exists \(active=true, \d+ trial boots\): keeping the current data drops it like a commit`, slotBootTimeout)
-	vm.ExpectT(t, `kept the current data`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `a checkpoint for slot "_b" exists \(active=true, \d+ trial boots\): keeping the current data drops it like a commit`, SlotBootTimeout)
+	vm.ExpectT(t, `kept the current data`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	bothSlots(d, "sysinit.action=report")
 	vm, _ = d.Boot(t, "")
-	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh .* action=finish-commit-cleanup`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	UserdataManifestT(t, d)
 }

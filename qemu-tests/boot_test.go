@@ -8,31 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cpinit/cpinit/internal/testutil"
 )
-
-// needQEMU gates every VM test: skip with the reason on a laptop without
-// QEMU, fail in CI.
-func needQEMU(t *testing.T) Kernel {
-	t.Helper()
-	testutil.LookPath(t, "qemu-system-x86_64")
-	testutil.LookPath(t, "mkfs.ext4")
-	k, err := FetchKernel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func cpinitImage(t *testing.T) string {
-	t.Helper()
-	p, err := CpinitInitramfs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func systemImage(t *testing.T, dir, label string) string {
 	t.Helper()
@@ -48,8 +24,8 @@ func systemImage(t *testing.T, dir, label string) string {
 // system root it found by label, and switch_roots to the system's init,
 // which reads back a file the host put in userdata.
 func TestBootSwitchRoot(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	dir := t.TempDir()
 
 	secret := make([]byte, 8)
@@ -97,8 +73,8 @@ func TestBootSwitchRoot(t *testing.T) {
 // unmounts userdata and powers off cleanly instead of exiting (which would
 // panic the kernel).
 func TestBootNoNextInit(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	udImg := filepath.Join(t.TempDir(), "userdata.img")
 	if err := MakeExt4(udImg, 64<<20, "userdata", ""); err != nil {
 		t.Fatal(err)
@@ -121,8 +97,8 @@ func TestBootNoNextInit(t *testing.T) {
 // TestBootMissingUserdata: a userdata device that never appears is a clear
 // fatal error naming it, then a halt, never a kernel panic.
 func TestBootMissingUserdata(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	vm := StartT(t, Options{
 		Kernel: k.Vmlinuz,
 		Initrd: []string{initrd},
@@ -137,8 +113,8 @@ func TestBootMissingUserdata(t *testing.T) {
 // TestBootBadParameter: an unusable kernel parameter stops the boot with a
 // message naming it, and cpinit.on_fatal=reboot is honoured even then.
 func TestBootBadParameter(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	vm := StartT(t, Options{
 		Kernel: k.Vmlinuz,
 		Initrd: []string{initrd},
@@ -155,7 +131,7 @@ func TestBootBadParameter(t *testing.T) {
 func assertNoPanic(t *testing.T, vm *VM) {
 	t.Helper()
 	if err := vm.ExpectString("Kernel panic", 0); err == nil {
-		t.Fatalf("kernel panicked:\n%s", tail(vm.Output(), 40))
+		t.Fatalf("kernel panicked:\n%s", Tail(vm.Output(), 40))
 	}
 }
 
@@ -163,7 +139,7 @@ func assertNoPanic(t *testing.T, vm *VM) {
 // /dev/mapper/control and reads the dm version: the path pkg/dmsnap's tests
 // take.
 func TestGuestDeviceMapper(t *testing.T) {
-	needQEMU(t)
+	NeedQEMU(t)
 	out := RunGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",
 		Args: []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
@@ -179,8 +155,8 @@ func TestGuestDeviceMapper(t *testing.T) {
 // and fsyncs a file, the host kills QEMU without warning, and the next boot
 // with the same disks finds the file (and a clean journal replay).
 func TestPowerCutAndReboot(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	dir := t.TempDir()
 	udImg := filepath.Join(dir, "userdata.img")
 	if err := MakeExt4(udImg, 64<<20, "userdata", ""); err != nil {
@@ -210,7 +186,7 @@ func TestPowerCutAndReboot(t *testing.T) {
 // test that skips inside the VM must fail the run, or a broken gate would
 // report untested code as passing.
 func TestGuestRunnerCatchesSkip(t *testing.T) {
-	needQEMU(t)
+	NeedQEMU(t)
 	_, err := runGuestTests(t, GuestRun{
 		Pkg:  "./qemu-tests/guestsmoke",
 		Args: []string{"-test.run=^TestVMSkipTwin$"},

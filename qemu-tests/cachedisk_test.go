@@ -36,8 +36,8 @@ func endMachine(t *testing.T, m *cachedisk.Machine) {
 // have kept it, and does: the last boot). After a DropAll cut the fsynced
 // token and the flushed block survive and the unflushed block is gone.
 func TestCacheDiskPowerCut(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	dir := t.TempDir()
 	udImg := filepath.Join(dir, "userdata.img")
 	if err := MakeExt4(udImg, 64<<20, "userdata", ""); err != nil {
@@ -131,8 +131,8 @@ func TestCacheDiskPowerCut(t *testing.T) {
 // or whole: ext4's fsync never leaves a torn file behind, whatever the cache
 // loses after flush K-1.
 func TestCacheDiskCutAtFlush(t *testing.T) {
-	k := needQEMU(t)
-	initrd := cpinitImage(t)
+	k := NeedQEMU(t)
+	initrd := CpinitImage(t)
 	dir := t.TempDir()
 	pristine := filepath.Join(dir, "userdata.pristine")
 	if err := MakeExt4(pristine, 64<<20, "userdata", ""); err != nil {
@@ -197,7 +197,7 @@ func TestCacheDiskCutAtFlush(t *testing.T) {
 		select {
 		case <-m.Reached():
 		case <-time.After(BootTimeout):
-			t.Fatalf("K=%d: flush %d never arrived\n%s", K, K, tail(vm.Output(), 30))
+			t.Fatalf("K=%d: flush %d never arrived\n%s", K, K, Tail(vm.Output(), 30))
 		}
 		// Nothing is acknowledged any more: the fsync cannot return.
 		if err := vm.ExpectString("sysinit: wrote cut.txt", 3*time.Second); err == nil {
@@ -222,7 +222,7 @@ func TestCacheDiskCutAtFlush(t *testing.T) {
 			Append: "cpinit.root=LABEL=system_a cpinit.userdata=LABEL=userdata"})
 		vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdb`, BootTimeout)
 		if err := vm.Wait(BootTimeout); err != nil {
-			t.Fatalf("K=%d: the boot after the cut did not power off cleanly: %v\n%s", K, err, tail(vm.Output(), 30))
+			t.Fatalf("K=%d: the boot after the cut did not power off cleanly: %v\n%s", K, err, Tail(vm.Output(), 30))
 		}
 		out := vm.Output()
 		got := "absent"

@@ -264,4 +264,4 @@ func (d *ABDevice) CheckF2FS() error {
 }
 
 // slotBootTimeout bounds one boot of the A/B device (a merge included).
-const slotBootTimeout = 3 * time.Minute
+const SlotBootTimeout = 3 * time.Minute

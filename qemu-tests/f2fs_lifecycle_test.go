@@ -3,8 +3,6 @@ package qemutests
 import (
 	"testing"
 
-	"github.com/cpinit/cpinit/initramfs"
-	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
@@ -16,31 +14,6 @@ import (
 // sysinit prints the manifest digest of /data (internal/manifest, the same
 // as UserdataManifest's); fsck.f2fs --dry-run checks the image on the host.
 
-func newF2FSDevice(t *testing.T, seed uint64) *ABDevice {
-	t.Helper()
-	testutil.LookPath(t, "qemu-system-x86_64")
-	for _, tool := range []string{"mkfs.ext4", "mkfs.f2fs", "sload.f2fs", "fsck.f2fs"} {
-		testutil.LookPath(t, tool)
-	}
-	k, initrd, err := CpinitInitramfsFor(initramfs.GenericKernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := NewF2FSABDevice(t.TempDir(), k, initrd, 60, seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.CheckF2FS(); err != nil {
-		t.Fatalf("userdata as made: %v", err)
-	}
-	return d
-}
-
-// manifestRe matches sysinit's manifest lines, checking /data is the f2fs.
-// It ends at the line's end: the console arrives in pieces, and without it
-// a match can end inside the digest or the count ("files=6" of "files=65").
-const manifestRe = `sysinit: datafs=f2fs\r?\nsysinit: manifest=([0-9a-f]+) files=(\d+)\r?\n`
-
 // f2fsOTABegin is otaBegin on f2fs: slot a prints the manifest of userdata
 // before the update, then runs `cpinit begin`, which allocates and pins the
 // COW file on f2fs. It returns the manifest line's digest and file count.
@@ -51,14 +24,14 @@ func f2fsOTABegin(t *testing.T, d *ABDevice, cowSize string) (digest, files stri
 	if slot != 0 {
 		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
-	m := vm.ExpectT(t, manifestRe, slotBootTimeout)
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	m := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := wantRecord(t, d, bootstate.StateCheckpointing)
+	r := WantRecord(t, d, bootstate.StateCheckpointing)
 	if r.Active || r.TargetSlot != "_b" {
 		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
 	}
@@ -74,16 +47,16 @@ func f2fsOTABegin(t *testing.T, d *ABDevice, cowSize string) (digest, files stri
 // what the trial left (the guest's manifest digest after = the trial's),
 // the COW file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateCommits(t *testing.T) {
-	d := newF2FSDevice(t, 1)
+	d := NewTestF2FSDevice(t, 1)
 	before, _ := f2fsOTABegin(t, d, "64M")
 
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit sysinit.manifest=1")
-	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
-	trial := vm.ExpectT(t, manifestRe, slotBootTimeout)
-	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
+	trial := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if trial[1] == before {
@@ -95,18 +68,18 @@ func TestF2FSUpdateCommits(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	after := vm.ExpectT(t, manifestRe, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	after := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cow=absent`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if after[1] != trial[1] || after[2] != trial[2] {
 		t.Fatalf("userdata after commit: manifest %s (%s files), the trial left %s (%s files)", after[1], after[2], trial[1], trial[2])
 	}
 
-	wantRecord(t, d, bootstate.StateFresh)
+	WantRecord(t, d, bootstate.StateFresh)
 	if err := d.CheckF2FS(); err != nil {
 		t.Fatalf("userdata after commit: %v", err)
 	}
@@ -128,25 +101,25 @@ func TestF2FSUpdateCommits(t *testing.T) {
 // manifest of userdata equals the one printed before the update, the COW
 // file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateFailsRollsBack(t *testing.T) {
-	d := newF2FSDevice(t, 2)
+	d := NewTestF2FSDevice(t, 2)
 	before, beforeFiles := f2fsOTABegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report sysinit.manifest=1"
 	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
-		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
-		vm.Wait(slotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
+		vm.Wait(SlotBootTimeout)
 	}, func(vm *VM) {
-		after := vm.ExpectT(t, manifestRe, slotBootTimeout)
-		vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
+		after := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
+		vm.ExpectT(t, `sysinit: cow=absent`, SlotBootTimeout)
 		if after[1] != before || after[2] != beforeFiles {
 			t.Fatalf("userdata after rollback: manifest %s (%s files), before the update %s (%s files)", after[1], after[2], before, beforeFiles)
 		}
 	})
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
-	r := wantRecord(t, d, bootstate.StateFresh)
+	r := WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
 	}

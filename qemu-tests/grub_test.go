@@ -93,7 +93,7 @@ type grubDevice struct {
 
 func newGrubDevice(t *testing.T, seed uint64) *grubDevice {
 	t.Helper()
-	d := newABDevice(t, seed)
+	d := NewTestDevice(t, seed)
 	mkstandalone := testutil.LookPath(t, "grub-mkstandalone")
 	editenv := testutil.LookPath(t, "grub-editenv")
 	for _, tool := range []string{"mkfs.vfat", "mcopy", "mmd", "mdir"} {
@@ -188,8 +188,8 @@ func (g *grubDevice) wantEnv(t *testing.T, when string, want map[string]string) 
 func bootSlot(t *testing.T, vm *VM, slot string) {
 	t.Helper()
 	entry := map[string]string{"a": "1", "b": "2"}[slot]
-	vm.ExpectT(t, `grub: boots entry `+entry, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; grub-rauc grubenv`, slotBootTimeout)
+	vm.ExpectT(t, `grub: boots entry `+entry, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; grub-rauc grubenv`, SlotBootTimeout)
 }
 
 // grubBegin boots slot A, whose system runs `cpinit begin`: the checkpoint
@@ -198,9 +198,9 @@ func grubBegin(t *testing.T, g *grubDevice) {
 	t.Helper()
 	vm := g.boot(t, "sysinit.action=ota sysinit.cowsize=64M")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	// A, which GRUB counted as tried at this boot (A_TRY=1), is marked
@@ -217,21 +217,21 @@ func TestGRUBUpdateCommits(t *testing.T) {
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after the commit", map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0"})
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := wantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
+	if r := WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("record after the commit's cleanup: %+v", r)
 	}
 	if exists, err := g.COWFileExists(); err != nil || exists {
@@ -245,33 +245,33 @@ func TestGRUBUpdateCommits(t *testing.T) {
 // reset rule would otherwise try it again); GRUB keeps booting A.
 func TestGRUBUpdateCrashFallsBack(t *testing.T) {
 	g := newGrubDevice(t, 22)
-	before := manifest(t, g.ABDevice)
+	before := UserdataManifestT(t, g.ABDevice)
 	grubBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-	vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+	vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after the rollback", map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0"})
-	wantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := manifest(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -281,27 +281,27 @@ func TestGRUBUpdateCrashFallsBack(t *testing.T) {
 // rollback; GRUB boots A, whose boot merges: userdata is the checkpoint.
 func TestGRUBRollbackCommand(t *testing.T) {
 	g := newGrubDevice(t, 23)
-	before := manifest(t, g.ABDevice)
+	before := UserdataManifestT(t, g.ABDevice)
 	grubBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=3 sysinit.mib=4 sysinit.then=rollback")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after cpinit rollback", map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0"})
-	wantRecord(t, g.ABDevice, bootstate.StateRollbackPending)
+	WantRecord(t, g.ABDevice, bootstate.StateRollbackPending)
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := manifest(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 }

@@ -72,7 +72,7 @@ func hookedInitramfs(t *testing.T) string {
 // image's own init (kept as /inito), which finds userdata mounted. Naming
 // cpinit itself as the next init is refused, not looped.
 func TestEarlyHook(t *testing.T) {
-	k := needQEMU(t)
+	k := NeedQEMU(t)
 	initrd := hookedInitramfs(t)
 	dir := t.TempDir()
 	ud := filepath.Join(dir, "userdata")

@@ -4,42 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
-
-func newABDevice(t *testing.T, seed uint64) *ABDevice {
-	t.Helper()
-	k := needQEMU(t)
-	testutil.LookPath(t, "debugfs")
-	testutil.LookPath(t, "e2fsck")
-	d, err := NewABDevice(t.TempDir(), k, cpinitImage(t), 60, seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-func manifest(t *testing.T, d *ABDevice) Manifest {
-	t.Helper()
-	m, err := d.UserdataManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func wantRecord(t *testing.T, d *ABDevice, state bootstate.State) *bootstate.Record {
-	t.Helper()
-	r, err := d.Record()
-	if err != nil {
-		t.Fatalf("metadata store: %v", err)
-	}
-	if r.State != state {
-		t.Fatalf("metadata state %v (reason %v), want %v", r.State, r.Reason, state)
-	}
-	return r
-}
 
 // otaBegin boots the current slot a, whose system runs `cpinit begin` as an
 // OTA agent would after staging the update in slot b.
@@ -50,13 +16,13 @@ func otaBegin(t *testing.T, d *ABDevice, cowSize string) {
 	if slot != 0 {
 		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := wantRecord(t, d, bootstate.StateCheckpointing)
+	r := WantRecord(t, d, bootstate.StateCheckpointing)
 	if r.Active || r.TargetSlot != "_b" {
 		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
 	}
@@ -66,16 +32,16 @@ func otaBegin(t *testing.T, d *ABDevice, cowSize string) {
 // changes userdata and commits; the next boot is plain, the new data is
 // kept, the COW file is gone, the state is fresh.
 func TestUpdateCommits(t *testing.T) {
-	d := newABDevice(t, 1)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 1)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
-	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
-	vm.ExpectT(t, `state: +fresh`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
@@ -84,14 +50,14 @@ func TestUpdateCommits(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
-	wantRecord(t, d, bootstate.StateFresh)
-	after := manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	after := UserdataManifestT(t, d)
 	if len(after.Diff(before, 1)) == 0 {
 		t.Fatal("userdata unchanged after a committed update")
 	}
@@ -115,24 +81,24 @@ func TestUpdateCommits(t *testing.T) {
 // the checkpoint back, and userdata is exactly what it was before the update
 // (paths, sizes, modes, sha256), with a clean e2fsck.
 func TestUpdateFailsRollsBack(t *testing.T) {
-	d := newABDevice(t, 2)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 2)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report"
 	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
-		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
-		vm.Wait(slotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
+		vm.Wait(SlotBootTimeout)
 	}, nil)
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
-	r := wantRecord(t, d, bootstate.StateFresh)
+	r := WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
 	}
-	after := manifest(t, d)
+	after := UserdataManifestT(t, d)
 	if diff := after.Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
@@ -156,14 +122,14 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 		}
 		vm, slot := d.Boot(t, "")
 		if slot == 0 {
-			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
+			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, SlotBootTimeout)
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
 			if fallback != nil {
 				fallback(vm)
 			}
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
 			return n
@@ -176,7 +142,7 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 		if n == 1 {
 			action = "create-snapshot"
 		}
-		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, slotBootTimeout)
+		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, SlotBootTimeout)
 		trial(vm, n)
 	}
 }
@@ -186,8 +152,8 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 // the booted system is the update being rolled back, it makes the old slot
 // active and reboots into it instead of starting the new system on old data.
 func TestAbortFromBootMenu(t *testing.T) {
-	d := newABDevice(t, 3)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 3)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=3 sysinit.mib=4"
@@ -195,8 +161,8 @@ func TestAbortFromBootMenu(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("trial booted slot %d, want 1", slot)
 	}
-	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
@@ -205,16 +171,16 @@ func TestAbortFromBootMenu(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("abort boot picked slot %d, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: rolling back userdata \(abort, booted "_b", target "_b"\)`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: rolling back userdata \(abort, booted "_b", target "_b"\)`, SlotBootTimeout)
 	// Write-ahead: the bootloader is switched away from the update
 	// before the rollback is recorded.
-	vm.ExpectT(t, `cpinit: the COW file's extents match the record: recording the rollback \(abort\)`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: A/B boot control on /dev/vde: slot _a made active, slot _b unbootable`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: merging the checkpoint back into userdata \(abort\), attempt 1`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: the update of slot _b was rolled back and userdata holds the data from before it`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: not starting slot _b on the data from before its update: rebooting into the other slot`, slotBootTimeout)
-	vm.ExpectT(t, `reboot: Restarting system`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: the COW file's extents match the record: recording the rollback \(abort\)`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: A/B boot control on /dev/vde: slot _a made active, slot _b unbootable`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merging the checkpoint back into userdata \(abort\), attempt 1`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: the update of slot _b was rolled back and userdata holds the data from before it`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: not starting slot _b on the data from before its update: rebooting into the other slot`, SlotBootTimeout)
+	vm.ExpectT(t, `reboot: Restarting system`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(vm.Output(), "sysinit: pid=1") {
@@ -226,12 +192,12 @@ func TestAbortFromBootMenu(t *testing.T) {
 	if slot != 0 {
 		t.Fatalf("after the abort the bootloader picked slot %d, want 0", slot)
 	}
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, d, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the abort differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
 }

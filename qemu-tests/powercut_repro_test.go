@@ -36,8 +36,8 @@ func TestPowerCutInsideRollback(t *testing.T) {
 		{"record-written", func(d *ABDevice) string { return d.Misc }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			d := newABDevice(t, 5)
-			before := manifest(t, d)
+			d := NewTestDevice(t, 5)
+			before := UserdataManifestT(t, d)
 			otaBegin(t, d, "32M")
 
 			d.Slot[0] = "sysinit.action=report"
@@ -47,7 +47,7 @@ func TestPowerCutInsideRollback(t *testing.T) {
 				t.Fatalf("bootloader picked slot %d (%v) for the trial, want 1", slot, err)
 			}
 			vm := StartT(t, d.Options(slot, ""))
-			vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
+			vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
 			// The image to put back is taken once the trial's own writes
 			// (boot-attempt, activate) are durable and before rollback.
 			restore := c.restore(d)
@@ -55,12 +55,12 @@ func TestPowerCutInsideRollback(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			vm.ExpectT(t, `rollback scheduled`, slotBootTimeout)
-			vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			vm.ExpectT(t, `rollback scheduled`, SlotBootTimeout)
+			vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
-			wantRecord(t, d, bootstate.StateRollbackPending)
+			WantRecord(t, d, bootstate.StateRollbackPending)
 			if err := os.WriteFile(restore, snapshot, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -77,19 +77,19 @@ func TestPowerCutInsideRollback(t *testing.T) {
 				}
 				// The update's slot: cpinit must roll back and hand over
 				// to the old slot without starting the update's system.
-				vm.ExpectT(t, `slot _a made active, slot _b unbootable`, slotBootTimeout)
-				vm.ExpectT(t, `not starting slot _b on the data from before its update: rebooting into the other slot`, slotBootTimeout)
-				vm.Wait(slotBootTimeout)
+				vm.ExpectT(t, `slot _a made active, slot _b unbootable`, SlotBootTimeout)
+				vm.ExpectT(t, `not starting slot _b on the data from before its update: rebooting into the other slot`, SlotBootTimeout)
+				vm.Wait(SlotBootTimeout)
 				if strings.Contains(vm.Output(), "sysinit: pid=1") {
 					t.Fatal("the failed update's system was started on rolled-back userdata")
 				}
 			}
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
-			wantRecord(t, d, bootstate.StateFresh)
-			if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+			WantRecord(t, d, bootstate.StateFresh)
+			if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 				t.Fatalf("userdata after the rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
 			}
 			bc, err := d.ReadMisc()

@@ -35,7 +35,7 @@ import (
 //
 // Flags (or environment variables, for CI):
 //
-//	-powercuts N         (CPINIT_POWERCUTS)   cuts in all, at least; default 20
+//	-powercuts N         (CPINIT_POWERCUTS)   cuts in all, at least; default 8
 //	                                           (`make soak`: 200; the cuts at counted
 //	                                           flushes, with lost disk caches, are
 //	                                           TestCacheCut's)
@@ -48,19 +48,10 @@ import (
 // the same instruction: every cut is logged with the state it left behind
 // ("landed: ..."), which is what a reproduction needs.
 var (
-	flagPowercuts       = flag.Int("powercuts", envInt("CPINIT_POWERCUTS", 20), "TestPowerCut: power cuts to make in all (at least)")
-	flagPowercutSeed    = flag.Uint64("powercut.seed", uint64(envInt("CPINIT_SEED", 0)), "TestPowerCut: seed (0: from the clock)")
-	flagPowercutDevices = flag.Int("powercut.devices", envInt("CPINIT_POWERCUT_DEVICES", 2), "TestPowerCut: simulated devices booted in parallel")
+	flagPowercuts       = flag.Int("powercuts", EnvInt("CPINIT_POWERCUTS", 8), "TestPowerCut: power cuts to make in all (at least)")
+	flagPowercutSeed    = flag.Uint64("powercut.seed", uint64(EnvInt("CPINIT_SEED", 0)), "TestPowerCut: seed (0: from the clock)")
+	flagPowercutDevices = flag.Int("powercut.devices", EnvInt("CPINIT_POWERCUT_DEVICES", 2), "TestPowerCut: simulated devices booted in parallel")
 )
-
-func envInt(name string, def int) int {
-	if v := os.Getenv(name); v != "" {
-		if n, err := strconv.Atoi(v); err == nil {
-			return n
-		}
-	}
-	return def
-}
 
 // Phases of an update cycle the suite cuts into.
 const (
@@ -170,7 +161,7 @@ type pcDevice struct {
 }
 
 func newPCDevice(t *testing.T, seed uint64, i int, st *pcStats) *pcDevice {
-	d := newABDevice(t, seed+uint64(i))
+	d := NewTestDevice(t, seed+uint64(i))
 	return &pcDevice{t: t, d: d, rng: rand.New(rand.NewPCG(seed, uint64(i))), st: st,
 		win: map[string]time.Duration{}}
 }
@@ -217,21 +208,6 @@ func (w *pcDevice) misc() *bootstate.BootControl {
 	return bc
 }
 
-func recString(r bootstate.Record) string {
-	s := r.State.String()
-	if r.Active {
-		s += "/active"
-	}
-	s += fmt.Sprintf(" reason=%s attempts=%d mergetries=%d", r.Reason, r.Attempts, r.MergeTries)
-	if r.TargetSlot != "" {
-		s += " target=" + r.TargetSlot
-	}
-	if r.COWPath != "" {
-		s += " cow=" + r.COWPath
-	}
-	return s
-}
-
 // cut is how one boot is cut: wait for anchor, then delay.
 type cut struct {
 	phase  string
@@ -254,7 +230,7 @@ func (w *pcDevice) wantCut(phase string, done map[string]int) bool {
 // cycle runs one update from a settled device to a settled device.
 func (w *pcDevice) cycle(n int) {
 	t := w.t
-	before := manifest(t, w.d)
+	before := UserdataManifestT(t, w.d)
 	goal := phCommit
 	if w.rng.Float64() < 0.6 {
 		goal = phAbort
@@ -288,7 +264,7 @@ func (w *pcDevice) cycle(n int) {
 			break
 		}
 		if boot >= pcMaxBoots {
-			t.Fatalf("cycle %d not settled after %d boots: %s", n, boot, recString(r))
+			t.Fatalf("cycle %d not settled after %d boots: %s", n, boot, RecString(r))
 		}
 		slot, err := w.d.SelectSlot()
 		if err != nil {
@@ -318,7 +294,7 @@ func (w *pcDevice) cycle(n int) {
 				after.State == bootstate.StateFresh && bootstate.SameSlot(suffix, r.TargetSlot):
 				outcome = "commit"
 			case after.State == bootstate.StateCommitted && after.Reason == bootstate.ReasonOverflow:
-				t.Fatalf("cycle %d: the COW overflowed (%s): the suite's COW sizing is wrong", n, recString(after))
+				t.Fatalf("cycle %d: the COW overflowed (%s): the suite's COW sizing is wrong", n, RecString(after))
 			default:
 				outcome = "cancel"
 			}
@@ -347,7 +323,7 @@ func (w *pcDevice) cycle(n int) {
 			if c.phase == phMerge && after.State == bootstate.StateRollbackPending && after.MergeTries > r.MergeTries {
 				mergeCut = true
 			}
-			t.Logf("  boot %d (slot %s, %s) CUT %v after %q: landed: %s; record now %s", w.boots, suffix, c.phase, c.delay, c.anchor, landing, recString(after))
+			t.Logf("  boot %d (slot %s, %s) CUT %v after %q: landed: %s; record now %s", w.boots, suffix, c.phase, c.delay, c.anchor, landing, RecString(after))
 			w.st.add(func() {
 				if !res.missed {
 					w.st.cuts++
@@ -365,7 +341,7 @@ func (w *pcDevice) cycle(n int) {
 				t.Logf("  the commit did not persist: failing the trial instead")
 			}
 		} else {
-			t.Logf("  boot %d (slot %s, %s): %s", w.boots, suffix, phase, recString(after))
+			t.Logf("  boot %d (slot %s, %s): %s", w.boots, suffix, phase, RecString(after))
 		}
 	}
 
@@ -376,7 +352,7 @@ func (w *pcDevice) cycle(n int) {
 	if exists, err := w.d.COWFileExists(); err != nil || exists {
 		t.Fatalf("cycle %d (%s): COW file still in userdata after settling (err %v)", n, outcome, err)
 	}
-	after := manifest(t, w.d) // e2fsck -fn first
+	after := UserdataManifestT(t, w.d) // e2fsck -fn first
 	switch outcome {
 	case "commit":
 		if _, ok := after["new/file000"]; !ok {
@@ -713,34 +689,34 @@ func (b *pcBoot) run(t *testing.T, c *cut, want []string) bootResult {
 	t.Helper()
 	var res bootResult
 	if c != nil {
-		if _, err := b.vm.Expect(regexp.MustCompile(c.anchor), slotBootTimeout); err != nil {
-			t.Fatalf("waiting for the cut's anchor: %v\n--- console ---\n%s", err, tail(b.vm.Output(), 60))
+		if _, err := b.vm.Expect(regexp.MustCompile(c.anchor), SlotBootTimeout); err != nil {
+			t.Fatalf("waiting for the cut's anchor: %v\n--- console ---\n%s", err, Tail(b.vm.Output(), 60))
 		}
 		time.Sleep(c.delay)
 		res.cut = true
 		res.missed = b.vm.hasExited()
 		b.vm.Kill()
-	} else if err := b.vm.Wait(slotBootTimeout); err != nil {
+	} else if err := b.vm.Wait(SlotBootTimeout); err != nil {
 		var ee interface{ ExitCode() int }
 		if !errors.As(err, &ee) {
-			t.Fatalf("boot did not end: %v\n--- console ---\n%s", err, tail(b.vm.Output(), 60))
+			t.Fatalf("boot did not end: %v\n--- console ---\n%s", err, Tail(b.vm.Output(), 60))
 		}
 	}
 	res.out = b.vm.Output()
 	for _, bad := range []string{"FATAL", "sysinit: error", "WARNING"} {
 		if i := strings.Index(res.out, bad); i >= 0 {
-			t.Fatalf("console shows %q\n--- console ---\n%s", bad, tail(res.out, 80))
+			t.Fatalf("console shows %q\n--- console ---\n%s", bad, Tail(res.out, 80))
 		}
 	}
 	if strings.Contains(res.out, "Kernel panic") && !strings.Contains(res.out, "sysinit: crashing") {
-		t.Fatalf("kernel panic\n--- console ---\n%s", tail(res.out, 80))
+		t.Fatalf("kernel panic\n--- console ---\n%s", Tail(res.out, 80))
 	}
 	if !res.cut {
 		rest := res.out
 		for _, re := range want {
 			loc := regexp.MustCompile(re).FindStringIndex(rest)
 			if loc == nil {
-				t.Fatalf("console lacks %q (after the lines before it)\n--- console ---\n%s", re, tail(res.out, 80))
+				t.Fatalf("console lacks %q (after the lines before it)\n--- console ---\n%s", re, Tail(res.out, 80))
 			}
 			rest = rest[loc[1]:]
 		}

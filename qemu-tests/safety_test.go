@@ -1,8 +1,6 @@
 package qemutests
 
 import (
-	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -23,32 +21,12 @@ func cloneABDevice(t *testing.T, d *ABDevice) *ABDevice {
 	c.Dir = t.TempDir()
 	cp := func(src string) string {
 		dst := filepath.Join(c.Dir, filepath.Base(src))
-		copyFile(t, src, dst)
+		CopyFile(t, src, dst)
 		return dst
 	}
 	c.Systems = [2]string{cp(d.Systems[0]), cp(d.Systems[1])}
 	c.Userdata, c.Metadata, c.Misc = cp(d.Userdata), cp(d.Metadata), cp(d.Misc)
 	return &c
-}
-
-// copyFile copies an image file.
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // cutAt boots the slot the bootloader picks with extra kernel parameters,
@@ -57,8 +35,8 @@ func copyFile(t *testing.T, src, dst string) {
 func cutAt(t *testing.T, d *ABDevice, extra, anchor string, delay time.Duration) (int, string) {
 	t.Helper()
 	vm, slot := d.Boot(t, extra)
-	if _, err := vm.Expect(regexp.MustCompile(anchor), slotBootTimeout); err != nil {
-		t.Fatalf("waiting for the cut's anchor %q: %v\n--- console ---\n%s", anchor, err, tail(vm.Output(), 60))
+	if _, err := vm.Expect(regexp.MustCompile(anchor), SlotBootTimeout); err != nil {
+		t.Fatalf("waiting for the cut's anchor %q: %v\n--- console ---\n%s", anchor, err, Tail(vm.Output(), 60))
 	}
 	time.Sleep(delay)
 	vm.Kill()
@@ -83,27 +61,27 @@ func settleAfterRollback(t *testing.T, d *ABDevice, before Manifest, extra strin
 			break
 		}
 		if boot == 6 {
-			t.Fatalf("not settled after %d boots: %s", boot, recString(*r))
+			t.Fatalf("not settled after %d boots: %s", boot, RecString(*r))
 		}
 		vm, slot := d.Boot(t, extra)
-		if err := vm.Wait(slotBootTimeout); err != nil {
-			t.Fatalf("boot %d (slot %d): %v\n--- console ---\n%s", boot, slot, err, tail(vm.Output(), 60))
+		if err := vm.Wait(SlotBootTimeout); err != nil {
+			t.Fatalf("boot %d (slot %d): %v\n--- console ---\n%s", boot, slot, err, Tail(vm.Output(), 60))
 		}
 		out := vm.Output()
 		for _, bad := range []string{"FATAL", "sysinit: error", "WARNING", "Kernel panic"} {
 			if strings.Contains(out, bad) {
-				t.Fatalf("boot %d (slot %d) shows %q\n--- console ---\n%s", boot, slot, bad, tail(out, 80))
+				t.Fatalf("boot %d (slot %d) shows %q\n--- console ---\n%s", boot, slot, bad, Tail(out, 80))
 			}
 		}
 		if slot == 1 && strings.Contains(out, "sysinit: pid=1") {
-			t.Fatalf("boot %d: the rolled-back update's system started (record was %s)\n--- console ---\n%s", boot, recString(*r), tail(out, 60))
+			t.Fatalf("boot %d: the rolled-back update's system started (record was %s)\n--- console ---\n%s", boot, RecString(*r), Tail(out, 60))
 		}
-		t.Logf("settle boot %d: slot %d, record before %s", boot, slot, recString(*r))
+		t.Logf("settle boot %d: slot %d, record before %s", boot, slot, RecString(*r))
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("COW file still in userdata after the rollback (err %v)", err)
 	}
-	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+	if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
 	bc, err := d.ReadMisc()
@@ -173,12 +151,12 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			d := newABDevice(t, 41)
-			before := manifest(t, d)
+			d := NewTestDevice(t, 41)
+			before := UserdataManifestT(t, d)
 			otaBegin(t, d, "48M")
 			vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=41 sysinit.mib=16")
-			vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-			if err := vm.Wait(slotBootTimeout); err != nil {
+			vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
 			if sc.prep != nil {
@@ -194,9 +172,9 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 						t.Fatal(err)
 					}
 					bc, _ := c.ReadMisc()
-					t.Logf("cut in slot %d after %q (+%v): record %s, misc slots %+v", slot, p.anchor, p.delay, recString(*r), bc.Slots[:2])
+					t.Logf("cut in slot %d after %q (+%v): record %s, misc slots %+v", slot, p.anchor, p.delay, RecString(*r), bc.Slots[:2])
 					if strings.Contains(out, "sysinit: pid=1") {
-						t.Fatalf("the update's system started in the abandoning boot\n--- console ---\n%s", tail(out, 60))
+						t.Fatalf("the update's system started in the abandoning boot\n--- console ---\n%s", Tail(out, 60))
 					}
 					// A cut before the rollback was recorded loses the
 					// request with it: the operator picks the abort entry
@@ -219,42 +197,42 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 // twin: with no checkpoint recorded, recovery mode leaves userdata writable.
 func TestRecoveryModeMerge(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 42)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 42)
+	before := UserdataManifestT(t, d)
 
 	bothSlots(d, "sysinit.action=cmd sysinit.probe=1 sysinit.args=status")
 	vm, _ := d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `cpinit: recovery mode: no checkpoint recorded: userdata stays writable`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: raw before /dev/vdc ro=0 write=<nil>`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: recovery mode: no checkpoint recorded: userdata stays writable`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: raw before /dev/vdc ro=0 write=<nil>`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
 	otaBegin(t, d, "48M")
 	vm = trialBoot(t, d, "sysinit.action=workload sysinit.seed=42 sysinit.mib=16 sysinit.then=rollback")
-	vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateRollbackPending)
+	WantRecord(t, d, bootstate.StateRollbackPending)
 
 	bothSlots(d, "sysinit.action=cmd sysinit.probe=1 sysinit.args=merge")
 	vm, slot := d.Boot(t, "cpinit.recovery=1")
 	if slot != 0 {
 		t.Fatalf("recovery booted slot %d, want the old slot 0 (cpinit rollback switched misc)", slot)
 	}
-	vm.ExpectT(t, `cpinit: recovery mode: userdata /dev/vdc is READ-ONLY: the metadata store /dev/vdd records a checkpoint \(state rollback-pending\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: raw before /dev/vdc ro=1 write=.*operation not permitted`, slotBootTimeout)
-	vm.ExpectT(t, `verifying the COW extent map before merging`, slotBootTimeout)
-	vm.ExpectT(t, `merging the checkpoint back into userdata \(abort\), attempt 1`, slotBootTimeout)
-	vm.ExpectT(t, `done: merging the checkpoint back`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: raw after /dev/vdc ro=0 write=<nil>`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: recovery mode: userdata /dev/vdc is READ-ONLY: the metadata store /dev/vdd records a checkpoint \(state rollback-pending\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: raw before /dev/vdc ro=1 write=.*operation not permitted`, SlotBootTimeout)
+	vm.ExpectT(t, `verifying the COW extent map before merging`, SlotBootTimeout)
+	vm.ExpectT(t, `merging the checkpoint back into userdata \(abort\), attempt 1`, SlotBootTimeout)
+	vm.ExpectT(t, `done: merging the checkpoint back`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: raw after /dev/vdc ro=0 write=<nil>`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := wantRecord(t, d, bootstate.StateFresh); r.COWPath != "" {
-		t.Fatalf("after cpinit merge: %s", recString(*r))
+	if r := WantRecord(t, d, bootstate.StateFresh); r.COWPath != "" {
+		t.Fatalf("after cpinit merge: %s", RecString(*r))
 	}
 	settleAfterRollback(t, d, before, "")
 }
@@ -268,24 +246,24 @@ func TestRecoveryModeMerge(t *testing.T) {
 // attempt.
 func TestRecoveryMergeRefusesChangedCOW(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 43)
+	d := NewTestDevice(t, 43)
 	otaBegin(t, d, "32M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=43 sysinit.mib=8 sysinit.then=rollback")
-	vm.ExpectT(t, `sysinit: deleted the COW file`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: deleted the COW file`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u := snapshotImages(t, d)
 	bothSlots(d, "sysinit.action=cmd sysinit.args=merge")
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*merging would write garbage into userdata`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cmd exit=exit status 1`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `COW file /.cpinit/cow on /dev/vdc changed since .cpinit begin.: .*merging would write garbage into userdata`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cmd exit=exit status 1`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u.check(t, d, "a refused cpinit merge")
-	if r := wantRecord(t, d, bootstate.StateRollbackPending); r.MergeTries != 0 {
+	if r := WantRecord(t, d, bootstate.StateRollbackPending); r.MergeTries != 0 {
 		t.Fatalf("merge attempted %d times", r.MergeTries)
 	}
 }
@@ -296,12 +274,12 @@ func TestRecoveryMergeRefusesChangedCOW(t *testing.T) {
 // from the record; userdata must end exactly as before the update.
 func TestPowerCutInsideMergeCommand(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 44)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 44)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=44 sysinit.mib=24 sysinit.then=rollback")
-	vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []struct {
@@ -321,7 +299,7 @@ func TestPowerCutInsideMergeCommand(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("cut inside cpinit merge after %q (+%v): record %s", p.anchor, p.delay, recString(*r))
+			t.Logf("cut inside cpinit merge after %q (+%v): record %s", p.anchor, p.delay, RecString(*r))
 			settleAfterRollback(t, c, before, "")
 		})
 	}

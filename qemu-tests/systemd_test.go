@@ -33,7 +33,7 @@ func requireHostSystemd(t *testing.T) {
 func newSystemdABDevice(t *testing.T, seed uint64) *ABDevice {
 	t.Helper()
 	requireHostSystemd(t)
-	d := newABDevice(t, seed)
+	d := NewTestDevice(t, seed)
 	img, err := MakeSystemdImage(d.Dir, "system_b")
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ type slotStatus struct {
 func expectReport(t *testing.T, vm *VM) (map[string]string, slotStatus) {
 	t.Helper()
 	// The JSON is indented: from "{" to the "}" that starts a line.
-	m := vm.ExpectT(t, `(?s)cpinit-test: commit unit\r?\n(.*?)cpinit-test: status\r?\n(\{.*?\n\})`, slotBootTimeout)
+	m := vm.ExpectT(t, `(?s)cpinit-test: commit unit\r?\n(.*?)cpinit-test: status\r?\n(\{.*?\n\})`, SlotBootTimeout)
 	unit := map[string]string{}
 	for _, l := range strings.Fields(m[1]) {
 		if k, v, ok := strings.Cut(l, "="); ok {
@@ -96,19 +96,19 @@ func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
 // condition in recovery mode.
 func TestSystemdUpdateCommits(t *testing.T) {
 	d := newSystemdABDevice(t, 11)
-	before := manifest(t, d)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 
 	vm := trialBoot(t, d, "systemd.setenv=CPINIT_TEST_HEALTH=ok")
-	vm.ExpectT(t, `systemd \d+[^\r\n]* running in system mode`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
+	vm.ExpectT(t, `systemd \d+[^\r\n]* running in system mode`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit-test: workload done`, SlotBootTimeout)
 	// systemd's status lines ([  OK  ] ...), in order: the health check,
 	// the target, the commit unit and what cpinit printed.
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
-	vm.ExpectT(t, `\[  OK  \] Reached target boot-complete\.target`, slotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, slotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-health-check\.service - Test health check\.`, SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Reached target boot-complete\.target`, SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, SlotBootTimeout)
 	// (systemd shortens status lines to 80 columns: match the start)
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, slotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, SlotBootTimeout)
 	u, st := expectReport(t, vm)
 	if u["ActiveState"] != "active" || u["Result"] != "success" || u["ConditionResult"] != "yes" {
 		t.Fatalf("cpinit-commit.service after the commit: %v, want active, success, condition yes", u)
@@ -116,21 +116,21 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	if st.State != "fresh" || st.Reason != "cleaned" || st.BootedSlot != "_b" {
 		t.Fatalf("status after the commit unit: %+v, want state fresh (reason cleaned: committed, COW deleted) on slot _b", st)
 	}
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if out := vm.Output(); strings.Contains(out, "Dependency failed") || strings.Contains(out, "Ordering cycle") {
-		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", tail(out, 80))
+		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", Tail(out, 80))
 	}
 	// cpinit-watch.service started on the trial ($CPINIT_WATCH_ARGS
 	// expanded: policy abort) and ended with it (or was stopped by the
 	// report unit first), or found it committed already.
 	if !regexp.MustCompile(`cpinit watch: (watching the checkpoint of slot _b: COW [\d.]+ MiB; warn at 75%, abort at 90%[^\n]*\n(.*\n)*cpinit watch: (the trial ended|stopped by a signal)|nothing to watch: no checkpoint)`).MatchString(vm.Output()) {
-		t.Errorf("cpinit-watch.service did not watch the trial and end with it:\n%s", tail(vm.Output(), 60))
+		t.Errorf("cpinit-watch.service did not watch the trial and end with it:\n%s", Tail(vm.Output(), 60))
 	}
 
-	wantRecord(t, d, bootstate.StateFresh)
-	after := manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	after := UserdataManifestT(t, d)
 	for path, want := range map[string]bool{"new-systemd.bin": true, "d1/f001.bin": false} {
 		if _, ok := after[path]; ok != want {
 			t.Errorf("after the commit, %s present=%v, want %v", path, ok, want)
@@ -159,28 +159,28 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after the commit, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, slotBootTimeout)
-	vm.ExpectT(t, `nothing to commit: no checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	vm.ExpectT(t, `nothing to commit: no checkpoint`, SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, SlotBootTimeout)
 	if u, st := expectReport(t, vm); st.State != "fresh" || u["ActiveState"] != "active" || u["Result"] != "success" {
 		t.Fatalf("at the boot after the commit: status %+v, commit unit %v; want fresh, active, success", st, u)
 	}
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
 	// Recovery mode: userdata is not mounted and the unit is skipped by
 	// its condition.
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\)`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\)`, SlotBootTimeout)
 	if u, _ := expectReport(t, vm); u["ActiveState"] != "inactive" || u["ConditionResult"] != "no" || u["ConditionTimestampMonotonic"] == "0" {
 		t.Fatalf("cpinit-commit.service in recovery mode: %v, want inactive with its condition evaluated and false (skipped)", u)
 	}
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if out := vm.Output(); strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
-		t.Fatalf("cpinit-commit.service ran in recovery mode:\n%s", tail(out, 80))
+		t.Fatalf("cpinit-commit.service ran in recovery mode:\n%s", Tail(out, 80))
 	}
 }
 
@@ -191,7 +191,7 @@ func TestSystemdUpdateCommits(t *testing.T) {
 // userdata back to exactly what it was before the update.
 func TestSystemdHealthCheckVetoes(t *testing.T) {
 	d := newSystemdABDevice(t, 12)
-	before := manifest(t, d)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "64M")
 	setTries(t, d, 1, 3)
 
@@ -205,10 +205,10 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		}
 		tries = append(tries, bc.Slots[1].TriesRemaining)
 	}, func(vm *VM, n int) {
-		vm.ExpectT(t, `cpinit-test: workload done`, slotBootTimeout)
-		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, slotBootTimeout)
-		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, slotBootTimeout)
-		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, slotBootTimeout)
+		vm.ExpectT(t, `cpinit-test: workload done`, SlotBootTimeout)
+		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, SlotBootTimeout)
+		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, SlotBootTimeout)
+		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, SlotBootTimeout)
 		u, st := expectReport(t, vm)
 		if u["ActiveState"] != "inactive" || u["ConditionTimestampMonotonic"] != "0" {
 			t.Fatalf("cpinit-commit.service after a vetoed boot: %v, want inactive and never started (condition not even evaluated)", u)
@@ -216,15 +216,15 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		if st.State != "checkpointing" || st.Phase != "active" {
 			t.Fatalf("status after a vetoed boot: %+v, want checkpointing/active", st)
 		}
-		if err := vm.Wait(slotBootTimeout); err != nil {
+		if err := vm.Wait(SlotBootTimeout); err != nil {
 			t.Fatal(err)
 		}
 		out := vm.Output()
 		if !strings.Contains(out, "boot-complete.target: Job boot-complete.target/start failed with result 'dependency'.") {
-			t.Fatalf("boot-complete.target did not fail on the failed health check:\n%s", tail(out, 80))
+			t.Fatalf("boot-complete.target did not fail on the failed health check:\n%s", Tail(out, 80))
 		}
 		if strings.Contains(out, "committed:") || strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
-			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", tail(out, 80))
+			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", Tail(out, 80))
 		}
 	}, nil)
 	t.Logf("slot b vetoed %d times; its tries before each boot: %v", trials, tries)
@@ -237,11 +237,11 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		}
 	}
 
-	r := wantRecord(t, d, bootstate.StateFresh)
+	r := WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
 	}
-	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+	if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {

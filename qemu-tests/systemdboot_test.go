@@ -33,7 +33,7 @@ type sdbootDevice struct {
 
 func newSdbootDevice(t *testing.T, seed uint64) *sdbootDevice {
 	t.Helper()
-	d := newABDevice(t, seed)
+	d := NewTestDevice(t, seed)
 	for _, tool := range []string{"mkfs.vfat", "mcopy", "mmd", "mdir"} {
 		testutil.LookPath(t, tool)
 	}
@@ -108,16 +108,16 @@ func (g *sdbootDevice) boot(t *testing.T, sysinit string) *VM {
 
 func sdbootSlot(t *testing.T, vm *VM, slot string) {
 	t.Helper()
-	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; systemd-boot entries`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; systemd-boot entries`, SlotBootTimeout)
 }
 
 func sdbootBegin(t *testing.T, g *sdbootDevice) {
 	t.Helper()
 	vm := g.boot(t, "sysinit.action=ota sysinit.cowsize=64M")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEntries(t, "after begin", "cpinit-1-a.conf", "cpinit-2-b+3.conf")
@@ -132,20 +132,20 @@ func TestSystemdBootUpdateCommits(t *testing.T) {
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEntries(t, "after the commit", "cpinit-1-a.conf", "cpinit-2-b.conf")
 
 	vm = g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := wantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
+	if r := WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("record after the commit's cleanup: %+v", r)
 	}
 }
@@ -156,28 +156,28 @@ func TestSystemdBootUpdateCommits(t *testing.T) {
 // the checkpoint (exact manifest).
 func TestSystemdBootUpdateCrashFallsBack(t *testing.T) {
 	g := newSdbootDevice(t, 32)
-	before := manifest(t, g.ABDevice)
+	before := UserdataManifestT(t, g.ABDevice)
 	sdbootBegin(t, g)
 
 	for n := 1; n <= 3; n++ {
 		vm := g.boot(t, "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash")
 		sdbootSlot(t, vm, "b")
-		vm.ExpectT(t, `sysinit: crashing`, slotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, slotBootTimeout)
-		vm.Wait(slotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
+		vm.Wait(SlotBootTimeout)
 		g.wantEntries(t, fmt.Sprintf("after crash %d", n), "cpinit-1-a.conf", fmt.Sprintf("cpinit-2-b+%d-%d.conf", 3-n, n))
 	}
 
 	vm := g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := manifest(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 	if e := g.entries(t); len(e) != 2 || e[0] != "cpinit-1-a.conf" || !strings.HasPrefix(e[1], "cpinit-2-b+0") {
@@ -190,13 +190,13 @@ func TestSystemdBootUpdateCrashFallsBack(t *testing.T) {
 // boots slot a, whose boot merges: userdata is the checkpoint.
 func TestSystemdBootRollbackCommand(t *testing.T) {
 	g := newSdbootDevice(t, 33)
-	before := manifest(t, g.ABDevice)
+	before := UserdataManifestT(t, g.ABDevice)
 	sdbootBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=3 sysinit.mib=4 sysinit.then=rollback")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: rollback ok`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if e := g.entries(t); len(e) != 2 || !strings.HasPrefix(e[1], "cpinit-2-b+0") {
@@ -205,13 +205,13 @@ func TestSystemdBootRollbackCommand(t *testing.T) {
 
 	vm = g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := manifest(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 }

@@ -64,12 +64,12 @@ func (vm *VM) ExpectT(t testing.TB, re string, timeout time.Duration) []string {
 	t.Helper()
 	m, err := vm.Expect(regexp.MustCompile(re), timeout)
 	if err != nil {
-		t.Fatalf("%v\n--- console ---\n%s", err, tail(vm.Output(), 60))
+		t.Fatalf("%v\n--- console ---\n%s", err, Tail(vm.Output(), 60))
 	}
 	return m
 }
 
-func tail(s string, lines int) string {
+func Tail(s string, lines int) string {
 	l := strings.Split(s, "\n")
 	if len(l) > lines {
 		l = l[len(l)-lines:]

@@ -20,30 +20,30 @@ const watchWorkload = "sysinit.action=workload sysinit.mib=48 sysinit.pace=2 sys
 // image afterwards), and the COW never overflowed.
 func TestWatchCommitsBeforeOverflow(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 21)
+	d := NewTestDevice(t, 21)
 	otaBegin(t, d, "24M")
 	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit sysinit.statusmid=1")
-	vm.ExpectT(t, `cpinit watch: watching the checkpoint of slot _b: COW 24\.0 MiB; warn at 50%, commit at 75% or when full within 5s`, slotBootTimeout)
+	vm.ExpectT(t, `cpinit watch: watching the checkpoint of slot _b: COW 24\.0 MiB; warn at 50%, commit at 75% or when full within 5s`, SlotBootTimeout)
 	// status during the trial: usage, and the fill rate from watch's samples.
-	vm.ExpectT(t, `COW used: +\d+\.\d of 24\.0 MiB \(\d+\.\d%\), active`, slotBootTimeout)
-	m0 := vm.ExpectT(t, `COW fill rate: +\d+\.\d\d MiB/s over \d+ s \(watch\), (full in \S+|not filling)`, slotBootTimeout)
+	vm.ExpectT(t, `COW used: +\d+\.\d of 24\.0 MiB \(\d+\.\d%\), active`, SlotBootTimeout)
+	m0 := vm.ExpectT(t, `COW fill rate: +\d+\.\d\d MiB/s over \d+ s \(watch\), (full in \S+|not filling)`, SlotBootTimeout)
 	t.Logf("status: %s", m0[0])
-	m := vm.ExpectT(t, `cpinit watch: WARNING: COW (\d+\.\d)% used .*userdata \d+\.\d MiB free`, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit watch: WARNING: COW (\d+\.\d)% used .*userdata \d+\.\d MiB free`, SlotBootTimeout)
 	t.Logf("warned at %s%%", m[1])
-	m = vm.ExpectT(t, `cpinit watch: committing the update \(policy commit; the rollback is given up to keep the data\): (COW .*)`, slotBootTimeout)
+	m = vm.ExpectT(t, `cpinit watch: committing the update \(policy commit; the rollback is given up to keep the data\): (COW .*)`, SlotBootTimeout)
 	t.Logf("acted: %s", m[1])
-	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: workload done`, slotBootTimeout)
-	m = vm.ExpectT(t, `sysinit: manifest=([0-9a-f]+) files=(\d+)`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: watch exit=<nil>`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	m = vm.ExpectT(t, `sysinit: manifest=([0-9a-f]+) files=(\d+)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: watch exit=<nil>`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if out := vm.Output(); strings.Contains(out, "overflowed") || strings.Contains(out, "snapshot is invalid") {
 		t.Fatal("the COW overflowed although watch was running")
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	got := manifest(t, d)
+	WantRecord(t, d, bootstate.StateFresh)
+	got := UserdataManifestT(t, d)
 	if got.Digest() != m[1] {
 		t.Fatalf("userdata on disk (manifest %s, %d entries) is not what the system wrote (manifest %s, %s entries)", got.Digest(), len(got), m[1], m[2])
 	}
@@ -59,33 +59,33 @@ func TestWatchCommitsBeforeOverflow(t *testing.T) {
 // before the update.
 func TestWatchAbortRollsBack(t *testing.T) {
 	t.Parallel()
-	d := newABDevice(t, 22)
-	before := manifest(t, d)
+	d := NewTestDevice(t, 22)
+	before := UserdataManifestT(t, d)
 	otaBegin(t, d, "24M")
 	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=22 sysinit.watch=abort")
-	m := vm.ExpectT(t, `cpinit watch: aborting the update \(policy abort; rolling userdata back\): (COW .*)`, slotBootTimeout)
+	m := vm.ExpectT(t, `cpinit watch: aborting the update \(policy abort; rolling userdata back\): (COW .*)`, SlotBootTimeout)
 	t.Logf("acted: %s", m[1])
-	vm.ExpectT(t, `rollback scheduled`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit watch: userdata frozen at /data`, slotBootTimeout)
-	vm.ExpectT(t, `cpinit watch: rebooting into the old slot now`, slotBootTimeout)
-	vm.Wait(slotBootTimeout)
+	vm.ExpectT(t, `rollback scheduled`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit watch: userdata frozen at /data`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit watch: rebooting into the old slot now`, SlotBootTimeout)
+	vm.Wait(SlotBootTimeout)
 	if strings.Contains(vm.Output(), "sysinit: workload done") {
 		t.Fatal("the workload finished: userdata was not frozen")
 	}
-	wantRecord(t, d, bootstate.StateRollbackPending)
+	WantRecord(t, d, bootstate.StateRollbackPending)
 
 	d.Slot[0] = "sysinit.action=report"
 	vm, slot := d.Boot(t, "")
 	if slot != 0 {
 		t.Fatalf("after the abort the bootloader picked slot %d, want the old slot 0", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	wantRecord(t, d, bootstate.StateFresh)
-	if diff := manifest(t, d).Diff(before, 10); len(diff) > 0 {
+	WantRecord(t, d, bootstate.StateFresh)
+	if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the abort differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {

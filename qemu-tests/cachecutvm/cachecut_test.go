@@ -1,4 +1,4 @@
-package qemutests
+package cachecutvm
 
 import (
 	"flag"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
 )
 
@@ -45,10 +46,13 @@ import (
 //
 // Flags (or environment variables):
 //
-//	-cachecuts N       (CPINIT_CACHECUTS)    cuts to make; default 50: a
-//	                                         round of every cut point (44
-//	                                         today) and the start of the
-//	                                         next, modes alternating
+//	-cachecuts N       (CPINIT_CACHECUTS)    cuts to make; default 0: one
+//	                                         round of every cut point (43
+//	                                         today), modes alternating, so
+//	                                         with TestCacheCutF2FS's round
+//	                                         make test cuts 52 times, 27
+//	                                         of them dropping the cache
+//	                                         (make soak: 200)
 //	-cachecut.seed S   (CPINIT_CACHECUT_SEED) seed; default from the clock
 //
 // The seed is printed first; it draws the Subset choices and the userdata
@@ -69,10 +73,10 @@ import (
 //
 // It takes its seed from -cachecut.seed too.
 var (
-	flagCacheCuts     = flag.Int("cachecuts", envInt("CPINIT_CACHECUTS", 50), "TestCacheCut: power cuts to make")
-	flagCacheSeed     = flag.Uint64("cachecut.seed", uint64(envInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut, TestCacheCutF2FS: seed (0: from the clock)")
-	flagCacheCutsF2FS = flag.Int("cachecuts.f2fs", envInt("CPINIT_CACHECUTS_F2FS", 0), "TestCacheCutF2FS: power cuts to make (0: a round of the cut points)")
-	flagCacheF2FSAll  = flag.Bool("cachecut.f2fs.all", envInt("CPINIT_CACHECUT_F2FS_ALL", 0) == 1, "TestCacheCutF2FS: cut every boot of both cycles, not only the merge")
+	flagCacheCuts     = flag.Int("cachecuts", qt.EnvInt("CPINIT_CACHECUTS", 0), "TestCacheCut: power cuts to make (0: a round of the cut points)")
+	flagCacheSeed     = flag.Uint64("cachecut.seed", uint64(qt.EnvInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut, TestCacheCutF2FS: seed (0: from the clock)")
+	flagCacheCutsF2FS = flag.Int("cachecuts.f2fs", qt.EnvInt("CPINIT_CACHECUTS_F2FS", 0), "TestCacheCutF2FS: power cuts to make (0: a round of the cut points)")
+	flagCacheF2FSAll  = flag.Bool("cachecut.f2fs.all", qt.EnvInt("CPINIT_CACHECUT_F2FS_ALL", 0) == 1, "TestCacheCutF2FS: cut every boot of both cycles, not only the merge")
 )
 
 // ccConfig is one campaign.
@@ -125,7 +129,7 @@ type ccRef struct {
 	phases []*ccPhase
 	// device: the rollback cycle's device, whose system images every
 	// cut's device copies (they are only ever mounted read-only)
-	device *ABDevice
+	device *qt.ABDevice
 }
 
 // ccStats counts the cuts by phase and where they landed.
@@ -138,7 +142,7 @@ type ccStats struct {
 }
 
 func TestCacheCut(t *testing.T) {
-	ccCampaign(t, ccConfig{cycles: []string{"rollback", "commit"}, cuts: max(*flagCacheCuts, 1)})
+	ccCampaign(t, ccConfig{cycles: []string{"rollback", "commit"}, cuts: max(*flagCacheCuts, 0)})
 }
 
 func TestCacheCutF2FS(t *testing.T) {
@@ -200,16 +204,16 @@ func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 		cow, manifestOpt = "64M", " sysinit.manifest=1"
 	}
 	for _, cycle := range cfg.cycles {
-		var d *ABDevice
+		var d *qt.ABDevice
 		if cfg.fs == "f2fs" {
-			d = newF2FSDevice(t, 51)
+			d = qt.NewTestF2FSDevice(t, 51)
 		} else {
-			d = newABDevice(t, 51)
+			d = qt.NewTestDevice(t, 51)
 		}
 		if cycle == "rollback" {
 			ref.device = d
 			if cfg.fs == "" {
-				ref.before = ccData{m: manifest(t, d)}
+				ref.before = ccData{m: qt.UserdataManifestT(t, d)}
 			}
 		}
 		phases := []*ccPhase{
@@ -236,17 +240,17 @@ func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 			if slot != ph.slot {
 				t.Fatalf("reference %s/%s: the bootloader picked slot %d, want %d", cycle, ph.name, slot, ph.slot)
 			}
-			if err := vm.Wait(slotBootTimeout); err != nil {
-				t.Fatalf("reference %s/%s: %v\n--- console ---\n%s", cycle, ph.name, err, tail(vm.Output(), 60))
+			if err := vm.Wait(qt.SlotBootTimeout); err != nil {
+				t.Fatalf("reference %s/%s: %v\n--- console ---\n%s", cycle, ph.name, err, qt.Tail(vm.Output(), 60))
 			}
 			if err := m.Close(); err != nil {
 				t.Fatal(err)
 			}
 			ccConsoleOK(t, vm.Output(), fmt.Sprintf("reference %s/%s", cycle, ph.name))
 			if cfg.fs == "f2fs" && cycle == "rollback" && ph.name == "begin" {
-				mm := regexp.MustCompile(manifestRe).FindStringSubmatch(vm.Output())
+				mm := regexp.MustCompile(qt.ManifestRe).FindStringSubmatch(vm.Output())
 				if mm == nil {
-					t.Fatalf("reference begin: no manifest line\n--- console ---\n%s", tail(vm.Output(), 60))
+					t.Fatalf("reference begin: no manifest line\n--- console ---\n%s", qt.Tail(vm.Output(), 60))
 				}
 				ref.before = ccData{line: mm[1] + " files=" + mm[2]}
 			}
@@ -258,16 +262,16 @@ func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 			t.Logf("reference %s/%s: flushes %v, sectors made durable %v; record after: %s", cycle, ph.name, ph.flushes, ph.sectors, recStringOf(t, d))
 			ref.phases = append(ref.phases, ph)
 		}
-		r := wantRecord(t, d, bootstate.StateFresh)
+		r := qt.WantRecord(t, d, bootstate.StateFresh)
 		if r.COWPath != "" || r.TargetSlot != "" {
-			t.Fatalf("reference %s cycle did not settle: %s", cycle, recString(*r))
+			t.Fatalf("reference %s cycle did not settle: %s", cycle, qt.RecString(*r))
 		}
 		if cycle == "commit" {
-			ref.after = ccUserdataNow(t, d, 1)
+			ref.after = ccUserdataNow(t, d, 1, "")
 			if len(ref.after.diff(ref.before)) == 0 {
 				t.Fatal("the committed update changed nothing in userdata")
 			}
-		} else if diff := ccUserdataNow(t, d, 0).diff(ref.before); len(diff) > 0 {
+		} else if diff := ccUserdataNow(t, d, 0, "").diff(ref.before); len(diff) > 0 {
 			t.Fatalf("the reference rollback did not restore userdata:\n%s", strings.Join(diff, "\n"))
 		}
 	}
@@ -278,7 +282,7 @@ func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 // (debugfs), on f2fs the guest's manifest line, "DIGEST files=N" (there is
 // no debugfs for f2fs).
 type ccData struct {
-	m    Manifest
+	m    qt.Manifest
 	line string
 }
 
@@ -294,28 +298,32 @@ func (a ccData) diff(want ccData) []string {
 
 // ccUserdataNow checks the settled userdata and returns what it holds. On
 // ext4: the COW file is gone (debugfs) and e2fsck -fn is clean. On f2fs:
-// fsck.f2fs --dry-run is clean, then a boot of the slot the bootloader
-// picks (which must be pick) prints the manifest and shows the COW file
-// gone.
-func ccUserdataNow(t *testing.T, d *ABDevice, pick int) ccData {
+// fsck.f2fs --dry-run is clean, and the manifest and the COW file gone are
+// what settled (the console of the boot that settled the device, if it
+// was pick's and printed them: sysinit.manifest=1) shows, or else a boot
+// of the slot the bootloader picks (which must be pick) prints.
+func ccUserdataNow(t *testing.T, d *qt.ABDevice, pick int, settled string) ccData {
 	t.Helper()
 	if d.FSType != "f2fs" {
 		if exists, err := d.COWFileExists(); err != nil || exists {
 			t.Fatalf("COW file still in userdata after settling (err %v)", err)
 		}
-		return ccData{m: manifest(t, d)} // e2fsck -fn first
+		return ccData{m: qt.UserdataManifestT(t, d)} // e2fsck -fn first
 	}
 	if err := d.CheckF2FS(); err != nil {
 		t.Fatalf("userdata after settling: %v", err)
+	}
+	if mm := regexp.MustCompile(qt.ManifestRe).FindStringSubmatch(settled); mm != nil && strings.Contains(settled, "sysinit: cow=absent") {
+		return ccData{line: mm[1] + " files=" + mm[2]}
 	}
 	d.Slot[pick] = "sysinit.action=report sysinit.manifest=1"
 	vm, slot := d.Boot(t, "")
 	if slot != pick {
 		t.Fatalf("the bootloader picked slot %d for the manifest boot, want %d", slot, pick)
 	}
-	mm := vm.ExpectT(t, manifestRe, slotBootTimeout)
-	vm.ExpectT(t, `sysinit: cow=absent`, slotBootTimeout)
-	if err := vm.Wait(slotBootTimeout); err != nil {
+	mm := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cow=absent`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	ccConsoleOK(t, vm.Output(), "the manifest boot")
@@ -456,15 +464,22 @@ func ccCut(t *testing.T, ref *ccRef, p ccPoint, st *ccStats) {
 // update's slot is aborted from the boot menu (cpinit.abort=1, rollback) or
 // commits at its next boot (`cpinit commit --if-trial`, commit). Then the
 // checks.
-func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
+func ccSettle(t *testing.T, d *qt.ABDevice, ref *ccRef, goal string) {
 	t.Helper()
-	d.Slot[0] = "sysinit.action=report"
-	d.Slot[1] = "sysinit.action=report"
+	// On f2fs the systems print userdata's manifest (there is no debugfs
+	// to read it from the host): the boot that settles the device shows
+	// what it holds.
+	report := "sysinit.action=report"
+	if d.FSType == "f2fs" {
+		report += " sysinit.manifest=1"
+	}
+	d.Slot[0], d.Slot[1] = report, report
 	extraB := "cpinit.abort=1"
 	if goal == "commit" {
 		d.Slot[1] = "sysinit.action=cmd sysinit.args=commit,--if-trial"
 		extraB = ""
 	}
+	settled, settledSlot := "", -1 // the console and slot of the last boot
 	for boot := 0; ; boot++ {
 		r, err := d.Record()
 		if err != nil && !strings.Contains(err.Error(), "blank") {
@@ -486,16 +501,17 @@ func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
 			extra = extraB
 		}
 		vm, slot := d.Boot(t, extra)
-		if err := vm.Wait(slotBootTimeout); err != nil {
-			t.Fatalf("settle boot %d (slot %d): %v\n--- console ---\n%s", boot, slot, err, tail(vm.Output(), 60))
+		if err := vm.Wait(qt.SlotBootTimeout); err != nil {
+			t.Fatalf("settle boot %d (slot %d): %v\n--- console ---\n%s", boot, slot, err, qt.Tail(vm.Output(), 60))
 		}
 		out := vm.Output()
 		ccConsoleOK(t, out, fmt.Sprintf("settle boot %d (slot %d)", boot, slot))
+		settled, settledSlot = out, slot
 		if goal == "rollback" && slot == 1 && strings.Contains(out, "sysinit: pid=1") {
 			// Every boot of the update's slot carries cpinit.abort=1:
 			// cpinit rolls back (or cancels) and reboots into the old
 			// slot, or finds the rollback done and does the same.
-			t.Fatalf("settle boot %d: the update's system started on the way to a rollback (record was %s)\n--- console ---\n%s", boot, recStringOf(t, d), tail(out, 40))
+			t.Fatalf("settle boot %d: the update's system started on the way to a rollback (record was %s)\n--- console ---\n%s", boot, recStringOf(t, d), qt.Tail(out, 40))
 		}
 	}
 	pick, want := 0, ref.before
@@ -509,14 +525,17 @@ func ccSettle(t *testing.T, d *ABDevice, ref *ccRef, goal string) {
 	if s := bc.BootloaderSelect(); s != pick {
 		t.Fatalf("the bootloader's next pick is slot %d, want %d after the %s (misc %+v)", s, pick, goal, bc.Slots[:2])
 	}
-	if diff := ccUserdataNow(t, d, pick).diff(want); len(diff) > 0 {
+	if settledSlot != pick {
+		settled = ""
+	}
+	if diff := ccUserdataNow(t, d, pick, settled).diff(want); len(diff) > 0 {
 		t.Fatalf("userdata after settling (%s) differs from what it must be:\n%s", goal, strings.Join(diff, "\n"))
 	}
 }
 
 // ccBoot boots the slot the bootloader picks with userdata, the metadata
 // store and misc served by a new cachedisk machine, armed with cut.
-func ccBoot(t *testing.T, d *ABDevice, action string, cut *ccPoint) (*VM, *cachedisk.Machine, int) {
+func ccBoot(t *testing.T, d *qt.ABDevice, action string, cut *ccPoint) (*qt.VM, *cachedisk.Machine, int) {
 	t.Helper()
 	slot, err := d.SelectSlot()
 	if err != nil {
@@ -548,15 +567,15 @@ func ccBoot(t *testing.T, d *ABDevice, action string, cut *ccPoint) (*VM, *cache
 	if cut != nil {
 		m.CutAtDiskFlush(cut.disk, cut.n)
 	}
-	vm := StartT(t, o)
+	vm := qt.StartT(t, o)
 	return vm, m, slot
 }
 
-// ccExited is closed when the VM has exited.
-func ccExited(vm *VM) <-chan struct{} {
+// ccExited is closed when the qt.VM has exited.
+func ccExited(vm *qt.VM) <-chan struct{} {
 	c := make(chan struct{})
 	go func() {
-		vm.Wait(slotBootTimeout)
+		vm.Wait(qt.SlotBootTimeout)
 		close(c)
 	}()
 	return c
@@ -567,28 +586,28 @@ func ccConsoleOK(t *testing.T, out, what string) {
 	t.Helper()
 	for _, bad := range []string{"FATAL", "sysinit: error", "WARNING", "Kernel panic", "cmd exit=exit status", "EXT4-fs error", `F2FS-fs \(vd.\): .*[Ee]rror`} {
 		if loc := regexp.MustCompile(bad).FindStringIndex(out); loc != nil {
-			t.Fatalf("%s shows %q\n--- console ---\n%s", what, out[loc[0]:loc[1]], tail(out, 60))
+			t.Fatalf("%s shows %q\n--- console ---\n%s", what, out[loc[0]:loc[1]], qt.Tail(out, 60))
 		}
 	}
 }
 
 // ccSave keeps the state images (userdata, store, misc) in dir.
-func ccSave(t *testing.T, d *ABDevice, dir string) {
+func ccSave(t *testing.T, d *qt.ABDevice, dir string) {
 	t.Helper()
 	for _, p := range []string{d.Userdata, d.Metadata, d.Misc} {
-		copyFile(t, p, filepath.Join(dir, filepath.Base(p)))
+		qt.CopyFile(t, p, filepath.Join(dir, filepath.Base(p)))
 	}
 }
 
 // ccDevice is a device of its own for one cut: ref's system images, and
 // userdata, store and misc as ccSave kept them in dir.
-func ccDevice(t *testing.T, ref *ABDevice, dir string) *ABDevice {
+func ccDevice(t *testing.T, ref *qt.ABDevice, dir string) *qt.ABDevice {
 	t.Helper()
 	c := *ref
 	c.Dir = t.TempDir()
 	cp := func(src, name string) string {
 		dst := filepath.Join(c.Dir, name)
-		copyFile(t, src, dst)
+		qt.CopyFile(t, src, dst)
 		return dst
 	}
 	c.Systems = [2]string{cp(ref.Systems[0], filepath.Base(ref.Systems[0])), cp(ref.Systems[1], filepath.Base(ref.Systems[1]))}
@@ -599,12 +618,12 @@ func ccDevice(t *testing.T, ref *ABDevice, dir string) *ABDevice {
 	return &c
 }
 
-func recStringOf(t *testing.T, d *ABDevice) string {
+func recStringOf(t *testing.T, d *qt.ABDevice) string {
 	r, err := d.Record()
 	if err != nil {
 		return "(" + err.Error() + ")"
 	}
-	return recString(*r)
+	return qt.RecString(*r)
 }
 
 func lastLine(out string) string {
