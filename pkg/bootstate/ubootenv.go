@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -742,6 +743,15 @@ func (b *UBootBootloader) lock() (func(), error) {
 		return func() {}, nil
 	}
 	f, err := os.OpenFile(b.LockPath, os.O_WRONLY|os.O_CREATE, 0o666)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The lock's directory does not exist (a system without
+		// /var/lock). Every tool that takes this lock opens the same
+		// path with O_CREAT and fails there too, so none can hold it:
+		// going on unlocked interleaves with nobody. Making the
+		// directory would change the system's root (read-only on many
+		// devices) for a lock nobody else can take.
+		return func() {}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("bootstate: u-boot env lock %s: %w", b.LockPath, err)
 	}

@@ -584,3 +584,38 @@ func TestUBootBootloaderTornSave(t *testing.T) {
 		}
 	}
 }
+
+// TestUBootBootloaderLockDirMissing: a system without /var/lock (found by
+// the U-Boot QEMU test: its slot's `cpinit begin` failed "open
+// /var/lock/fw_printenv.lock: no such file or directory"). No tool can hold
+// a lock on a file in a directory that does not exist, so Load and Save go
+// on without it; a lock file that exists is still taken.
+func TestUBootBootloaderLockDirMissing(t *testing.T) {
+	const size = 0x800
+	c := mkEnvCopy(t, size, false, 0, 0xff, "bootpart=0:2", "bootlimit=3", "upgrade_available=0", "altbootcmd=run swap", "ustate=0")
+	bl, _ := envFile(t, size, [][]byte{c}, UBootSchemeConfig{})
+	bl.LockPath = filepath.Join(t.TempDir(), "no-such-dir", "fw_printenv.lock")
+	s, err := bl.Load()
+	if err != nil {
+		t.Fatalf("Load with the lock's directory missing: %v", err)
+	}
+	if err := s.SetActive("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bl.Save(s); err != nil {
+		t.Fatalf("Save with the lock's directory missing: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(bl.LockPath)); !os.IsNotExist(err) {
+		t.Fatalf("the lock's directory was made (stat: %v)", err)
+	}
+
+	// A lock file in a directory that is not one is still an error.
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bl.LockPath = filepath.Join(notDir, "fw_printenv.lock")
+	if _, err := bl.Load(); err == nil || !strings.Contains(err.Error(), "lock") {
+		t.Fatalf("Load with the lock under a regular file: %v, want a lock error", err)
+	}
+}
