@@ -21,7 +21,9 @@ GO ?= go
 #   libubootenv-tool fw_printenv/fw_setenv and u-boot-tools mkenvimage: the
 #   u-boot-tools     oracles pkg/bootstate's U-Boot environment is compared
 #                    with, byte for byte, in both directions
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools
+#   u-boot-qemu      the real U-Boot (its qemu-x86 board) that
+#                    qemu-tests/uboot_test.go boots under RAUC's scheme
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
@@ -56,9 +58,10 @@ demo: kernel
 # Unit tests, root-only host tests (loop-mounted ext4) and the QEMU suite
 # (qemu-tests/, which also runs the in-guest tests of pkg/dmsnap).
 # The real-bootloader tests that make test leaves to make soak (time): make
-# test boots each bootloader's crash-until-fallback rollback, the soak also
-# its commit and `cpinit rollback` paths.
-SOAK_ONLY := TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootRollbackCommand$$
+# test boots GRUB's and U-Boot's crash-until-fallback rollbacks, the soak
+# every path of GRUB, systemd-boot and U-Boot (commit, crash until
+# fallback, `cpinit rollback`).
+SOAK_ONLY := TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootUpdateCrashFallsBack$$|TestSystemdBootRollbackCommand$$|TestUBootUpdateCommits$$|TestUBootRollbackCommand$$
 test: kernel
 	$(GO) vet ./...
 	$(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...

@@ -33,6 +33,11 @@ type Options struct {
 	// as the machine's flash. The bootloader on a disk's ESP then picks the
 	// kernel and its command line; Kernel, Initrd and Append are unused.
 	Firmware string
+	// BIOS, when set, is the machine's firmware image (-bios) on QEMU's
+	// i440fx PC instead of the q35 machine: U-Boot's build for it
+	// (u-boot-qemu's qemu-x86/u-boot.rom), which then loads the kernel
+	// from a disk itself; Kernel, Initrd and Append are unused.
+	BIOS string
 	// Log receives the serial console as it arrives (in addition to the
 	// in-memory copy Expect searches).
 	Log io.Writer
@@ -83,13 +88,19 @@ func Start(o Options) (*VM, error) {
 	if o.MemoryMB == 0 {
 		o.MemoryMB = 512
 	}
+	machine := "q35"
+	if o.BIOS != "" {
+		machine = "pc"
+	}
 	args := []string{
-		"-machine", "q35", "-smp", "1", "-m", fmt.Sprint(o.MemoryMB),
+		"-machine", machine, "-smp", "1", "-m", fmt.Sprint(o.MemoryMB),
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
 		"-no-reboot", "-nodefaults",
 	}
 	var initrd string
-	if o.Firmware != "" {
+	if o.BIOS != "" {
+		args = append(args, "-bios", o.BIOS)
+	} else if o.Firmware != "" {
 		args = append(args, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 			"-drive", "if=pflash,format=raw,unit=1,file="+o.Firmware)
 	} else {
