@@ -22,7 +22,7 @@ GO ?= go
 #   u-boot-tools     oracles pkg/bootstate's U-Boot environment is compared
 #                    with, byte for byte, in both directions
 #   u-boot-qemu      the real U-Boot (its qemu-x86 board) that
-#                    qemu-tests/uboot_test.go boots under RAUC's scheme
+#                    qemu-tests/bootloadervm/uboot_test.go boots under RAUC's scheme
 DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
@@ -78,7 +78,7 @@ SOAK_CUTS ?= 200
 SOAK_F2FS_CUTS ?= 100
 soak: kernel
 	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) \
-		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)' ./qemu-tests ./qemu-tests/cachecutvm
+		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)' ./qemu-tests ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

@@ -128,19 +128,6 @@ func stopped(t *testing.T, vm *VM, problem string) {
 
 func bothSlots(d *ABDevice, params string) { d.Slot[0], d.Slot[1] = params, params }
 
-// trialBoot boots the update's slot once with the given system action and
-// waits for the snapshot line; the checkpoint is active afterwards.
-func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
-	t.Helper()
-	d.Slot[1] = action
-	vm, slot := d.Boot(t, strings.Join(extra, " "))
-	if slot != 1 {
-		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
-	}
-	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, SlotBootTimeout)
-	return vm
-}
-
 // TestBadInputCorruptStore: both copies of the metadata store are junk while
 // an update's checkpoint is active. The boot stops (no merge, no deletion,
 // nothing mounted, the junk kept as evidence); in recovery mode `cpinit
@@ -150,8 +137,8 @@ func trialBoot(t *testing.T, d *ABDevice, action string, extra ...string) *VM {
 func TestBadInputCorruptStore(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 11)
-	otaBegin(t, d, "32M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=11 sysinit.mib=4 sysinit.then=crash")
+	OTABegin(t, d, "32M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=11 sysinit.mib=4 sysinit.then=crash")
 	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
 	vm.Wait(SlotBootTimeout)
 
@@ -211,7 +198,7 @@ func TestBadInputCorruptStore(t *testing.T) {
 func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 22)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	f, err := os.OpenFile(d.Metadata, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -223,8 +210,8 @@ func TestBadInputOneStoreCopyCorrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := trialBoot(t, d, "sysinit.action=report")
-	// (trialBoot matched the create-snapshot line, which follows the
+	vm := TrialBoot(t, d, "sysinit.action=report")
+	// (TrialBoot matched the create-snapshot line, which follows the
 	// warning; check the whole console.)
 	if !strings.Contains(vm.Output(), "cpinit: warning: metadata store /dev/vdd: only one good copy (copy A: invalid: ") {
 		t.Fatalf("no warning about the bad copy:\n%s", Tail(vm.Output(), 30))
@@ -250,7 +237,7 @@ func TestBadInputRecordNamesOtherDevice(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 12)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	rewriteRecord(t, d, func(r *bootstate.Record) {
 		r.Map.DevMinor += 16
 		r.Fingerprint = r.Map.Fingerprint()
@@ -304,12 +291,12 @@ func TestBadInputCOWChangedBeforeRollback(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := NewTestDevice(t, 13)
-			otaBegin(t, d, "32M")
+			OTABegin(t, d, "32M")
 			// noatime: the trial writes no inode, so the COW file's inode
 			// block is not copied into the COW and the snapshot view shows
 			// the change (a copied block would show the original inode,
 			// which is what the merge restores: then merging is right).
-			vm := trialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
+			vm := TrialBoot(t, d, "sysinit.action=report", "cpinit.mountopts=noatime")
 			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
@@ -345,8 +332,8 @@ func TestBadInputCOWChangedDuringTrial(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := NewTestDevice(t, 21)
-			otaBegin(t, d, "32M")
-			vm := trialBoot(t, d, "sysinit.action=report")
+			OTABegin(t, d, "32M")
+			vm := TrialBoot(t, d, "sysinit.action=report")
 			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
 			}
@@ -376,7 +363,7 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 19)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	debugfsW(t, d, "rm /.cpinit/cow")
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
@@ -434,8 +421,8 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 func TestBadInputOverflow(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 14)
-	otaBegin(t, d, "16M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
+	OTABegin(t, d, "16M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
 	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
 	vm.ExpectT(t, `COW used: +unusable: the snapshot is invalid \(the COW overflowed or hit an I/O error\)`, SlotBootTimeout)
 	vm.ExpectT(t, `rollback possible: false`, SlotBootTimeout)
@@ -471,8 +458,8 @@ func TestBadInputOverflow(t *testing.T) {
 func TestBadInputOverflowAtRollback(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 15)
-	otaBegin(t, d, "16M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=15 sysinit.mib=40")
+	OTABegin(t, d, "16M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=15 sysinit.mib=40")
 	vm.ExpectT(t, `rollback possible: false`, SlotBootTimeout)
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
@@ -548,7 +535,7 @@ func TestBadInputBeginTooBig(t *testing.T) {
 func TestBadInputKernelParams(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 17)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	d.Slot[1] = "sysinit.action=report"
 	vm, _ := d.Boot(t, "cpinit.abort=maybe cpinit.metadata= cpinit.rootwait=soon cpinit.bogus=1")
@@ -591,7 +578,7 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 	d := NewTestDevice(t, 18)
 	good := d.Initrd
 	d.Initrd = noSnapshotInitramfs(t)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	u.metadata = "" // the boot attempt is counted
 	d.Slot[1] = "sysinit.action=report"
@@ -613,7 +600,7 @@ func TestBadInputNoSnapshotModule(t *testing.T) {
 	}
 
 	d.Initrd = good
-	vm = trialBoot(t, d, "sysinit.action=report")
+	vm = TrialBoot(t, d, "sysinit.action=report")
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
@@ -671,7 +658,7 @@ func bootWithout(t *testing.T, d *ABDevice, param, replacement string) *VM {
 func TestBadInputMetadataParamWrong(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 20)
-	otaBegin(t, d, "32M")
+	OTABegin(t, d, "32M")
 	u := snapshotImages(t, d)
 	sysB := imageHash(t, d.Systems[1])
 	bothSlots(d, "sysinit.action=report")
@@ -720,8 +707,8 @@ func TestBadInputMetadataParamWrong(t *testing.T) {
 func TestBadInputTrialDeletesCOW(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 23)
-	otaBegin(t, d, "32M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=23 sysinit.mib=8 sysinit.then=crash")
+	OTABegin(t, d, "32M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=23 sysinit.mib=8 sysinit.then=crash")
 	vm.ExpectT(t, `sysinit: deleted the COW file`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
 	vm.Wait(SlotBootTimeout)

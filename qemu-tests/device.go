@@ -99,7 +99,7 @@ func makeABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64, 
 	if err != nil {
 		return nil, err
 	}
-	return d, d.writeMisc(bc)
+	return d, d.WriteMisc(bc)
 }
 
 func writeSeededFiles(dir string, n int, seed uint64) error {
@@ -130,7 +130,7 @@ func (d *ABDevice) ReadMisc() (*bootstate.BootControl, error) {
 	return bootstate.ReadBootControl(f, d.Misc)
 }
 
-func (d *ABDevice) writeMisc(bc *bootstate.BootControl) error {
+func (d *ABDevice) WriteMisc(bc *bootstate.BootControl) error {
 	f, err := os.OpenFile(d.Misc, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -149,7 +149,7 @@ func (d *ABDevice) SelectSlot() (int, error) {
 	if slot < 0 {
 		return -1, fmt.Errorf("bootloader: no bootable slot in misc")
 	}
-	return slot, d.writeMisc(bc)
+	return slot, d.WriteMisc(bc)
 }
 
 // Options returns the QEMU options to boot slot with extra kernel parameters.

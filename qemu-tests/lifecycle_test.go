@@ -7,36 +7,15 @@ import (
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
-// otaBegin boots the current slot a, whose system runs `cpinit begin` as an
-// OTA agent would after staging the update in slot b.
-func otaBegin(t *testing.T, d *ABDevice, cowSize string) {
-	t.Helper()
-	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=" + cowSize
-	vm, slot := d.Boot(t, "")
-	if slot != 0 {
-		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
-	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
-		t.Fatal(err)
-	}
-	r := WantRecord(t, d, bootstate.StateCheckpointing)
-	if r.Active || r.TargetSlot != "_b" {
-		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
-	}
-}
-
 // TestUpdateCommits: a good update. The new slot boots on the snapshot,
 // changes userdata and commits; the next boot is plain, the new data is
 // kept, the COW file is gone, the state is fresh.
 func TestUpdateCommits(t *testing.T) {
 	d := NewTestDevice(t, 1)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
+	OTABegin(t, d, "64M")
 
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
 	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
@@ -83,11 +62,11 @@ func TestUpdateCommits(t *testing.T) {
 func TestUpdateFailsRollsBack(t *testing.T) {
 	d := NewTestDevice(t, 2)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
+	OTABegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report"
-	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
+	trials := BootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
 		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
 		vm.Wait(SlotBootTimeout)
@@ -107,46 +86,6 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 	}
 }
 
-// bootUntilFallback boots the device until the bootloader falls back to
-// slot 0 (the old slot; its action should be sysinit.action=report), and
-// checks that that boot rolls userdata back; fallback, if set, then reads
-// more of that boot's console before it ends. Each boot of the update's
-// slot is the trial boot n (from 1): its snapshot line is checked, then
-// trial runs, which must wait for the VM. before, if set, runs before each
-// boot. It returns the number of trial boots.
-func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), trial func(vm *VM, n int), fallback func(vm *VM)) int {
-	t.Helper()
-	for n := 0; ; {
-		if before != nil {
-			before()
-		}
-		vm, slot := d.Boot(t, "")
-		if slot == 0 {
-			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, SlotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, SlotBootTimeout)
-			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-			if fallback != nil {
-				fallback(vm)
-			}
-			if err := vm.Wait(SlotBootTimeout); err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-		n++
-		if n > maxTrials {
-			t.Fatalf("bootloader still picks the update's slot after %d trial boots", n-1)
-		}
-		action := "reattach-snapshot"
-		if n == 1 {
-			action = "create-snapshot"
-		}
-		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, SlotBootTimeout)
-		trial(vm, n)
-	}
-}
-
 // TestAbortFromBootMenu: the operator boots the update's slot with
 // cpinit.abort=1 (a boot menu entry). cpinit rolls userdata back, and since
 // the booted system is the update being rolled back, it makes the old slot
@@ -154,7 +93,7 @@ func bootUntilFallback(t *testing.T, d *ABDevice, maxTrials int, before func(), 
 func TestAbortFromBootMenu(t *testing.T) {
 	d := NewTestDevice(t, 3)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
+	OTABegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=3 sysinit.mib=4"
 	vm, slot := d.Boot(t, "")

@@ -38,7 +38,7 @@ func TestPowerCutInsideRollback(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := NewTestDevice(t, 5)
 			before := UserdataManifestT(t, d)
-			otaBegin(t, d, "32M")
+			OTABegin(t, d, "32M")
 
 			d.Slot[0] = "sysinit.action=report"
 			d.Slot[1] = "sysinit.action=workload sysinit.seed=5 sysinit.mib=2 sysinit.then=rollback"

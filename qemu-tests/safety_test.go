@@ -142,7 +142,7 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 			if err := bc.SetUnbootable(1); err != nil {
 				t.Fatal(err)
 			}
-			if err := d.writeMisc(bc); err != nil {
+			if err := d.WriteMisc(bc); err != nil {
 				t.Fatal(err)
 			}
 		}, points: []cutPoint{
@@ -153,8 +153,8 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 			t.Parallel()
 			d := NewTestDevice(t, 41)
 			before := UserdataManifestT(t, d)
-			otaBegin(t, d, "48M")
-			vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=41 sysinit.mib=16")
+			OTABegin(t, d, "48M")
+			vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=41 sysinit.mib=16")
 			vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
 			if err := vm.Wait(SlotBootTimeout); err != nil {
 				t.Fatal(err)
@@ -208,8 +208,8 @@ func TestRecoveryModeMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	otaBegin(t, d, "48M")
-	vm = trialBoot(t, d, "sysinit.action=workload sysinit.seed=42 sysinit.mib=16 sysinit.then=rollback")
+	OTABegin(t, d, "48M")
+	vm = TrialBoot(t, d, "sysinit.action=workload sysinit.seed=42 sysinit.mib=16 sysinit.then=rollback")
 	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
@@ -247,8 +247,8 @@ func TestRecoveryModeMerge(t *testing.T) {
 func TestRecoveryMergeRefusesChangedCOW(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 43)
-	otaBegin(t, d, "32M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=43 sysinit.mib=8 sysinit.then=rollback")
+	OTABegin(t, d, "32M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.unpin=1 sysinit.seed=43 sysinit.mib=8 sysinit.then=rollback")
 	vm.ExpectT(t, `sysinit: deleted the COW file`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
 	if err := vm.Wait(SlotBootTimeout); err != nil {
@@ -276,8 +276,8 @@ func TestPowerCutInsideMergeCommand(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 44)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=44 sysinit.mib=24 sysinit.then=rollback")
+	OTABegin(t, d, "64M")
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=44 sysinit.mib=24 sysinit.then=rollback")
 	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)

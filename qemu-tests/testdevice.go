@@ -1,10 +1,13 @@
 package qemutests
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cpinit/cpinit/initramfs"
@@ -128,22 +131,133 @@ func RecString(r bootstate.Record) string {
 	return s
 }
 
-// CopyFile copies an image file.
+// CopyFile copies an image file, sparse: only its data extents are read
+// and written (SEEK_DATA/SEEK_HOLE), the holes stay holes. The images are
+// mostly holes (a 256 MiB userdata holds a few MiB), and the cut
+// campaigns copy them for every cut: dense copies wrote gigabytes per
+// make test for the host to write back.
 func CopyFile(t testing.TB, src, dst string) {
 	t.Helper()
+	if err := copySparse(src, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Whence values of lseek(2) beyond io.Seek*: the next data, the next hole.
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+func copySparse(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
 	out, err := os.Create(dst)
 	if err != nil {
+		return err
+	}
+	defer out.Close()
+	size := fi.Size()
+	for off := int64(0); off < size; {
+		data, err := in.Seek(off, seekData)
+		if errors.Is(err, syscall.ENXIO) {
+			break // no data past off
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := in.Seek(data, seekHole)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data)); err != nil {
+			return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+		}
+		off = hole
+	}
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// OTABegin boots the current slot a, whose system runs `cpinit begin` as an
+// OTA agent would after staging the update in slot b.
+func OTABegin(t testing.TB, d *ABDevice, cowSize string) {
+	t.Helper()
+	d.Slot[0] = "sysinit.action=ota sysinit.cowsize=" + cowSize
+	vm, slot := d.Boot(t, "")
+	if slot != 0 {
+		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
+	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
+	r := WantRecord(t, d, bootstate.StateCheckpointing)
+	if r.Active || r.TargetSlot != "_b" {
+		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
 	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
+}
+
+// TrialBoot boots the update's slot once with the given system action and
+// waits for the snapshot line; the checkpoint is active afterwards.
+func TrialBoot(t testing.TB, d *ABDevice, action string, extra ...string) *VM {
+	t.Helper()
+	d.Slot[1] = action
+	vm, slot := d.Boot(t, strings.Join(extra, " "))
+	if slot != 1 {
+		t.Fatalf("bootloader picked slot %d for the trial, want 1", slot)
+	}
+	vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=create-snapshot`, SlotBootTimeout)
+	return vm
+}
+
+// BootUntilFallback boots the device until the bootloader falls back to
+// slot 0 (the old slot; its action should be sysinit.action=report), and
+// checks that that boot rolls userdata back; fallback, if set, then reads
+// more of that boot's console before it ends. Each boot of the update's
+// slot is the trial boot n (from 1): its snapshot line is checked, then
+// trial runs, which must wait for the VM. before, if set, runs before each
+// boot. It returns the number of trial boots.
+func BootUntilFallback(t testing.TB, d *ABDevice, maxTrials int, before func(), trial func(vm *VM, n int), fallback func(vm *VM)) int {
+	t.Helper()
+	for n := 0; ; {
+		if before != nil {
+			before()
+		}
+		vm, slot := d.Boot(t, "")
+		if slot == 0 {
+			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, SlotBootTimeout)
+			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
+			if fallback != nil {
+				fallback(vm)
+			}
+			if err := vm.Wait(SlotBootTimeout); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		n++
+		if n > maxTrials {
+			t.Fatalf("bootloader still picks the update's slot after %d trial boots", n-1)
+		}
+		action := "reattach-snapshot"
+		if n == 1 {
+			action = "create-snapshot"
+		}
+		vm.ExpectT(t, `cpinit: state=checkpointing/active userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=`+action, SlotBootTimeout)
+		trial(vm, n)
 	}
 }

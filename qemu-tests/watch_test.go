@@ -21,8 +21,8 @@ const watchWorkload = "sysinit.action=workload sysinit.mib=48 sysinit.pace=2 sys
 func TestWatchCommitsBeforeOverflow(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 21)
-	otaBegin(t, d, "24M")
-	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit sysinit.statusmid=1")
+	OTABegin(t, d, "24M")
+	vm := TrialBoot(t, d, watchWorkload+" sysinit.seed=21 sysinit.watch=commit sysinit.statusmid=1")
 	vm.ExpectT(t, `cpinit watch: watching the checkpoint of slot _b: COW 24\.0 MiB; warn at 50%, commit at 75% or when full within 5s`, SlotBootTimeout)
 	// status during the trial: usage, and the fill rate from watch's samples.
 	vm.ExpectT(t, `COW used: +\d+\.\d of 24\.0 MiB \(\d+\.\d%\), active`, SlotBootTimeout)
@@ -61,8 +61,8 @@ func TestWatchAbortRollsBack(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 22)
 	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "24M")
-	vm := trialBoot(t, d, watchWorkload+" sysinit.seed=22 sysinit.watch=abort")
+	OTABegin(t, d, "24M")
+	vm := TrialBoot(t, d, watchWorkload+" sysinit.seed=22 sysinit.watch=abort")
 	m := vm.ExpectT(t, `cpinit watch: aborting the update \(policy abort; rolling userdata back\): (COW .*)`, SlotBootTimeout)
 	t.Logf("acted: %s", m[1])
 	vm.ExpectT(t, `rollback scheduled`, SlotBootTimeout)

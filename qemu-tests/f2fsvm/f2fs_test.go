@@ -3,6 +3,8 @@
 // pkg/fiemap's in-guest f2fs tests (TestVMF2FS*) there: allocation and
 // pinning of the COW file on a real f2fs, its map checked against filefrag
 // and the raw device, across remounts, and under forced garbage collection.
+// lifecycle_test.go boots cpinit's lifecycle on f2fs userdata with the same
+// kernel (an update that commits, one that crashes and is rolled back).
 //
 // The guest is the test-only initramfs of qemu-tests (guestinit as PID 1,
 // qemu-tests.GuestTools), built for the generic kernel with its module list

@@ -1,4 +1,4 @@
-package qemutests
+package bootloadervm
 
 import (
 	"fmt"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 // The real GRUB (grub-efi-amd64-bin's x86_64-efi modules, made into one
@@ -81,19 +82,19 @@ menuentry "Slot B" {
 // grubCommon is every entry's kernel command line before the slot's part.
 // The ESP is /dev/vda, the systems vdb and vdc, userdata vdd, the metadata
 // store vde.
-const grubCommon = KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
+const grubCommon = qt.KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
 	" cpinit.bootloader=grub-rauc cpinit.bootpart=/dev/vda cpinit.on_fatal=reboot"
 
-// grubDevice is an ABDevice (its systems, userdata and metadata images)
+// grubDevice is a qt.ABDevice (its systems, userdata and metadata images)
 // booted through OVMF and GRUB from an ESP instead of by the harness.
 type grubDevice struct {
-	*ABDevice
+	*qt.ABDevice
 	ESP, Vars string
 }
 
 func newGrubDevice(t *testing.T, seed uint64) *grubDevice {
 	t.Helper()
-	d := NewTestDevice(t, seed)
+	d := qt.NewTestDevice(t, seed)
 	mkstandalone := testutil.LookPath(t, "grub-mkstandalone")
 	editenv := testutil.LookPath(t, "grub-editenv")
 	for _, tool := range []string{"mkfs.vfat", "mcopy", "mmd", "mdir"} {
@@ -125,7 +126,7 @@ func newGrubDevice(t *testing.T, seed uint64) *grubDevice {
 		t.Fatal(err)
 	}
 	g := &grubDevice{ABDevice: d, ESP: filepath.Join(d.Dir, "esp.img")}
-	if err := MakeFAT(g.ESP, 96<<20, map[string]string{
+	if err := qt.MakeFAT(g.ESP, 96<<20, map[string]string{
 		"/EFI/BOOT/BOOTX64.EFI": efi,
 		"/grub/grubenv":         env,
 		"/vmlinuz":              d.Kernel.Vmlinuz,
@@ -135,7 +136,7 @@ func newGrubDevice(t *testing.T, seed uint64) *grubDevice {
 		t.Fatal(err)
 	}
 	var err error
-	if g.Vars, err = NewOVMFVars(d.Dir); err != nil {
+	if g.Vars, err = qt.NewOVMFVars(d.Dir); err != nil {
 		t.Fatal(err)
 	}
 	return g
@@ -143,18 +144,18 @@ func newGrubDevice(t *testing.T, seed uint64) *grubDevice {
 
 // boot sets the system's parameters for the next boot (sysinit.*) and
 // starts the machine; GRUB picks the slot.
-func (g *grubDevice) boot(t *testing.T, sysinit string) *VM {
+func (g *grubDevice) boot(t *testing.T, sysinit string) *qt.VM {
 	t.Helper()
-	if err := FATWrite(g.ESP, "/test.cfg", []byte(fmt.Sprintf("set extra=\"%s\"\n", sysinit))); err != nil {
+	if err := qt.FATWrite(g.ESP, "/test.cfg", []byte(fmt.Sprintf("set extra=\"%s\"\n", sysinit))); err != nil {
 		t.Fatal(err)
 	}
-	return StartT(t, Options{Firmware: g.Vars, Disks: []string{g.ESP, g.Systems[0], g.Systems[1], g.Userdata, g.Metadata}})
+	return qt.StartT(t, qt.Options{Firmware: g.Vars, Disks: []string{g.ESP, g.Systems[0], g.Systems[1], g.Userdata, g.Metadata}})
 }
 
 // env is the grubenv as the real grub-editenv lists it.
 func (g *grubDevice) env(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := FATRead(g.ESP, "/grub/grubenv")
+	b, err := qt.FATRead(g.ESP, "/grub/grubenv")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,12 +185,22 @@ func (g *grubDevice) wantEnv(t *testing.T, when string, want map[string]string) 
 	}
 }
 
+// wantStatusFellBack waits for the system's `cpinit status` (sysinit runs
+// it at the end of every boot) to show the bootloader's view after a
+// rollback: where its state is (matching where), slot a next, slot b not
+// bootable.
+func wantStatusFellBack(t *testing.T, vm *qt.VM, where string) {
+	t.Helper()
+	vm.ExpectT(t, `bootloader state:  `+where+`, next boot: a\r?\n`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `  slot b:\s+not bootable`, qt.SlotBootTimeout)
+}
+
 // bootSlot waits for GRUB's pick and checks it.
-func bootSlot(t *testing.T, vm *VM, slot string) {
+func bootSlot(t *testing.T, vm *qt.VM, slot string) {
 	t.Helper()
 	entry := map[string]string{"a": "1", "b": "2"}[slot]
-	vm.ExpectT(t, `grub: boots entry `+entry, SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; grub-rauc grubenv`, SlotBootTimeout)
+	vm.ExpectT(t, `grub: boots entry `+entry, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; grub-rauc grubenv`, qt.SlotBootTimeout)
 }
 
 // grubBegin boots slot A, whose system runs `cpinit begin`: the checkpoint
@@ -198,9 +209,9 @@ func grubBegin(t *testing.T, g *grubDevice) {
 	t.Helper()
 	vm := g.boot(t, "sysinit.action=ota sysinit.cowsize=64M")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	// A, which GRUB counted as tried at this boot (A_TRY=1), is marked
@@ -217,21 +228,21 @@ func TestGRUBUpdateCommits(t *testing.T) {
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, SlotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after the commit", map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0"})
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
+	if r := qt.WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("record after the commit's cleanup: %+v", r)
 	}
 	if exists, err := g.COWFileExists(); err != nil || exists {
@@ -245,33 +256,34 @@ func TestGRUBUpdateCommits(t *testing.T) {
 // reset rule would otherwise try it again); GRUB keeps booting A.
 func TestGRUBUpdateCrashFallsBack(t *testing.T) {
 	g := newGrubDevice(t, 22)
-	before := UserdataManifestT(t, g.ABDevice)
+	before := qt.UserdataManifestT(t, g.ABDevice)
 	grubBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
-	vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
-	vm.Wait(SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: crashing`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `Kernel panic`, qt.SlotBootTimeout)
+	vm.Wait(qt.SlotBootTimeout)
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	wantStatusFellBack(t, vm, `grub-rauc grubenv /grub/grubenv \([^)]*\) on /dev/vda`)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after the rollback", map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0"})
-	WantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -281,27 +293,27 @@ func TestGRUBUpdateCrashFallsBack(t *testing.T) {
 // rollback; GRUB boots A, whose boot merges: userdata is the checkpoint.
 func TestGRUBRollbackCommand(t *testing.T) {
 	g := newGrubDevice(t, 23)
-	before := UserdataManifestT(t, g.ABDevice)
+	before := qt.UserdataManifestT(t, g.ABDevice)
 	grubBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=3 sysinit.mib=4 sysinit.then=rollback")
 	bootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEnv(t, "after cpinit rollback", map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0"})
-	WantRecord(t, g.ABDevice, bootstate.StateRollbackPending)
+	qt.WantRecord(t, g.ABDevice, bootstate.StateRollbackPending)
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	WantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 }

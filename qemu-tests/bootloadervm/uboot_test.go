@@ -1,4 +1,4 @@
-package qemutests
+package bootloadervm
 
 import (
 	"encoding/binary"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 // The real U-Boot (Debian's u-boot-qemu, its qemu-x86 board: U-Boot as the
@@ -93,22 +94,22 @@ zboot ${kernel_addr_r} 0 ${ramdisk_addr_r} ${filesize}
 // ubootCommon is every slot's kernel command line before its part. The
 // boot FAT is /dev/vda, the systems vdb and vdc, userdata vdd, the
 // metadata store vde, the environment's disk vdf.
-const ubootCommon = KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
+const ubootCommon = qt.KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
 	" cpinit.bootloader=uboot-rauc cpinit.ubootenv=/dev/vdf:0x0:0x4000 cpinit.on_fatal=reboot"
 
 // ubootROM is the qemu-x86 board's U-Boot from Debian's u-boot-qemu.
 const ubootROM = "/usr/lib/u-boot/qemu-x86/u-boot.rom"
 
-// ubootDevice is an ABDevice (its systems, userdata and metadata images)
+// ubootDevice is a qt.ABDevice (its systems, userdata and metadata images)
 // booted by U-Boot from a boot disk instead of by the harness.
 type ubootDevice struct {
-	*ABDevice
+	*qt.ABDevice
 	BootDisk, EnvDisk string
 }
 
 func newUBootDevice(t *testing.T, seed uint64) *ubootDevice {
 	t.Helper()
-	d := NewTestDevice(t, seed)
+	d := qt.NewTestDevice(t, seed)
 	mkimage := testutil.LookPath(t, "mkimage")
 	mkenvimage := testutil.LookPath(t, "mkenvimage")
 	testutil.LookPath(t, "fw_printenv")
@@ -145,7 +146,7 @@ func newUBootDevice(t *testing.T, seed uint64) *ubootDevice {
 		t.Fatal(err)
 	}
 	part := filepath.Join(d.Dir, "bootpart.img")
-	if err := MakeFAT(part, 63<<20, map[string]string{
+	if err := qt.MakeFAT(part, 63<<20, map[string]string{
 		"/boot.scr":   scr,
 		"/vmlinuz":    d.Kernel.Vmlinuz,
 		"/initrd.img": d.Initrd,
@@ -192,12 +193,12 @@ func (u *ubootDevice) bootFS() string { return fmt.Sprintf("%s@@%d", u.BootDisk,
 // boot sets the system's parameters for the next boot (sysinit.*, read by
 // the script from test.txt, which only the harness writes) and starts the
 // machine; U-Boot picks the slot.
-func (u *ubootDevice) boot(t *testing.T, sysinit string) *VM {
+func (u *ubootDevice) boot(t *testing.T, sysinit string) *qt.VM {
 	t.Helper()
-	if err := FATWrite(u.bootFS(), "/test.txt", []byte("extra="+sysinit+"\n")); err != nil {
+	if err := qt.FATWrite(u.bootFS(), "/test.txt", []byte("extra="+sysinit+"\n")); err != nil {
 		t.Fatal(err)
 	}
-	return StartT(t, Options{BIOS: ubootROM, Disks: []string{u.BootDisk, u.Systems[0], u.Systems[1], u.Userdata, u.Metadata, u.EnvDisk}})
+	return qt.StartT(t, qt.Options{BIOS: ubootROM, Disks: []string{u.BootDisk, u.Systems[0], u.Systems[1], u.Userdata, u.Metadata, u.EnvDisk}})
 }
 
 // env is the environment as the real fw_printenv lists it.
@@ -230,10 +231,10 @@ func (u *ubootDevice) wantEnv(t *testing.T, when string, want map[string]string)
 }
 
 // ubootSlot waits for U-Boot's pick and checks it.
-func ubootSlot(t *testing.T, vm *VM, slot string) {
+func ubootSlot(t *testing.T, vm *qt.VM, slot string) {
 	t.Helper()
-	vm.ExpectT(t, `uboot: boots slot `+strings.ToUpper(slot), SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; u-boot env /dev/vdf:0x0:0x4000 \(single copy, not power-cut safe\), scheme uboot-rauc`, SlotBootTimeout)
+	vm.ExpectT(t, `uboot: boots slot `+strings.ToUpper(slot), qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; u-boot env /dev/vdf:0x0:0x4000 \(single copy, not power-cut safe\), scheme uboot-rauc`, qt.SlotBootTimeout)
 }
 
 // ubootBegin boots slot A, whose system runs `cpinit begin`: the checkpoint
@@ -246,9 +247,9 @@ func ubootBegin(t *testing.T, u *ubootDevice) {
 	t.Helper()
 	vm := u.boot(t, "sysinit.action=ota sysinit.cowsize=64M")
 	ubootSlot(t, vm, "a")
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u.wantEnv(t, "after begin", map[string]string{"BOOT_ORDER": "B A", "BOOT_B_LEFT": "3", "BOOT_A_LEFT": "2"})
@@ -260,36 +261,37 @@ func ubootBegin(t *testing.T, u *ubootDevice) {
 // of BOOT_ORDER; U-Boot keeps booting A.
 func TestUBootUpdateCrashFallsBack(t *testing.T) {
 	u := newUBootDevice(t, 24)
-	before := UserdataManifestT(t, u.ABDevice)
+	before := qt.UserdataManifestT(t, u.ABDevice)
 	ubootBegin(t, u)
 
 	for i, left := range []string{"2", "1", "0"} {
 		vm := u.boot(t, fmt.Sprintf("sysinit.action=workload sysinit.seed=%d sysinit.mib=4 sysinit.then=crash", 4+i))
 		ubootSlot(t, vm, "b")
-		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
-		vm.Wait(SlotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, qt.SlotBootTimeout)
+		vm.Wait(qt.SlotBootTimeout)
 		u.wantEnv(t, fmt.Sprintf("after crash %d", i+1), map[string]string{"BOOT_ORDER": "B A", "BOOT_B_LEFT": left})
 	}
 
 	vm := u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	wantStatusFellBack(t, vm, `u-boot env /dev/vdf:0x0:0x4000 \(single copy, not power-cut safe\), scheme uboot-rauc`)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u.wantEnv(t, "after the rollback", map[string]string{"BOOT_ORDER": "A", "BOOT_B_LEFT": "0"})
-	WantRecord(t, u.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, u.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, u.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, u.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 
 	vm = u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "a")
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -304,21 +306,21 @@ func TestUBootUpdateCommits(t *testing.T) {
 
 	vm := u.boot(t, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	ubootSlot(t, vm, "b")
-	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, SlotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u.wantEnv(t, "after the commit", map[string]string{"BOOT_ORDER": "B A", "BOOT_B_LEFT": "3"})
 
 	vm = u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := WantRecord(t, u.ABDevice, bootstate.StateFresh); r.COWPath != "" {
+	if r := qt.WantRecord(t, u.ABDevice, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("record after the commit's cleanup: %+v", r)
 	}
 	if exists, err := u.COWFileExists(); err != nil || exists {
@@ -331,27 +333,27 @@ func TestUBootUpdateCommits(t *testing.T) {
 // boots A, whose boot merges: userdata is the checkpoint.
 func TestUBootRollbackCommand(t *testing.T) {
 	u := newUBootDevice(t, 26)
-	before := UserdataManifestT(t, u.ABDevice)
+	before := qt.UserdataManifestT(t, u.ABDevice)
 	ubootBegin(t, u)
 
 	vm := u.boot(t, "sysinit.action=workload sysinit.seed=3 sysinit.mib=4 sysinit.then=rollback")
 	ubootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	u.wantEnv(t, "after cpinit rollback", map[string]string{"BOOT_ORDER": "A", "BOOT_B_LEFT": "0"})
-	WantRecord(t, u.ABDevice, bootstate.StateRollbackPending)
+	qt.WantRecord(t, u.ABDevice, bootstate.StateRollbackPending)
 
 	vm = u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	WantRecord(t, u.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, u.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, u.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, u.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 }

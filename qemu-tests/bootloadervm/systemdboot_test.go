@@ -1,4 +1,4 @@
-package qemutests
+package bootloadervm
 
 import (
 	"fmt"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 // The real systemd-boot (Debian's systemd-boot-efi) booted by OVMF, counting
@@ -23,17 +24,17 @@ const sdbootEFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 // sdbootOptions is every entry's kernel command line before the slot's
 // part. The ESP is /dev/vda, the systems vdb and
 // vdc, userdata vdd, the metadata store vde.
-const sdbootOptions = KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
+const sdbootOptions = qt.KernelConsoleArgs + " cpinit.userdata=LABEL=userdata cpinit.metadata=/dev/vde" +
 	" cpinit.bootloader=systemd-boot cpinit.bootpart=/dev/vda cpinit.on_fatal=reboot"
 
 type sdbootDevice struct {
-	*ABDevice
+	*qt.ABDevice
 	ESP, Vars string
 }
 
 func newSdbootDevice(t *testing.T, seed uint64) *sdbootDevice {
 	t.Helper()
-	d := NewTestDevice(t, seed)
+	d := qt.NewTestDevice(t, seed)
 	for _, tool := range []string{"mkfs.vfat", "mcopy", "mmd", "mdir"} {
 		testutil.LookPath(t, tool)
 	}
@@ -59,11 +60,11 @@ func newSdbootDevice(t *testing.T, seed uint64) *sdbootDevice {
 		files[name] = p
 	}
 	g := &sdbootDevice{ABDevice: d, ESP: filepath.Join(d.Dir, "esp.img")}
-	if err := MakeFAT(g.ESP, 96<<20, files); err != nil {
+	if err := qt.MakeFAT(g.ESP, 96<<20, files); err != nil {
 		t.Fatal(err)
 	}
 	var err error
-	if g.Vars, err = NewOVMFVars(d.Dir); err != nil {
+	if g.Vars, err = qt.NewOVMFVars(d.Dir); err != nil {
 		t.Fatal(err)
 	}
 	return g
@@ -77,7 +78,7 @@ func sdbootEntry(slot, sysinit string) string {
 // entries lists loader/entries as the ESP holds them.
 func (g *sdbootDevice) entries(t *testing.T) []string {
 	t.Helper()
-	names, err := FATList(g.ESP, "/loader/entries")
+	names, err := qt.FATList(g.ESP, "/loader/entries")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,30 +95,30 @@ func (g *sdbootDevice) wantEntries(t *testing.T, when string, want ...string) {
 // boot gives both entries the system's parameters for the next boot
 // (rewriting their contents, never their names: those are systemd-boot's
 // and cpinit's) and starts the machine.
-func (g *sdbootDevice) boot(t *testing.T, sysinit string) *VM {
+func (g *sdbootDevice) boot(t *testing.T, sysinit string) *qt.VM {
 	t.Helper()
 	for _, name := range g.entries(t) {
 		slot := strings.TrimSuffix(strings.SplitN(name, "+", 2)[0], ".conf")
 		slot = slot[len(slot)-1:]
-		if err := FATWrite(g.ESP, "/loader/entries/"+name, []byte(sdbootEntry(slot, sysinit))); err != nil {
+		if err := qt.FATWrite(g.ESP, "/loader/entries/"+name, []byte(sdbootEntry(slot, sysinit))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return StartT(t, Options{Firmware: g.Vars, Disks: []string{g.ESP, g.Systems[0], g.Systems[1], g.Userdata, g.Metadata}})
+	return qt.StartT(t, qt.Options{Firmware: g.Vars, Disks: []string{g.ESP, g.Systems[0], g.Systems[1], g.Userdata, g.Metadata}})
 }
 
-func sdbootSlot(t *testing.T, vm *VM, slot string) {
+func sdbootSlot(t *testing.T, vm *qt.VM, slot string) {
 	t.Helper()
-	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; systemd-boot entries`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: booted slot "`+slot+`"; systemd-boot entries`, qt.SlotBootTimeout)
 }
 
 func sdbootBegin(t *testing.T, g *sdbootDevice) {
 	t.Helper()
 	vm := g.boot(t, "sysinit.action=ota sysinit.cowsize=64M")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(bootloader counter\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEntries(t, "after begin", "cpinit-1-a.conf", "cpinit-2-b+3.conf")
@@ -132,20 +133,20 @@ func TestSystemdBootUpdateCommits(t *testing.T) {
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: first boot of slot "_b": creating the checkpoint`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	g.wantEntries(t, "after the commit", "cpinit-1-a.conf", "cpinit-2-b.conf")
 
 	vm = g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if r := WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
+	if r := qt.WantRecord(t, g.ABDevice, bootstate.StateFresh); r.COWPath != "" {
 		t.Fatalf("record after the commit's cleanup: %+v", r)
 	}
 }
@@ -156,28 +157,29 @@ func TestSystemdBootUpdateCommits(t *testing.T) {
 // the checkpoint (exact manifest).
 func TestSystemdBootUpdateCrashFallsBack(t *testing.T) {
 	g := newSdbootDevice(t, 32)
-	before := UserdataManifestT(t, g.ABDevice)
+	before := qt.UserdataManifestT(t, g.ABDevice)
 	sdbootBegin(t, g)
 
 	for n := 1; n <= 3; n++ {
 		vm := g.boot(t, "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash")
 		sdbootSlot(t, vm, "b")
-		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
-		vm.Wait(SlotBootTimeout)
+		vm.ExpectT(t, `sysinit: crashing`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, qt.SlotBootTimeout)
+		vm.Wait(qt.SlotBootTimeout)
 		g.wantEntries(t, fmt.Sprintf("after crash %d", n), "cpinit-1-a.conf", fmt.Sprintf("cpinit-2-b+%d-%d.conf", 3-n, n))
 	}
 
 	vm := g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	wantStatusFellBack(t, vm, `systemd-boot entries loader/entries on /dev/vda`)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	WantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 	if e := g.entries(t); len(e) != 2 || e[0] != "cpinit-1-a.conf" || !strings.HasPrefix(e[1], "cpinit-2-b+0") {
@@ -190,13 +192,13 @@ func TestSystemdBootUpdateCrashFallsBack(t *testing.T) {
 // boots slot a, whose boot merges: userdata is the checkpoint.
 func TestSystemdBootRollbackCommand(t *testing.T) {
 	g := newSdbootDevice(t, 33)
-	before := UserdataManifestT(t, g.ABDevice)
+	before := qt.UserdataManifestT(t, g.ABDevice)
 	sdbootBegin(t, g)
 
 	vm := g.boot(t, "sysinit.action=workload sysinit.seed=3 sysinit.mib=4 sysinit.then=rollback")
 	sdbootSlot(t, vm, "b")
-	vm.ExpectT(t, `sysinit: rollback ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `sysinit: rollback ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if e := g.entries(t); len(e) != 2 || !strings.HasPrefix(e[1], "cpinit-2-b+0") {
@@ -205,13 +207,13 @@ func TestSystemdBootRollbackCommand(t *testing.T) {
 
 	vm = g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	WantRecord(t, g.ABDevice, bootstate.StateFresh)
-	if diff := UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
+	qt.WantRecord(t, g.ABDevice, bootstate.StateFresh)
+	if diff := qt.UserdataManifestT(t, g.ABDevice).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after the rollback differs from the checkpoint:\n%s", strings.Join(diff, "\n"))
 	}
 }

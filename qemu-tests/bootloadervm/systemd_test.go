@@ -1,4 +1,4 @@
-package qemutests
+package bootloadervm
 
 import (
 	"encoding/json"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 // The systemd tests: slot b runs the host's systemd as its init, with
@@ -21,7 +22,7 @@ import (
 // the systemd slot's files.
 func requireHostSystemd(t *testing.T) {
 	t.Helper()
-	if m := HostSystemdMissing(); m != "" {
+	if m := qt.HostSystemdMissing(); m != "" {
 		if testutil.InCI() {
 			t.Fatalf("%s; CI must install them", m)
 		}
@@ -30,11 +31,11 @@ func requireHostSystemd(t *testing.T) {
 }
 
 // newSystemdABDevice is newABDevice with slot b replaced by the systemd slot.
-func newSystemdABDevice(t *testing.T, seed uint64) *ABDevice {
+func newSystemdABDevice(t *testing.T, seed uint64) *qt.ABDevice {
 	t.Helper()
 	requireHostSystemd(t)
-	d := NewTestDevice(t, seed)
-	img, err := MakeSystemdImage(d.Dir, "system_b")
+	d := qt.NewTestDevice(t, seed)
+	img, err := qt.MakeSystemdImage(d.Dir, "system_b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,10 +57,10 @@ type slotStatus struct {
 // fared (systemctl show: ActiveState, Result, ConditionResult,
 // ConditionTimestampMonotonic, which stays 0 until the condition is
 // evaluated) and `cpinit status --json`, decoded.
-func expectReport(t *testing.T, vm *VM) (map[string]string, slotStatus) {
+func expectReport(t *testing.T, vm *qt.VM) (map[string]string, slotStatus) {
 	t.Helper()
 	// The JSON is indented: from "{" to the "}" that starts a line.
-	m := vm.ExpectT(t, `(?s)cpinit-test: commit unit\r?\n(.*?)cpinit-test: status\r?\n(\{.*?\n\})`, SlotBootTimeout)
+	m := vm.ExpectT(t, `(?s)cpinit-test: commit unit\r?\n(.*?)cpinit-test: status\r?\n(\{.*?\n\})`, qt.SlotBootTimeout)
 	unit := map[string]string{}
 	for _, l := range strings.Fields(m[1]) {
 		if k, v, ok := strings.Cut(l, "="); ok {
@@ -75,14 +76,14 @@ func expectReport(t *testing.T, vm *VM) (map[string]string, slotStatus) {
 
 // setTries plays a bootloader that gives a new slot n tries (update_engine
 // and cpinit begin leave 6): fewer systemd boots under TCG.
-func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
+func setTries(t *testing.T, d *qt.ABDevice, slot int, n uint8) {
 	t.Helper()
 	bc, err := d.ReadMisc()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bc.Slots[slot].TriesRemaining = n
-	if err := d.writeMisc(bc); err != nil {
+	if err := d.WriteMisc(bc); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -96,19 +97,19 @@ func setTries(t *testing.T, d *ABDevice, slot int, n uint8) {
 // condition in recovery mode.
 func TestSystemdUpdateCommits(t *testing.T) {
 	d := newSystemdABDevice(t, 11)
-	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
+	before := qt.UserdataManifestT(t, d)
+	qt.OTABegin(t, d, "64M")
 
-	vm := trialBoot(t, d, "systemd.setenv=CPINIT_TEST_HEALTH=ok")
-	vm.ExpectT(t, `systemd \d+[^\r\n]* running in system mode`, SlotBootTimeout)
-	vm.ExpectT(t, `cpinit-test: workload done`, SlotBootTimeout)
+	vm := qt.TrialBoot(t, d, "systemd.setenv=CPINIT_TEST_HEALTH=ok")
+	vm.ExpectT(t, `systemd \d+[^\r\n]* running in system mode`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit-test: workload done`, qt.SlotBootTimeout)
 	// systemd's status lines ([  OK  ] ...), in order: the health check,
 	// the target, the commit unit and what cpinit printed.
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-health-check\.service - Test health check\.`, SlotBootTimeout)
-	vm.ExpectT(t, `\[  OK  \] Reached target boot-complete\.target`, SlotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-health-check\.service - Test health check\.`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Reached target boot-complete\.target`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept, the checkpoint is gone`, qt.SlotBootTimeout)
 	// (systemd shortens status lines to 80 columns: match the start)
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, qt.SlotBootTimeout)
 	u, st := expectReport(t, vm)
 	if u["ActiveState"] != "active" || u["Result"] != "success" || u["ConditionResult"] != "yes" {
 		t.Fatalf("cpinit-commit.service after the commit: %v, want active, success, condition yes", u)
@@ -116,21 +117,21 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	if st.State != "fresh" || st.Reason != "cleaned" || st.BootedSlot != "_b" {
 		t.Fatalf("status after the commit unit: %+v, want state fresh (reason cleaned: committed, COW deleted) on slot _b", st)
 	}
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if out := vm.Output(); strings.Contains(out, "Dependency failed") || strings.Contains(out, "Ordering cycle") {
-		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", Tail(out, 80))
+		t.Fatalf("systemd reported a failed dependency or an ordering cycle:\n%s", qt.Tail(out, 80))
 	}
 	// cpinit-watch.service started on the trial ($CPINIT_WATCH_ARGS
 	// expanded: policy abort) and ended with it (or was stopped by the
 	// report unit first), or found it committed already.
 	if !regexp.MustCompile(`cpinit watch: (watching the checkpoint of slot _b: COW [\d.]+ MiB; warn at 75%, abort at 90%[^\n]*\n(.*\n)*cpinit watch: (the trial ended|stopped by a signal)|nothing to watch: no checkpoint)`).MatchString(vm.Output()) {
-		t.Errorf("cpinit-watch.service did not watch the trial and end with it:\n%s", Tail(vm.Output(), 60))
+		t.Errorf("cpinit-watch.service did not watch the trial and end with it:\n%s", qt.Tail(vm.Output(), 60))
 	}
 
-	WantRecord(t, d, bootstate.StateFresh)
-	after := UserdataManifestT(t, d)
+	qt.WantRecord(t, d, bootstate.StateFresh)
+	after := qt.UserdataManifestT(t, d)
 	for path, want := range map[string]bool{"new-systemd.bin": true, "d1/f001.bin": false} {
 		if _, ok := after[path]; ok != want {
 			t.Errorf("after the commit, %s present=%v, want %v", path, ok, want)
@@ -139,8 +140,8 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	if after["d0/f000.bin"] == before["d0/f000.bin"] {
 		t.Error("d0/f000.bin not overwritten by the update's workload")
 	}
-	if got := debugfsCat(t, d, "/hello.txt"); got != SystemdHello {
-		t.Errorf("hello.txt after the commit = %q, want %q", got, SystemdHello)
+	if got := debugfsCat(t, d, "/hello.txt"); got != qt.SystemdHello {
+		t.Errorf("hello.txt after the commit = %q, want %q", got, qt.SystemdHello)
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {
 		t.Fatalf("COW file still in userdata after commit (err %v)", err)
@@ -159,28 +160,28 @@ func TestSystemdUpdateCommits(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after the commit, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
-	vm.ExpectT(t, `nothing to commit: no checkpoint`, SlotBootTimeout)
-	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `nothing to commit: no checkpoint`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `\[  OK  \] Finished cpinit-commit\.service`, qt.SlotBootTimeout)
 	if u, st := expectReport(t, vm); st.State != "fresh" || u["ActiveState"] != "active" || u["Result"] != "success" {
 		t.Fatalf("at the boot after the commit: status %+v, commit unit %v; want fresh, active, success", st, u)
 	}
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 
 	// Recovery mode: userdata is not mounted and the unit is skipped by
 	// its condition.
 	vm, _ = d.Boot(t, "cpinit.recovery=1")
-	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\)`, SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: recovery mode \(cpinit.recovery=1\)`, qt.SlotBootTimeout)
 	if u, _ := expectReport(t, vm); u["ActiveState"] != "inactive" || u["ConditionResult"] != "no" || u["ConditionTimestampMonotonic"] == "0" {
 		t.Fatalf("cpinit-commit.service in recovery mode: %v, want inactive with its condition evaluated and false (skipped)", u)
 	}
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if out := vm.Output(); strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
-		t.Fatalf("cpinit-commit.service ran in recovery mode:\n%s", Tail(out, 80))
+		t.Fatalf("cpinit-commit.service ran in recovery mode:\n%s", qt.Tail(out, 80))
 	}
 }
 
@@ -191,24 +192,24 @@ func TestSystemdUpdateCommits(t *testing.T) {
 // userdata back to exactly what it was before the update.
 func TestSystemdHealthCheckVetoes(t *testing.T) {
 	d := newSystemdABDevice(t, 12)
-	before := UserdataManifestT(t, d)
-	otaBegin(t, d, "64M")
+	before := qt.UserdataManifestT(t, d)
+	qt.OTABegin(t, d, "64M")
 	setTries(t, d, 1, 3)
 
 	d.Slot[1] = "systemd.setenv=CPINIT_TEST_HEALTH=fail"
 	d.Slot[0] = "sysinit.action=report"
 	var tries []uint8
-	trials := bootUntilFallback(t, d, 4, func() {
+	trials := qt.BootUntilFallback(t, d, 4, func() {
 		bc, err := d.ReadMisc()
 		if err != nil {
 			t.Fatal(err)
 		}
 		tries = append(tries, bc.Slots[1].TriesRemaining)
-	}, func(vm *VM, n int) {
-		vm.ExpectT(t, `cpinit-test: workload done`, SlotBootTimeout)
-		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, SlotBootTimeout)
-		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, SlotBootTimeout)
-		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, SlotBootTimeout)
+	}, func(vm *qt.VM, n int) {
+		vm.ExpectT(t, `cpinit-test: workload done`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `cpinit-health-check\.service: Failed with result 'exit-code'\.`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `\[FAILED\] Failed to start cpinit-health-check\.service - Test health check\.`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `cpinit-commit\.service: Job cpinit-commit\.service/start failed with result 'dependency'\.`, qt.SlotBootTimeout)
 		u, st := expectReport(t, vm)
 		if u["ActiveState"] != "inactive" || u["ConditionTimestampMonotonic"] != "0" {
 			t.Fatalf("cpinit-commit.service after a vetoed boot: %v, want inactive and never started (condition not even evaluated)", u)
@@ -216,15 +217,15 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		if st.State != "checkpointing" || st.Phase != "active" {
 			t.Fatalf("status after a vetoed boot: %+v, want checkpointing/active", st)
 		}
-		if err := vm.Wait(SlotBootTimeout); err != nil {
+		if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 			t.Fatal(err)
 		}
 		out := vm.Output()
 		if !strings.Contains(out, "boot-complete.target: Job boot-complete.target/start failed with result 'dependency'.") {
-			t.Fatalf("boot-complete.target did not fail on the failed health check:\n%s", Tail(out, 80))
+			t.Fatalf("boot-complete.target did not fail on the failed health check:\n%s", qt.Tail(out, 80))
 		}
 		if strings.Contains(out, "committed:") || strings.Contains(out, "nothing to commit") || strings.Contains(out, "Starting cpinit-commit.service") {
-			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", Tail(out, 80))
+			t.Fatalf("cpinit-commit.service ran although the health check failed:\n%s", qt.Tail(out, 80))
 		}
 	}, nil)
 	t.Logf("slot b vetoed %d times; its tries before each boot: %v", trials, tries)
@@ -237,11 +238,11 @@ func TestSystemdHealthCheckVetoes(t *testing.T) {
 		}
 	}
 
-	r := WantRecord(t, d, bootstate.StateFresh)
+	r := qt.WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
 	}
-	if diff := UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
+	if diff := qt.UserdataManifestT(t, d).Diff(before, 10); len(diff) > 0 {
 		t.Fatalf("userdata after rollback differs from before the update:\n%s", strings.Join(diff, "\n"))
 	}
 	if exists, err := d.COWFileExists(); err != nil || exists {
@@ -257,7 +258,7 @@ func TestSystemdSlotUnitsVerify(t *testing.T) {
 	requireHostSystemd(t)
 	analyze := testutil.LookPath(t, "systemd-analyze")
 	root := filepath.Join(t.TempDir(), "root")
-	if err := SystemdSlotRoot(root); err != nil {
+	if err := qt.SystemdSlotRoot(root); err != nil {
 		t.Fatal(err)
 	}
 	units := []string{"cpinit-commit.service", "cpinit-health-check.service", "cpinit-test.target", "cpinit-test-workload.service", "cpinit-test-report.service"}
@@ -268,7 +269,7 @@ func TestSystemdSlotUnitsVerify(t *testing.T) {
 }
 
 // debugfsCat reads a file of userdata from the host.
-func debugfsCat(t *testing.T, d *ABDevice, path string) string {
+func debugfsCat(t *testing.T, d *qt.ABDevice, path string) string {
 	t.Helper()
 	out, err := exec.Command("debugfs", "-R", "cat "+path, d.Userdata).Output()
 	if err != nil {

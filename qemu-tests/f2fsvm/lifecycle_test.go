@@ -1,9 +1,10 @@
-package qemutests
+package f2fsvm
 
 import (
 	"testing"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 // The lifecycle on f2fs userdata (issue 10): Debian's generic kernel
@@ -14,24 +15,24 @@ import (
 // sysinit prints the manifest digest of /data (internal/manifest, the same
 // as UserdataManifest's); fsck.f2fs --dry-run checks the image on the host.
 
-// f2fsOTABegin is otaBegin on f2fs: slot a prints the manifest of userdata
+// f2fsOTABegin is qt.OTABegin on f2fs: slot a prints the manifest of userdata
 // before the update, then runs `cpinit begin`, which allocates and pins the
 // COW file on f2fs. It returns the manifest line's digest and file count.
-func f2fsOTABegin(t *testing.T, d *ABDevice, cowSize string) (digest, files string) {
+func f2fsOTABegin(t *testing.T, d *qt.ABDevice, cowSize string) (digest, files string) {
 	t.Helper()
 	d.Slot[0] = "sysinit.action=ota sysinit.manifest=1 sysinit.cowsize=" + cowSize
 	vm, slot := d.Boot(t, "")
 	if slot != 0 {
 		t.Fatalf("bootloader picked slot %d before the update, want 0", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
-	m := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
-	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: ota begin ok`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, qt.SlotBootTimeout)
+	m := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
+	vm.ExpectT(t, `checkpoint armed: COW /.cpinit/cow, \d+ MiB in \d+ extents, chunk 4 KiB, target slot "_b" \(android counter\)`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: ota begin ok`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := WantRecord(t, d, bootstate.StateCheckpointing)
+	r := qt.WantRecord(t, d, bootstate.StateCheckpointing)
 	if r.Active || r.TargetSlot != "_b" {
 		t.Fatalf("after begin: active=%v target=%q", r.Active, r.TargetSlot)
 	}
@@ -47,16 +48,16 @@ func f2fsOTABegin(t *testing.T, d *ABDevice, cowSize string) (digest, files stri
 // what the trial left (the guest's manifest digest after = the trial's),
 // the COW file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateCommits(t *testing.T) {
-	d := NewTestF2FSDevice(t, 1)
+	d := qt.NewTestF2FSDevice(t, 1)
 	before, _ := f2fsOTABegin(t, d, "64M")
 
-	vm := trialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit sysinit.manifest=1")
-	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
-	vm.ExpectT(t, `committed: the update's data is kept`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: commit ok`, SlotBootTimeout)
-	trial := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
-	vm.ExpectT(t, `state: +fresh`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm := qt.TrialBoot(t, d, "sysinit.action=workload sysinit.seed=1 sysinit.mib=8 sysinit.then=commit sysinit.manifest=1")
+	vm.ExpectT(t, `sysinit: workload done`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `committed: the update's data is kept`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: commit ok`, qt.SlotBootTimeout)
+	trial := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
+	vm.ExpectT(t, `state: +fresh`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if trial[1] == before {
@@ -68,18 +69,18 @@ func TestF2FSUpdateCommits(t *testing.T) {
 	if slot != 1 {
 		t.Fatalf("bootloader picked slot %d after commit, want 1", slot)
 	}
-	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, SlotBootTimeout)
-	after := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
-	vm.ExpectT(t, `sysinit: cow=absent`, SlotBootTimeout)
-	if err := vm.Wait(SlotBootTimeout); err != nil {
+	vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/vdc action=mount-plain`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: hello.txt="written by the update"`, qt.SlotBootTimeout)
+	after := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: cow=absent`, qt.SlotBootTimeout)
+	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if after[1] != trial[1] || after[2] != trial[2] {
 		t.Fatalf("userdata after commit: manifest %s (%s files), the trial left %s (%s files)", after[1], after[2], trial[1], trial[2])
 	}
 
-	WantRecord(t, d, bootstate.StateFresh)
+	qt.WantRecord(t, d, bootstate.StateFresh)
 	if err := d.CheckF2FS(); err != nil {
 		t.Fatalf("userdata after commit: %v", err)
 	}
@@ -101,25 +102,25 @@ func TestF2FSUpdateCommits(t *testing.T) {
 // manifest of userdata equals the one printed before the update, the COW
 // file is gone, fsck.f2fs finds the image clean.
 func TestF2FSUpdateFailsRollsBack(t *testing.T) {
-	d := NewTestF2FSDevice(t, 2)
+	d := qt.NewTestF2FSDevice(t, 2)
 	before, beforeFiles := f2fsOTABegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
 	d.Slot[0] = "sysinit.action=report sysinit.manifest=1"
-	trials := bootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
-		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
-		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
-		vm.Wait(SlotBootTimeout)
-	}, func(vm *VM) {
-		after := vm.ExpectT(t, ManifestRe, SlotBootTimeout)
-		vm.ExpectT(t, `sysinit: cow=absent`, SlotBootTimeout)
+	trials := qt.BootUntilFallback(t, d, 8, nil, func(vm *qt.VM, n int) {
+		vm.ExpectT(t, `sysinit: crashing`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `qt.Kernel panic`, qt.SlotBootTimeout)
+		vm.Wait(qt.SlotBootTimeout)
+	}, func(vm *qt.VM) {
+		after := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
+		vm.ExpectT(t, `sysinit: cow=absent`, qt.SlotBootTimeout)
 		if after[1] != before || after[2] != beforeFiles {
 			t.Fatalf("userdata after rollback: manifest %s (%s files), before the update %s (%s files)", after[1], after[2], before, beforeFiles)
 		}
 	})
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
-	r := WantRecord(t, d, bootstate.StateFresh)
+	r := qt.WantRecord(t, d, bootstate.StateFresh)
 	if r.COWPath != "" {
 		t.Fatalf("record still names COW file %q after rollback", r.COWPath)
 	}
