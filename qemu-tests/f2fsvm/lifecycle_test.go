@@ -109,7 +109,7 @@ func TestF2FSUpdateFailsRollsBack(t *testing.T) {
 	d.Slot[0] = "sysinit.action=report sysinit.manifest=1"
 	trials := qt.BootUntilFallback(t, d, 8, nil, func(vm *qt.VM, n int) {
 		vm.ExpectT(t, `sysinit: crashing`, qt.SlotBootTimeout)
-		vm.ExpectT(t, `qt.Kernel panic`, qt.SlotBootTimeout)
+		vm.ExpectT(t, `Kernel panic`, qt.SlotBootTimeout)
 		vm.Wait(qt.SlotBootTimeout)
 	}, func(vm *qt.VM) {
 		after := vm.ExpectT(t, qt.ManifestRe, qt.SlotBootTimeout)
