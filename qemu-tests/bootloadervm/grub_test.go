@@ -167,6 +167,17 @@ func (g *grubDevice) env(t *testing.T) map[string]string {
 	if err != nil {
 		t.Fatalf("grub-editenv list: %v\n%s", err, out)
 	}
+	return listedVars(out)
+}
+
+func (g *grubDevice) wantEnv(t *testing.T, when string, want map[string]string) {
+	t.Helper()
+	wantVars(t, "grubenv "+when, g.env(t), want)
+}
+
+// listedVars parses the name=value lines that grub-editenv list and
+// fw_printenv print.
+func listedVars(out []byte) map[string]string {
 	vars := map[string]string{}
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		k, v, _ := strings.Cut(l, "=")
@@ -175,12 +186,13 @@ func (g *grubDevice) env(t *testing.T) map[string]string {
 	return vars
 }
 
-func (g *grubDevice) wantEnv(t *testing.T, when string, want map[string]string) {
+// wantVars fails t unless got holds every name=value of want; what names
+// the variables and when they were read.
+func wantVars(t *testing.T, what string, got, want map[string]string) {
 	t.Helper()
-	got := g.env(t)
 	for k, v := range want {
 		if got[k] != v {
-			t.Fatalf("grubenv %s: %s=%q, want %q (all: %v)", when, k, got[k], v, got)
+			t.Fatalf("%s: %s=%q, want %q (all: %v)", what, k, got[k], v, got)
 		}
 	}
 }

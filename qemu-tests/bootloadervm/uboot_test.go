@@ -212,22 +212,12 @@ func (u *ubootDevice) env(t *testing.T) map[string]string {
 	if err != nil {
 		t.Fatalf("fw_printenv: %v\n%s", err, out)
 	}
-	vars := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		k, v, _ := strings.Cut(l, "=")
-		vars[k] = v
-	}
-	return vars
+	return listedVars(out)
 }
 
 func (u *ubootDevice) wantEnv(t *testing.T, when string, want map[string]string) {
 	t.Helper()
-	got := u.env(t)
-	for k, v := range want {
-		if got[k] != v {
-			t.Fatalf("U-Boot environment %s: %s=%q, want %q (all: %v)", when, k, got[k], v, got)
-		}
-	}
+	wantVars(t, "U-Boot environment "+when, u.env(t), want)
 }
 
 // ubootSlot waits for U-Boot's pick and checks it.
