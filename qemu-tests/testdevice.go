@@ -15,8 +15,9 @@ import (
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
-// The test helpers the QEMU test packages share (qemu-tests and
-// qemu-tests/cachecutvm): devices, records, manifests.
+// The test helpers the QEMU test packages share (qemu-tests,
+// qemu-tests/cachecutvm, qemu-tests/bootloadervm, qemu-tests/f2fsvm):
+// devices, boots, records, manifests.
 
 // NeedQEMU gates every VM test: skip with the reason on a laptop without
 // QEMU, fail in CI.
