@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 
@@ -20,6 +22,11 @@ func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Dir(filepath.Dir(file))
 }
+
+// SharedCache is the image cache (BuildOptions.Cache) the tests of every
+// package share: out/cache/initramfs in the repository. `make clean`
+// empties it.
+func SharedCache() string { return filepath.Join(RepoRoot(), "out", "cache", "initramfs") }
 
 // Kernel is a pinned kernel, fetched and unpacked by fetch-kernel.sh.
 type Kernel struct {
@@ -127,9 +134,14 @@ type BuildOptions struct {
 // the kernel with a modules.dep that u-root's kmodule resolves dependencies
 // from, and the list itself at /etc/cpinit/modules for PID 1 to load.
 //
+// It is made in two steps: u-root builds the commands and Files (the slow
+// part, kept in Cache), then Build adds the modules, the list and the Base
+// archive's records (assemble). So images that differ only in their kernel,
+// module list or base share one u-root build.
+//
 // Same inputs give byte-identical output: u-root writes cpio records with
-// zero mtimes and owners and builds with -trimpath; the modules and
-// modules.dep are staged in a fixed order.
+// zero mtimes and owners and builds with -trimpath; the modules and the
+// base's records are added in a fixed order with zero mtimes and owners.
 func Build(o BuildOptions) error {
 	if o.List == "" {
 		o.List = filepath.Join(RepoRoot(), "initramfs", "modules.list")
@@ -146,19 +158,11 @@ func Build(o BuildOptions) error {
 	if err != nil {
 		return err
 	}
-	stage, err := os.MkdirTemp("", "mkinitramfs-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(stage)
-	modStage := filepath.Join(stage, "modules", release)
-	for _, m := range mods {
-		if err := copyFile(filepath.Join(o.Modules, m.RelPath), filepath.Join(modStage, m.RelPath)); err != nil {
+	var base string
+	if o.Base != "" {
+		if base, err = checkBase(o.Base); err != nil {
 			return err
 		}
-	}
-	if err := os.WriteFile(filepath.Join(modStage, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
-		return err
 	}
 	out, err := filepath.Abs(o.Out)
 	if err != nil {
@@ -167,46 +171,93 @@ func Build(o BuildOptions) error {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	list, err := filepath.Abs(o.List)
+	core, done, err := buildCore(o, out)
 	if err != nil {
 		return err
 	}
-	var key string
-	if o.Cache != "" {
-		if key, err = cacheKey(RepoRoot(), o, filepath.Join(stage, "modules")); err != nil {
-			return fmt.Errorf("initramfs cache key for %s: %w", o.Out, err)
-		}
-		unlock, err := cacheLock(o.Cache, key)
+	defer done()
+
+	// What Build adds to u-root's image, in a fixed order.
+	dir := "lib/modules/" + release + "/"
+	var add []cpio.Record
+	for _, m := range mods {
+		b, err := os.ReadFile(filepath.Join(o.Modules, m.RelPath))
 		if err != nil {
 			return err
 		}
-		defer unlock()
-		cached := filepath.Join(o.Cache, key+".cpio")
-		if _, err := os.Stat(cached); err == nil {
-			fmt.Fprintf(o.Log, "initramfs: %s from the cache (%s)\n", o.Out, cached)
-			return copyAtomic(cached, out)
-		}
+		add = append(add, cpio.StaticFile(dir+m.RelPath, string(b), 0o644))
 	}
+	add = append(add, cpio.StaticFile(dir+"modules.dep", string(ModulesDep(mods)), 0o644))
+	list, err := os.ReadFile(o.List)
+	if err != nil {
+		return err
+	}
+	add = append(add, cpio.StaticFile("etc/cpinit/modules", string(list), 0o644))
+	sort.Slice(add, func(i, j int) bool { return add[i].Name < add[j].Name })
+
 	tmpOut, err := tempBeside(out)
 	if err != nil {
 		return err
 	}
+	if err := assemble(tmpOut, core, add, base); err != nil {
+		os.Remove(tmpOut)
+		return fmt.Errorf("initramfs %s: %w", o.Out, err)
+	}
+	return os.Rename(tmpOut, out)
+}
+
+// buildCore runs u-root for o's commands and Files, or takes its image from
+// o.Cache. It returns the image's path and a function to call when done
+// with it (it releases the cache entry's lock or removes a temporary file).
+func buildCore(o BuildOptions, out string) (string, func(), error) {
+	var key string
+	if o.Cache != "" {
+		var err error
+		if key, err = cacheKey(RepoRoot(), o); err != nil {
+			return "", nil, fmt.Errorf("initramfs cache key for %s: %w", o.Out, err)
+		}
+		unlock, err := cacheLock(o.Cache, key)
+		if err != nil {
+			return "", nil, err
+		}
+		cached := filepath.Join(o.Cache, key+".cpio")
+		if _, err := os.Stat(cached); err == nil {
+			fmt.Fprintf(o.Log, "initramfs: %s: u-root's image from the cache (%s)\n", o.Out, cached)
+			return cached, unlock, nil
+		}
+		core, err := runURoot(o, out)
+		if err != nil {
+			unlock()
+			return "", nil, err
+		}
+		if err := os.Rename(core, cached); err != nil {
+			os.Remove(core)
+			unlock()
+			return "", nil, err
+		}
+		return cached, unlock, nil
+	}
+	core, err := runURoot(o, out)
+	if err != nil {
+		return "", nil, err
+	}
+	return core, func() { os.Remove(core) }, nil
+}
+
+// runURoot builds o's commands and Files with u-root into a temporary file
+// beside out and returns its path.
+func runURoot(o BuildOptions, out string) (string, error) {
+	tmp, err := tempBeside(out)
+	if err != nil {
+		return "", err
+	}
 	args := []string{"tool", "u-root",
 		"-defaultsh=",
 		"-initcmd=" + o.InitCmd,
-		"-o", tmpOut,
-		"-files", filepath.Join(stage, "modules") + ":lib/modules",
-		"-files", list + ":etc/cpinit/modules",
+		"-o", tmp,
 	}
 	for _, f := range o.Files {
 		args = append(args, "-files", f)
-	}
-	if o.Base != "" {
-		base, err := checkBase(o.Base)
-		if err != nil {
-			return err
-		}
-		args = append(args, "-base", base)
 	}
 	args = append(args, o.Pkgs...)
 	cmd := exec.Command("go", args...)
@@ -215,16 +266,96 @@ func Build(o BuildOptions) error {
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(&output, o.Log), io.MultiWriter(&output, o.Log)
 	if err := cmd.Run(); err != nil {
-		os.Remove(tmpOut)
-		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, output.Bytes())
+		os.Remove(tmp)
+		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, output.Bytes())
 	}
-	if err := os.Rename(tmpOut, out); err != nil {
+	return tmp, nil
+}
+
+// assemble writes to out the records of the u-root image core, then add
+// (each after the directories it needs that are not there yet), then the
+// base archive's records, as u-root's -base does: the base's /init becomes
+// /inito, and where the base has a path the image already has, the
+// image's is kept (checkBase refused the bases where that would break
+// them).
+func assemble(out, core string, add []cpio.Record, base string) error {
+	f, err := os.Create(out)
+	if err != nil {
 		return err
 	}
-	if o.Cache != "" {
-		return copyAtomic(out, filepath.Join(o.Cache, key+".cpio"))
+	defer f.Close()
+	w := cpio.Newc.Writer(f)
+	have := map[string]bool{}
+	write := func(r cpio.Record) error {
+		have[r.Name] = true
+		return w.WriteRecord(r)
 	}
-	return nil
+	if err := copyRecords(core, func(r cpio.Record) error { return write(r) }); err != nil {
+		return err
+	}
+	for _, r := range add {
+		if have[r.Name] {
+			return fmt.Errorf("u-root's image %s already has %s", core, r.Name)
+		}
+		var parent string
+		for _, elem := range strings.Split(path.Dir(r.Name), "/") {
+			parent = path.Join(parent, elem)
+			if !have[parent] {
+				if err := write(cpio.Directory(parent, 0o755)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := write(r); err != nil {
+			return err
+		}
+	}
+	if base != "" {
+		err := copyRecords(base, func(r cpio.Record) error {
+			r = cpio.MakeReproducible(r)
+			if r.Name == "init" {
+				r.Name = "inito"
+			}
+			if have[r.Name] {
+				return nil
+			}
+			return write(r)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// copyRecords calls fn with each record of the newc archive at p, its name
+// cleaned of a leading "/" or "./" (as the kernel reads it).
+func copyRecords(p string, fn func(cpio.Record) error) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := cpio.Newc.Reader(f)
+	for {
+		rec, err := r.ReadRecord()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		rec.Name = path.Clean(strings.TrimPrefix(rec.Name, "/"))
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
 }
 
 func copyFile(src, dst string) error {

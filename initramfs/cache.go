@@ -27,16 +27,17 @@ import (
 // and again (each `go test` package is its own process), so they keep the
 // images in a cache keyed by everything that goes into one.
 //
-// Build's output is byte-identical for identical inputs (see Build), so a
-// hit returns exactly what a build would. The key covers: the Go toolchain
-// (`go env GOVERSION`), go.mod and go.sum (the u-root version among them),
-// the source files of every non-standard package the commands are built
-// from (`go list -deps` in the build's environment, so the files of the
-// build's GOOS/GOARCH), InitCmd, the contents of the module list, the
-// staged modules and modules.dep, each -files entry (its guest path, the
-// contents of the host file or directory and of the shared libraries u-root
-// adds for it), and the base archive.
-const cacheFormat = "cpinit initramfs cache 1"
+// The cache holds u-root's part of an image (Build's first step): the
+// modules, the module list and the base archive are added after it, so
+// they are not in the key. u-root's output is byte-identical for identical
+// inputs (see Build), so a hit returns exactly what a build would. The key
+// covers: the Go toolchain (`go env GOVERSION`), go.mod and go.sum (the
+// u-root version among them), the source files of every non-standard
+// package the commands are built from (`go list -deps` in the build's
+// environment, so the files of the build's GOOS/GOARCH), InitCmd, and each
+// -files entry (its guest path, the contents of the host file or directory
+// and of the shared libraries u-root adds for it).
+const cacheFormat = "cpinit initramfs cache 2"
 
 // buildEnv is the environment of the u-root build and of the key's go list:
 // CGO off (the image has no libc for our Go binaries), GOAMD64=v1 so it
@@ -45,10 +46,9 @@ func buildEnv() []string {
 	return append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
 }
 
-// cacheKey is the hex SHA-256 of a build's inputs. root is the Go module
-// the packages are relative to; stage is the directory the modules were
-// staged in (its contents count, not its name).
-func cacheKey(root string, o BuildOptions, stage string) (string, error) {
+// cacheKey is the hex SHA-256 of the inputs of a build's u-root step.
+// root is the Go module the packages are relative to.
+func cacheKey(root string, o BuildOptions) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00init=%s\x00", cacheFormat, o.InitCmd)
 	out, err := goCmd(root, "env", "GOVERSION")
@@ -62,14 +62,6 @@ func cacheKey(root string, o BuildOptions, stage string) (string, error) {
 		}
 	}
 	if err := hashPackages(h, root, o.Pkgs); err != nil {
-		return "", err
-	}
-	fmt.Fprintf(h, "list\x00")
-	if err := hashPath(h, o.List); err != nil {
-		return "", err
-	}
-	fmt.Fprintf(h, "modules\x00")
-	if err := hashPath(h, stage); err != nil {
 		return "", err
 	}
 	for _, f := range o.Files {
@@ -88,12 +80,6 @@ func cacheKey(root string, o BuildOptions, stage string) (string, error) {
 					return "", err
 				}
 			}
-		}
-	}
-	if o.Base != "" {
-		fmt.Fprintf(h, "base\x00")
-		if err := hashPath(h, o.Base); err != nil {
-			return "", err
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

@@ -6,8 +6,10 @@ import (
 	"testing"
 )
 
-// TestCacheKey: the key of a build changes with every input that goes into
-// the image and with nothing else. A small module of its own stands for
+// TestCacheKey: the key of a build's u-root step changes with every input
+// that goes into u-root's image and with nothing else: not with the
+// kernel's modules, the module list or the base archive, which Build adds
+// after it. A small module of its own stands for
 // the repository (go list runs in it).
 func TestCacheKey(t *testing.T) {
 	root := t.TempDir()
@@ -24,19 +26,19 @@ func TestCacheKey(t *testing.T) {
 	write(filepath.Join(root, "cmd", "x", "main.go"), "package main\n\nimport \"example.com/k/lib\"\n\nfunc main() { lib.F() }\n")
 	write(filepath.Join(root, "lib", "lib.go"), "package lib\n\nfunc F() {}\n")
 	write(filepath.Join(root, "lib", "lib_windows.go"), "package lib\n\nvar W = 1\n")
-	stage := filepath.Join(root, "stage")
-	write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module a")
+	modules := filepath.Join(root, "modules", "6.1")
+	write(filepath.Join(modules, "kernel", "a.ko"), "module a")
 	list := filepath.Join(root, "modules.list")
 	write(list, "a\n")
 	file := filepath.Join(root, "tool")
 	write(file, "#!/bin/sh\n")
 	base := filepath.Join(root, "base.cpio")
 	write(base, "base")
-	o := BuildOptions{List: list, InitCmd: "x", Files: []string{file + ":bin/tool"}, Pkgs: []string{"./cmd/x"}, Base: base}
+	o := BuildOptions{Modules: modules, List: list, InitCmd: "x", Files: []string{file + ":bin/tool"}, Pkgs: []string{"./cmd/x"}, Base: base}
 
 	key := func() string {
 		t.Helper()
-		k, err := cacheKey(root, o, stage)
+		k, err := cacheKey(root, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,11 +49,16 @@ func TestCacheKey(t *testing.T) {
 		t.Fatalf("the same inputs give two keys: %s, %s", k0, k)
 	}
 	// Out and Log are not inputs; a file the build's GOOS does not
-	// compile is not one either.
+	// compile is not one either; the modules, the list and the base are
+	// not u-root's.
 	o.Out, o.Log = filepath.Join(root, "elsewhere.cpio"), os.Stderr
 	write(filepath.Join(root, "lib", "lib_windows.go"), "package lib\n\nvar W = 2\n")
+	write(filepath.Join(modules, "kernel", "a.ko"), "module A")
+	write(list, "a\nb\n")
+	write(base, "base2")
+	o.Modules = filepath.Join(root, "modules", "6.2")
 	if k := key(); k != k0 {
-		t.Errorf("the key changed with Out, Log or a file for another GOOS")
+		t.Errorf("the key changed with Out, Log, a file for another GOOS, the modules, the list or the base")
 	}
 	changes := []struct {
 		what   string
@@ -63,12 +70,8 @@ func TestCacheKey(t *testing.T) {
 		{"go.mod", func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.23\n") },
 			func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.22\n") }},
 		{"InitCmd", func() { o.InitCmd = "y" }, func() { o.InitCmd = "x" }},
-		{"the module list", func() { write(list, "a\nb\n") }, func() { write(list, "a\n") }},
-		{"a staged module", func() { write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module A") },
-			func() { write(filepath.Join(stage, "6.1", "kernel", "a.ko"), "module a") }},
 		{"a -files file's contents", func() { write(file, "#!/bin/sh\n:\n") }, func() { write(file, "#!/bin/sh\n") }},
 		{"a -files guest path", func() { o.Files = []string{file + ":bin/tool2"} }, func() { o.Files = []string{file + ":bin/tool"} }},
-		{"the base", func() { write(base, "base2") }, func() { write(base, "base") }},
 	}
 	for _, c := range changes {
 		c.change()

@@ -37,7 +37,7 @@ func BuildInitramfs(out, initcmd string, files []string, pkgs ...string) error {
 // ImageCache is where the tests keep the initramfs images they build, for
 // the next test process that needs the same one (initramfs.BuildOptions.Cache;
 // out/ is git-ignored and `make clean` removes it).
-func ImageCache() string { return filepath.Join(OutDir(), "cache", "initramfs") }
+func ImageCache() string { return initramfs.SharedCache() }
 
 var (
 	cpinitOnce sync.Once
