@@ -35,7 +35,7 @@ import (
 //
 // Flags (or environment variables, for CI):
 //
-//	-powercuts N         (CPINIT_POWERCUTS)   cuts in all, at least; default 8
+//	-powercuts N         (CPINIT_POWERCUTS)   cuts in all, at least; default 4
 //	                                           (`make soak`: 200; the cuts at counted
 //	                                           flushes, with lost disk caches, are
 //	                                           TestCacheCut's)
@@ -48,7 +48,7 @@ import (
 // the same instruction: every cut is logged with the state it left behind
 // ("landed: ..."), which is what a reproduction needs.
 var (
-	flagPowercuts       = flag.Int("powercuts", EnvInt("CPINIT_POWERCUTS", 8), "TestPowerCut: power cuts to make in all (at least)")
+	flagPowercuts       = flag.Int("powercuts", EnvInt("CPINIT_POWERCUTS", 4), "TestPowerCut: power cuts to make in all (at least)")
 	flagPowercutSeed    = flag.Uint64("powercut.seed", uint64(EnvInt("CPINIT_SEED", 0)), "TestPowerCut: seed (0: from the clock)")
 	flagPowercutDevices = flag.Int("powercut.devices", EnvInt("CPINIT_POWERCUT_DEVICES", 2), "TestPowerCut: simulated devices booted in parallel")
 )
