@@ -358,26 +358,6 @@ func copyRecords(p string, fn func(cpio.Record) error) error {
 	}
 }
 
-func copyFile(src, dst string) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	o, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(o, in); err != nil {
-		o.Close()
-		return err
-	}
-	return o.Close()
-}
-
 // checkBase makes sure a base archive can take cpinit: a newc cpio with an
 // /init to hand over to, and none of the paths our build writes (u-root
 // silently keeps our file and drops the base's on a conflict, which would

@@ -195,20 +195,6 @@ func cacheLock(dir, key string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// copyAtomic copies src to dst through a temporary file renamed into place,
-// so no reader ever sees a partial dst.
-func copyAtomic(src, dst string) error {
-	tmp, err := tempBeside(dst)
-	if err != nil {
-		return err
-	}
-	if err := copyFile(src, tmp); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, dst)
-}
-
 // tempBeside names a new, unique temporary file in dst's directory (two
 // test processes may write the same image at once: each writes its own
 // and renames it into place).
