@@ -69,10 +69,12 @@ func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
 
 // GuestRun is one run of a test binary in the guest.
 type GuestRun struct {
-	Pkg   string   // Go package to test, e.g. "./pkg/dmsnap"
-	Args  []string // test binary arguments, e.g. -test.run=^TestVM
-	Env   []string // extra KEY=value for the test binary
-	Disks []string // disk images attached as /dev/vda, ...; created (256 MiB) if missing
+	Pkg  string   // Go package to test, e.g. "./pkg/dmsnap"
+	Args []string // test binary arguments, e.g. -test.run=^TestVM
+	Env  []string // extra KEY=value for the test binary
+	// Disks are attached as /dev/vda, ...: image files, created (256 MiB)
+	// if missing, or the NBD URIs of cachedisk disks.
+	Disks []string
 	// Kernel is the pinned kernel's env file (initramfs.GenericKernel for
 	// f2fs); the cloud kernel when empty.
 	Kernel string
@@ -199,6 +201,9 @@ func StartGuestTests(t testing.TB, r GuestRun) (*VM, error) {
 		return nil, err
 	}
 	for _, d := range r.Disks {
+		if strings.HasPrefix(d, "nbd") {
+			continue
+		}
 		if _, err := os.Stat(d); os.IsNotExist(err) {
 			if err := MakeDisk(d, 256<<20); err != nil {
 				return nil, err

@@ -32,6 +32,7 @@ type Machine struct {
 	// arrives; cutWhere*: where the cut was reached.
 	cutDisk      string
 	cutDiskN     int
+	cutDirty     bool // cutDiskN counts the disk's flushes with data only
 	cutWhereDisk string
 	cutWhereN    int
 	unit         int64 // the disks' atomic unit (0: SectorSize)
@@ -60,8 +61,11 @@ type Disk struct {
 	ln      net.Listener
 	flushes int // flushes performed
 	arrived int // flushes that arrived (the one a cut stopped at included)
-	conns   map[net.Conn]bool
-	wg      sync.WaitGroup
+	// arrivedDirty counts the flushes that arrived while the cache held
+	// something to write back.
+	arrivedDirty int
+	conns        map[net.Conn]bool
+	wg           sync.WaitGroup
 }
 
 // NewMachine returns a machine with no disks.
@@ -161,7 +165,28 @@ func (m *Machine) SetAtomicUnit(n int64) {
 func (m *Machine) CutAtDiskFlush(name string, n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.cutDisk, m.cutDiskN = name, n
+	m.cutDisk, m.cutDiskN, m.cutDirty = name, n, false
+}
+
+// CutAtDiskDirtyFlush arms the cut at the n-th flush of the disk named name
+// that arrives while the disk's cache holds unflushed writes. Flushes with
+// nothing to write back change nothing a cut could lose, and their number
+// can swamp the others: the device mapper sends a flush to every target of
+// a table (dm_table's num_flush_bios), so a flush of a linear table of k
+// segments on one disk reaches it k times. n <= 0 disarms it.
+func (m *Machine) CutAtDiskDirtyFlush(name string, n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cutDisk, m.cutDiskN, m.cutDirty = name, n, true
+}
+
+// DirtyFlushes is how many flushes arrived on this disk while its cache
+// held something (the one a cut stopped at included): the count
+// CutAtDiskDirtyFlush arms on.
+func (d *Disk) DirtyFlushes() int {
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	return d.arrivedDirty
 }
 
 // CutWhere says which flush a cut stopped at: the disk and its number on
@@ -313,7 +338,15 @@ func (d *Disk) handle(c net.Conn, r request) next {
 	case cmdFlush:
 		m.flushes++
 		d.arrived++
-		if m.flushes == m.cutAt || (m.cutDiskN > 0 && d.Name == m.cutDisk && d.arrived == m.cutDiskN) {
+		dirty := len(d.cache.dirty) > 0
+		if dirty {
+			d.arrivedDirty++
+		}
+		diskN := d.arrived
+		if m.cutDirty {
+			diskN = d.arrivedDirty
+		}
+		if m.flushes == m.cutAt || (m.cutDiskN > 0 && d.Name == m.cutDisk && diskN == m.cutDiskN && (dirty || !m.cutDirty)) {
 			m.stopped = true
 			m.cutWhereDisk, m.cutWhereN = d.Name, d.arrived
 			close(m.reached)

@@ -322,3 +322,51 @@ func TestNBDCutAtDiskFlush(t *testing.T) {
 	}
 	checkImage(t, b.Image, []region{{0, 4 << 10, []byte{0xbb}}, {4 << 10, 4 << 10, []byte{0x11}}})
 }
+
+// TestNBDCutAtDiskDirtyFlush: counted on flushes with data only, the cut
+// skips a flush that finds the cache empty and stops at the second flush
+// that has something to write back; DirtyFlushes counts only those.
+func TestNBDCutAtDiskDirtyFlush(t *testing.T) {
+	m, a, _ := twoDisks(t)
+	m.CutAtDiskDirtyFlush("a", 2)
+	// The second flush has nothing to write (QEMU may not even send it);
+	// either way it must not count.
+	qemuIO(t, a, "write -P 0xaa 0 4k", "flush", "flush", "abort")
+	select {
+	case <-m.Reached():
+		t.Fatal("cut reached at a flush with an empty cache")
+	default:
+	}
+	if a.DirtyFlushes() != 1 {
+		t.Fatalf("DirtyFlushes %d, want 1 (all flushes: %d)", a.DirtyFlushes(), m.Flushes())
+	}
+	q := testutil.LookPath(t, "qemu-io")
+	cmd := exec.Command(q, "-f", "raw", "-t", "writeback", "-c", "flush", "-c", "write -P 0xbb 4k 4k", "-c", "flush", a.URI())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-m.Reached():
+	case err := <-exited:
+		t.Fatalf("qemu-io exited (%v) before the second flush with data arrived", err)
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatal("the second flush with data never arrived")
+	}
+	cmd.Process.Kill()
+	<-exited
+	if a.DirtyFlushes() != 2 {
+		t.Fatalf("DirtyFlushes %d, want 2", a.DirtyFlushes())
+	}
+	res, err := m.Cut(DropAll, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res["a"].Cached != 8 {
+		t.Fatalf("cut: %+v (want the unflushed 4k cached)", res)
+	}
+	checkImage(t, a.Image, []region{{0, 4 << 10, []byte{0xaa}}})
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
+	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
 )
 
 const pkg = "./pkg/dmsnap"
@@ -46,12 +47,31 @@ func TestDmsnapInGuest(t *testing.T) {
 
 var mergeLine = regexp.MustCompile(`DMSNAP-MERGE left=(\d+) rate=`)
 
+// cutBoots is how many merge boots are cut; each is cut after at most a fifth
+// of the reference merge's flushes, so together they cannot reach its end.
+const cutBoots = 4
+
 // TestDmsnapMergePowerCuts plays the power switch for pkg/dmsnap's
-// TestVMPowerCut: one boot sets up a checkpoint with ~40 MiB of changes,
-// then several boots restart the merge (slowed by dm-snapshot's copy
-// throttle) and are killed part-way at seeded points, then a last boot
-// finishes the merge and checks the disk is the original pattern outside the
-// COW extents, byte for byte.
+// TestVMPowerCut: one boot sets up a checkpoint with ~40 MiB of changes;
+// a reference boot merges a copy of that disk to the end and counts the
+// flushes the merge issues; then cutBoots boots restart the merge on the
+// original disk, each cut at a counted flush (between a tenth and a fifth of
+// the reference's count, seeded), losing the disk's volatile cache (all of
+// it, or a seeded subset, alternately). Only flushes that find data in the
+// cache are counted: the others lose nothing, and they are most of them
+// (the merge's flushes reach the disk once per segment of the COW's linear
+// table; cachedisk.Machine.CutAtDiskDirtyFlush).; a last boot finishes the merge and
+// checks the disk is the original pattern outside the COW extents, byte for
+// byte.
+//
+// The cuts are counted, not timed, so where they land does not depend on the
+// host's speed: the disk is served by qemu-tests/cachedisk, which stops at
+// the armed flush before performing it. dm-snapshot writes each merge
+// commit with REQ_PREFLUSH|REQ_FUA and only then lowers the count its status
+// reports (persistent_commit_merge, drivers/md/dm-snap-persistent.c), so a
+// cut may lose merged chunks whose commit had not landed but never the
+// progress a status line showed: the first line of a boot is at most the
+// last line of the boot before.
 func TestDmsnapMergePowerCuts(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
 	seed := uint64(time.Now().UnixNano())
@@ -60,45 +80,135 @@ func TestDmsnapMergePowerCuts(t *testing.T) {
 	}
 	t.Logf("seed %d (CPINIT_SEED=%d to replay)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 3))
-	disk := filepath.Join(t.TempDir(), "vda.img")
-	run := func(args ...string) qt.GuestRun {
-		return qt.GuestRun{Pkg: pkg, Args: append([]string{"-test.run=^TestVMPowerCut$"}, args...), Disks: []string{disk}, Timeout: 5 * time.Minute}
-	}
-	if out := qt.RunGuestTests(t, run("-dmsnap.phase=setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "vda.img")
+	if out := qt.RunGuestTests(t, powerCutRun(disk, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
 		t.Fatal("setup phase did not finish")
 	}
-	cuts, prev := 0, uint64(1<<63)
-	for i := 0; i < 4; i++ {
-		vm, err := qt.StartGuestTests(t, run("-dmsnap.phase=merge", "-dmsnap.throttle=2"))
-		if err != nil {
-			t.Fatal(err)
+	ref := filepath.Join(dir, "ref.img")
+	qt.CopyFile(t, disk, ref)
+	r := mergeBoot(t, ref, 0, cachedisk.DropAll, 0)
+	if !r.verified {
+		t.Fatal("the reference merge did not verify")
+	}
+	if r.flushes < 20 || len(r.left) == 0 {
+		t.Fatalf("the reference merge issued %d flushes and printed %d progress lines: too few to cut it part-way", r.flushes, len(r.left))
+	}
+	t.Logf("reference merge: %d flushes with data, %d bytes left at its first progress line", r.flushes, r.left[0])
+	prev := uint64(1 << 63)
+	for i := 1; i <= cutBoots; i++ {
+		n := r.flushes/10 + 1 + rng.IntN(r.flushes/10)
+		mode := cachedisk.Mode(i % 2)
+		c := mergeBoot(t, disk, n, mode, rng.Uint64())
+		if !c.cut {
+			t.Fatalf("boot %d: the merge ended before flush %d with data (the reference issued %d)", i, n, r.flushes)
 		}
-		var left uint64
-		for n := 1 + rng.IntN(6); n > 0; n-- {
-			m, err := vm.Expect(mergeLine, 2*time.Minute)
-			if err != nil {
-				t.Fatalf("boot %d: %v", i+1, err)
+		if c.verified {
+			t.Fatalf("boot %d: the merge verified although the power was cut at flush %d", i, n)
+		}
+		t.Logf("boot %d: cut at flush %d (%s): %d of %d cached 4 KiB units lost; progress %v", i, n, mode, c.lost, c.cached, c.left)
+		if c.cached == 0 {
+			t.Errorf("boot %d: the cut found the cache empty, at a flush counted as one with data", i)
+		}
+		for _, l := range c.left {
+			if l > prev {
+				t.Errorf("boot %d: merge went backwards: %d bytes left after %d (a cut lost committed progress)", i, l, prev)
 			}
-			left, _ = strconv.ParseUint(m[1], 10, 64)
+			prev = l
 		}
-		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
-		vm.Kill()
-		if strings.Contains(vm.Output(), "DMSNAP-PHASE merge verified") {
-			t.Logf("boot %d: the merge finished before the cut", i+1)
-			continue
-		}
-		cuts++
-		t.Logf("boot %d: power cut with about %d bytes left to merge", i+1, left)
-		if left > prev {
-			t.Errorf("merge went backwards across a power cut: %d bytes left, %d before", left, prev)
-		}
-		prev = left
 	}
-	if cuts == 0 {
-		t.Fatal("no power cut landed during a merge")
-	}
-	out := qt.RunGuestTests(t, run("-dmsnap.phase=merge"))
+	out := qt.RunGuestTests(t, powerCutRun(disk, "merge"))
 	if !strings.Contains(out, "DMSNAP-PHASE merge verified") {
 		t.Fatal("the merge did not verify after the power cuts")
 	}
+	if l := parseLeft(out); len(l) > 0 && l[0] > prev {
+		t.Errorf("final boot: merge went backwards: %d bytes left after %d", l[0], prev)
+	}
+}
+
+func powerCutRun(disk, phase string) qt.GuestRun {
+	return qt.GuestRun{
+		Pkg:     pkg,
+		Args:    []string{"-test.run=^TestVMPowerCut$", "-dmsnap.phase=" + phase},
+		Disks:   []string{disk},
+		Timeout: 5 * time.Minute,
+	}
+}
+
+type mergeResult struct {
+	flushes  int      // flushes with data the disk saw (the one cut at included)
+	cut      bool     // the armed flush arrived and the power was cut
+	cached   int      // 4 KiB units in the cache at the cut
+	lost     int      // of them, units the cut lost
+	verified bool     // the guest merged to the end and verified
+	left     []uint64 // bytes left, per progress line
+}
+
+// mergeBoot boots the merge phase on image served by a cachedisk machine;
+// with cutAt > 0 it cuts the power when the disk's flush with data number
+// cutAt arrives, keeping what mode (and seed) leaves of the cache.
+func mergeBoot(t *testing.T, image string, cutAt int, mode cachedisk.Mode, seed uint64) mergeResult {
+	t.Helper()
+	sock, err := os.MkdirTemp("", "dmsnapvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sock)
+	m := cachedisk.NewMachine()
+	defer m.Close()
+	// dm-snapshot writes its metadata a chunk (4 KiB here) at a time; the
+	// flash and 4Kn disks cpinit targets write such a block whole or not at
+	// all.
+	m.SetAtomicUnit(cachedisk.AtomicUnit4K)
+	d, err := m.AddDisk("vda", image, filepath.Join(sock, "vda"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.CutAtDiskDirtyFlush("vda", cutAt)
+	run := powerCutRun(d.URI(), "merge")
+	vm, err := qt.StartGuestTests(t, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- vm.Wait(run.Timeout) }()
+	var res mergeResult
+	select {
+	case <-m.Reached():
+		vm.Kill()
+		res.cut = true
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("merge boot of %s: %v\n%s", image, err, qt.Tail(vm.Output(), 40))
+		}
+	}
+	cr, err := m.Cut(mode, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.cached, res.lost = cr["vda"].Cached, cr["vda"].Cached-cr["vda"].Persisted
+	res.flushes = d.DirtyFlushes()
+	out := vm.Output()
+	res.verified = strings.Contains(out, "DMSNAP-PHASE merge verified")
+	res.left = parseLeft(out)
+	for i := 1; i < len(res.left); i++ {
+		if res.left[i] > res.left[i-1] {
+			t.Errorf("merge of %s went backwards within a boot: %d bytes left after %d", image, res.left[i], res.left[i-1])
+		}
+	}
+	if !res.cut && !res.verified {
+		t.Fatalf("merge boot of %s ended without verifying:\n%s", image, qt.Tail(out, 40))
+	}
+	return res
+}
+
+func parseLeft(out string) []uint64 {
+	var left []uint64
+	for _, m := range mergeLine.FindAllStringSubmatch(out, -1) {
+		n, err := strconv.ParseUint(m[1], 10, 64)
+		if err == nil {
+			left = append(left, n)
+		}
+	}
+	return left
 }
