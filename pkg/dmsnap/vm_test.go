@@ -347,6 +347,7 @@ func TestVMCheckpointMergeRestoresPattern(t *testing.T) {
 	scribble(t, originNode, &now, 3, rng, 3000)
 	verifyPattern(t, originNode, now, 0, dataSectors/8)
 	verifyPattern(t, snapNode, orig, 0, dataSectors/8)
+	checkCowTable(t, k, now.overrides, seed)
 
 	// Roll back while attached (the in-system path: suspend the origin,
 	// drop the snapshot, load snapshot-merge, resume).
