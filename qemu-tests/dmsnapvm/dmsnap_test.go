@@ -30,7 +30,7 @@ func TestDmsnapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
 	out := qt.RunGuestTests(t, qt.GuestRun{
 		Pkg:     pkg,
-		Args:    []string{"-test.run=^TestVM"},
+		Args:    []string{"-test.run=^TestVM", "-test.skip=^TestVMRestoreMatchesMerge$"},
 		Disks:   []string{filepath.Join(t.TempDir(), "vda.img")},
 		Timeout: 10 * time.Minute,
 	})
@@ -41,6 +41,29 @@ func TestDmsnapInGuest(t *testing.T) {
 	} {
 		if !strings.Contains(out, "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass in the guest", name)
+		}
+	}
+}
+
+// TestDmsnapRestoreMatchesMerge runs pkg/dmsnap's differential test of the
+// offline restore (TestVMRestoreMatchesMerge: the same COW restored by
+// dmsnap.Restore on one disk and merged by the kernel on another, compared
+// byte for byte) in a boot of its own, the only one of this package with
+// two disks: with a second virtio disk attached, the other TestVM tests'
+// reads of the snapshot device twice left a request on vda in flight
+// forever under QEMU 7.2 TCG (the hang verifyBatch's comment describes).
+func TestDmsnapRestoreMatchesMerge(t *testing.T) {
+	testutil.LookPath(t, "qemu-system-x86_64")
+	dir := t.TempDir()
+	out := qt.RunGuestTests(t, qt.GuestRun{
+		Pkg:     pkg,
+		Args:    []string{"-test.run=^TestVMRestoreMatchesMerge$"},
+		Disks:   []string{filepath.Join(dir, "vda.img"), filepath.Join(dir, "vdb.img")},
+		Timeout: 5 * time.Minute,
+	})
+	for _, name := range []string{"sequential", "scattered", "overwritten", "near-full"} {
+		if !strings.Contains(out, "--- PASS: TestVMRestoreMatchesMerge/"+name+" ") {
+			t.Errorf("workload %s did not pass in the guest", name)
 		}
 	}
 }
