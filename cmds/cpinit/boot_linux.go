@@ -304,6 +304,8 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		progress:  consoleProgress(log.Printf),
 		dmModules: dmMods,
 		lazyDM:    true,
+
+		restoreOffline: p.RestoreOffline,
 	}
 	if p.Metadata == nil {
 		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")

@@ -61,6 +61,9 @@ type bootEnv struct {
 	// checkCurrent: before a merge, also check the COW file in the current
 	// filesystem (set when no merge has started yet).
 	checkCurrent bool
+	// restoreOffline: roll back with dmsnap.Restore, not the kernel's
+	// snapshot-merge (cpinit.merge=restore).
+	restoreOffline bool
 
 	// bl is the bootloader whose A/B state guards the trial (nil if none
 	// is configured) and bootedSlot the slot this kernel booted (kernel
@@ -397,6 +400,12 @@ func (e *bootEnv) verifyExtents(path string, want *bootstate.ExtentMap) ([32]byt
 }
 
 func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
+	if e.restoreOffline {
+		done, invalid, err := e.restore(m)
+		if done || invalid || err != nil {
+			return invalid, err
+		}
+	}
 	k, err := e.checkpoint(m)
 	if err != nil {
 		return false, err
@@ -416,6 +425,32 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 	ctx, cancel := e.ctx()
 	defer cancel()
 	return false, k.FinishMerge(ctx)
+}
+
+// restore rolls userdata back offline (dmsnap.Restore): nothing is mapped
+// (VerifyExtents tore its devices down) and nothing mounted. done: the
+// saved chunks are home and flushed. A COW the restore cannot read for a
+// reason that is not corruption (another store version, an extent outside
+// userdata) or a userdata device held by someone else is left to the
+// kernel's merge (done and err both unset); a corrupt table stops the boot
+// with everything kept, as the kernel's merge would be given the same
+// table. The restore is idempotent (pkg/dmsnap/restore.go): the record
+// counted this attempt before it started, and a cut one runs again.
+func (e *bootEnv) restore(m *bootstate.ExtentMap) (done, invalid bool, err error) {
+	e.logf("restoring the saved chunks offline (cpinit.merge=restore)")
+	plan, err := dmsnap.Restore(context.Background(), e.ud.Path, dmConfig(m), dmsnap.RestoreOptions{Progress: e.progress})
+	switch {
+	case err == nil:
+		e.logf("restore: %d chunks (%.1f MiB) copied home in %d I/Os and flushed",
+			len(plan.Table.Exceptions), float64(plan.Bytes())/(1<<20), plan.Copies())
+		return true, false, nil
+	case errors.Is(err, dmsnap.ErrSnapshotInvalid):
+		return false, true, nil
+	case errors.Is(err, dmsnap.ErrCowUnsupported), errors.Is(err, dmsnap.ErrCowElsewhere), errors.Is(err, dmsnap.ErrOriginInUse):
+		e.logf("warning: no offline restore (%v): merging with the kernel instead", err)
+		return false, false, nil
+	}
+	return false, false, fmt.Errorf("offline restore of %s: %w", e.ud.Path, err)
 }
 
 // startMerge loads snapshot-merge (one dm step); invalid reports a snapshot

@@ -83,6 +83,11 @@ type Params struct {
 	// cpinit.abort=1: roll back the pending update at this boot (e.g. from
 	// a bootloader menu entry).
 	Abort bool
+	// cpinit.merge=restore: roll back by copying the saved chunks home
+	// offline (dmsnap.Restore) instead of the kernel's snapshot-merge
+	// (cpinit.merge=kernel, the default until the power-cut campaign
+	// covers the restore: issue 17).
+	RestoreOffline bool
 	// cpinit.recovery=1: recovery mode. PID 1 neither maps nor mounts
 	// userdata and does not read the metadata store; it mounts cpinit.root
 	// and hands over to its init as usual, so an operator (or a recovery
@@ -264,6 +269,15 @@ func ParseParams(cmdline string) (Params, []string, error) {
 			} else {
 				p.Recovery = on
 			}
+		case "cpinit.merge":
+			switch val {
+			case "kernel":
+				p.RestoreOffline = false
+			case "restore":
+				p.RestoreOffline = true
+			default:
+				bad("want kernel or restore")
+			}
 		case "cpinit.cow_size":
 			c, err := parseCOWSize(val)
 			if err != nil {
@@ -296,7 +310,7 @@ func ParseParams(cmdline string) (Params, []string, error) {
 var knownKeys = func() []string {
 	k := []string{"cpinit.userdata", "cpinit.root", "cpinit.fstype", "cpinit.rootfstype", "cpinit.mountopts",
 		"cpinit.datadir", "cpinit.init", "cpinit.rootwait", "cpinit.on_fatal", "cpinit.metadata", "cpinit.misc",
-		"cpinit.abort", "cpinit.recovery", "cpinit.slot", "cpinit.cow_size", "cpinit.bootloader", "cpinit.ubootenv",
+		"cpinit.abort", "cpinit.recovery", "cpinit.slot", "cpinit.cow_size", "cpinit.merge", "cpinit.bootloader", "cpinit.ubootenv",
 		"cpinit.bootpart", "cpinit.bootpartfs", "cpinit.grubenv", "cpinit.slotnames"}
 	sort.Strings(k)
 	return k

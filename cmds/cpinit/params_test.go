@@ -34,7 +34,7 @@ func TestParseParamsAll(t *testing.T) {
 	p, warn, err := ParseParams("cpinit.userdata=PARTLABEL=userdata cpinit.root=LABEL=system_a " +
 		"cpinit.fstype=f2fs cpinit.rootfstype=ext2 cpinit.mountopts=noatime cpinit.datadir=/var/data " +
 		"cpinit.init=/lib/systemd/systemd cpinit.rootwait=3 cpinit.on_fatal=reboot " +
-		"cpinit.metadata=PARTLABEL=metadata cpinit.misc=/dev/vde cpinit.abort=1 cpinit.recovery=yes cpinit.slot=_b cpinit.cow_size=2G")
+		"cpinit.metadata=PARTLABEL=metadata cpinit.misc=/dev/vde cpinit.abort=1 cpinit.recovery=yes cpinit.slot=_b cpinit.cow_size=2G cpinit.merge=restore")
 	if err != nil || len(warn) != 0 {
 		t.Fatalf("err %v, warnings %q", err, warn)
 	}
@@ -52,9 +52,11 @@ func TestParseParamsAll(t *testing.T) {
 		Misc:       &devspec.Spec{Kind: devspec.Path, Value: "/dev/vde"},
 		Abort:      true,
 		Recovery:   true,
-		COWSize:    cowSize{bytes: 2 << 30},
-		BootPartFS: "vfat",
-		GrubEnv:    "/grub/grubenv",
+
+		RestoreOffline: true,
+		COWSize:        cowSize{bytes: 2 << 30},
+		BootPartFS:     "vfat",
+		GrubEnv:        "/grub/grubenv",
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("got %+v\nwant %+v", p, want)
@@ -76,6 +78,7 @@ func TestParseParamsErrors(t *testing.T) {
 		{"cpinit.userdata=/dev/vda cpinit.init=sbin/init", "absolute path"},
 		{"cpinit.userdata=/dev/vda cpinit.abort=maybe", "cpinit.abort=maybe"},
 		{"cpinit.userdata=/dev/vda cpinit.recovery=please", "cpinit.recovery=please: want 1 or 0"},
+		{"cpinit.userdata=/dev/vda cpinit.merge=fast", "cpinit.merge=fast: want kernel or restore"},
 		{"cpinit.userdata=/dev/vda cpinit.metadata=meta", `"meta"`},
 	} {
 		_, _, err := ParseParams(tc.cmdline)
