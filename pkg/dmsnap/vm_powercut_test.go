@@ -17,6 +17,10 @@ package dmsnap
 //	       "DMSNAP-PHASE merge verified". Kill it anywhere and run it again:
 //	       the last uninterrupted run must pass. The host harness
 //	       (qemu-tests/dmsnapvm) cuts it at counted flushes of the disk.
+//	restore  roll back with the offline restore (Restore: no dm device) from
+//	       whatever the disk holds and check the pattern, then print
+//	       "DMSNAP-PHASE restore verified". Cut anywhere (the host cuts at
+//	       its flush, losing all or part of its writes) and run it again.
 //	(none) both in one boot, with a simulated cut: the merge is stopped
 //	       half-way by removing every device (what a reboot does to dm
 //	       state), restarted and verified. This is what ordinary runs do,
@@ -59,6 +63,11 @@ func TestVMPowerCut(t *testing.T) {
 		if !t.Failed() {
 			fmt.Println("DMSNAP-PHASE merge verified")
 		}
+	case "restore":
+		powerCutRestore(t, k, disk)
+		if !t.Failed() {
+			fmt.Println("DMSNAP-PHASE restore verified")
+		}
 	case "":
 		powerCutSetup(t, k, disk)
 		powerCutMerge(t, k, disk, 0.5)
@@ -84,6 +93,16 @@ func powerCutSetup(t *testing.T, k *Checkpoint, disk string) {
 	if err := k.Teardown(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// powerCutRestore restores offline and verifies.
+func powerCutRestore(t *testing.T, k *Checkpoint, disk string) {
+	plan, err := Restore(context.Background(), disk, k.cfg, RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored %d chunks in %d copies", len(plan.Table.Exceptions), plan.Copies())
+	verifyPattern(t, disk, expectation{base: powerCutSeed}, 0, cowStart/8)
 }
 
 // powerCutMerge merges and verifies. With cutAt > 0 it first stops the
