@@ -74,18 +74,44 @@ var mergeLine = regexp.MustCompile(`DMSNAP-MERGE left=(\d+) rate=`)
 // of the reference merge's flushes, so together they cannot reach its end.
 const cutBoots = 4
 
-// TestDmsnapMergePowerCuts plays the power switch for pkg/dmsnap's
-// TestVMPowerCut: one boot sets up a checkpoint with ~40 MiB of changes;
-// a reference boot merges a copy of that disk to the end and counts the
+// TestDmsnapPowerCuts plays the power switch for pkg/dmsnap's
+// TestVMPowerCut. One boot sets up a checkpoint with ~37 MB of changes; a
+// copy of the disk goes to each subtest.
+func TestDmsnapPowerCuts(t *testing.T) {
+	testutil.LookPath(t, "qemu-system-x86_64")
+	seed := uint64(time.Now().UnixNano())
+	if s, err := strconv.ParseUint(os.Getenv("CPINIT_SEED"), 10, 64); err == nil {
+		seed = s
+	}
+	t.Logf("seed %d (CPINIT_SEED=%d to replay)", seed, seed)
+	dir := t.TempDir()
+	setup := filepath.Join(dir, "setup.img")
+	if out := qt.RunGuestTests(t, powerCutRun(setup, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
+		t.Fatal("setup phase did not finish")
+	}
+	for _, sub := range []struct {
+		name string
+		run  func(*testing.T, string, uint64)
+	}{{"merge", mergePowerCuts}, {"restore", restorePowerCuts}} {
+		t.Run(sub.name, func(t *testing.T) {
+			disk := filepath.Join(t.TempDir(), "vda.img")
+			qt.CopyFile(t, setup, disk)
+			sub.run(t, disk, seed)
+		})
+	}
+}
+
+// mergePowerCuts cuts the kernel's merge of the setup's checkpoint on
+// disk: a reference boot merges a copy of that disk to the end and counts the
 // flushes the merge issues; then cutBoots boots restart the merge on the
 // original disk, each cut at a counted flush (between a tenth and a fifth of
 // the reference's count, seeded), losing the disk's volatile cache (all of
 // it, or a seeded subset, alternately). Only flushes that find data in the
 // cache are counted: the others lose nothing, and they are most of them
 // (the merge's flushes reach the disk once per segment of the COW's linear
-// table; cachedisk.Machine.CutAtDiskDirtyFlush).; a last boot finishes the merge and
-// checks the disk is the original pattern outside the COW extents, byte for
-// byte.
+// table; cachedisk.Machine.CutAtDiskDirtyFlush). A last boot finishes the
+// merge and checks the disk is the original pattern outside the COW
+// extents, byte for byte.
 //
 // The cuts are counted, not timed, so where they land does not depend on the
 // host's speed: the disk is served by qemu-tests/cachedisk, which stops at
@@ -95,20 +121,9 @@ const cutBoots = 4
 // cut may lose merged chunks whose commit had not landed but never the
 // progress a status line showed: the first line of a boot is at most the
 // last line of the boot before.
-func TestDmsnapMergePowerCuts(t *testing.T) {
-	testutil.LookPath(t, "qemu-system-x86_64")
-	seed := uint64(time.Now().UnixNano())
-	if s, err := strconv.ParseUint(os.Getenv("CPINIT_SEED"), 10, 64); err == nil {
-		seed = s
-	}
-	t.Logf("seed %d (CPINIT_SEED=%d to replay)", seed, seed)
+func mergePowerCuts(t *testing.T, disk string, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 3))
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "vda.img")
-	if out := qt.RunGuestTests(t, powerCutRun(disk, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
-		t.Fatal("setup phase did not finish")
-	}
-	ref := filepath.Join(dir, "ref.img")
+	ref := filepath.Join(t.TempDir(), "ref.img")
 	qt.CopyFile(t, disk, ref)
 	r := mergeBoot(t, ref, "merge", 0, cachedisk.DropAll, 0)
 	if !r.verified {
@@ -149,25 +164,15 @@ func TestDmsnapMergePowerCuts(t *testing.T) {
 	}
 }
 
-// TestDmsnapRestorePowerCuts cuts the offline restore (issue 17, point 3):
-// after the setup boot, two boots restore and are cut at the restore's one
-// flush, before it is performed, with every copy's writes in the disk's
+// restorePowerCuts cuts the offline restore (issue 17, point 3) of the
+// setup's checkpoint on disk: two boots restore and are cut at the
+// restore's one flush, before it is performed, with every copy's writes in the disk's
 // cache: the first cut loses them all (DropAll), the second a seeded
 // subset of them, 4 KiB unit by unit (Subset), which is also what a cut
 // before some copies were issued leaves. The last boot restores again
 // and checks the disk byte for byte: the restore is idempotent because it
 // only reads the COW and only writes chunks outside it.
-func TestDmsnapRestorePowerCuts(t *testing.T) {
-	testutil.LookPath(t, "qemu-system-x86_64")
-	seed := uint64(time.Now().UnixNano())
-	if s, err := strconv.ParseUint(os.Getenv("CPINIT_SEED"), 10, 64); err == nil {
-		seed = s
-	}
-	t.Logf("seed %d (CPINIT_SEED=%d to replay)", seed, seed)
-	disk := filepath.Join(t.TempDir(), "vda.img")
-	if out := qt.RunGuestTests(t, powerCutRun(disk, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
-		t.Fatal("setup phase did not finish")
-	}
+func restorePowerCuts(t *testing.T, disk string, seed uint64) {
 	for i, mode := range []cachedisk.Mode{cachedisk.DropAll, cachedisk.Subset} {
 		c := mergeBoot(t, disk, "restore", 1, mode, seed+uint64(i))
 		if !c.cut || c.verified {
