@@ -141,6 +141,13 @@ func RunGuestTests(t testing.TB, r GuestRun) string {
 	return out
 }
 
+// RunGuestTestsErr is RunGuestTests returning the failure instead of
+// failing t, with the console output either way.
+func RunGuestTestsErr(t testing.TB, r GuestRun) (string, error) {
+	t.Helper()
+	return runGuestTests(t, r)
+}
+
 var testBinaries struct {
 	sync.Mutex
 	dir  string

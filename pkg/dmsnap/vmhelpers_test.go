@@ -64,13 +64,22 @@ func watchdog(t *testing.T, d time.Duration) {
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
 	name := t.Name()
+	go stallExit(done, name)
 	go func() {
 		select {
 		case <-done:
 			return
 		case <-time.After(d):
 		}
-		fmt.Fprintf(os.Stderr, "WATCHDOG: %s still running after %v; kernel stacks:\n", name, d)
+		dumpStacks(name, fmt.Sprintf("still running after %v", d))
+	}()
+}
+
+// dumpStacks prints this process's kernel stacks, the requests in flight
+// per block device, the blocked tasks and the dm devices to the console.
+func dumpStacks(name, why string) {
+	{
+		fmt.Fprintf(os.Stderr, "WATCHDOG: %s %s; kernel stacks:\n", name, why)
 		tasks, _ := filepath.Glob("/proc/self/task/*/stack")
 		for _, p := range tasks {
 			if b, err := os.ReadFile(p); err == nil && len(b) > 0 {
@@ -91,7 +100,50 @@ func watchdog(t *testing.T, d time.Duration) {
 		fmt.Fprintf(os.Stderr, "%s", b)
 		b, _ = exec.Command("/usr/sbin/dmsetup", "status").CombinedOutput()
 		fmt.Fprintf(os.Stderr, "%s", b)
-	}()
+	}
+}
+
+// stallExit ends the test binary when a virtio disk stalls: now and then,
+// under QEMU 7.2 TCG, a burst of reads is left in flight forever on vda
+// (inflight stuck, no dm thread blocked, the test's read waiting in
+// submit_bio_wait; seen in TestVMCheckpointMergeRestoresPattern and
+// TestVMPowerCut, in about one run in three on some days). A new request
+// does not revive the queue (tried: the nudging reads stuck too). That is
+// QEMU's, not what these tests are about, and waiting for the test timeout
+// costs 10 minutes: when a virtio disk's requests in flight stay the same
+// and non-zero for 20 s, it prints the stack dump and a "VIRTIO-STALL" line
+// and exits 3, so that qemu-tests/dmsnapvm can boot the guest again.
+func stallExit(done <-chan struct{}, name string) {
+	last, same := map[string]string{}, map[string]int{}
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		paths, _ := filepath.Glob("/sys/block/vd*/inflight")
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			now := strings.Join(strings.Fields(string(b)), " ")
+			if now != "0 0" && now == last[p] {
+				same[p]++
+			} else {
+				same[p] = 0
+			}
+			last[p] = now
+			if same[p] >= 4 {
+				dumpStacks(name, "stalled")
+				fmt.Fprintf(os.Stderr, "VIRTIO-STALL: %s has had %s requests in flight for 20 s during %s (QEMU TCG virtio stall): exiting\n",
+					"/dev/"+filepath.Base(filepath.Dir(p)), now, name)
+				os.Exit(3)
+			}
+		}
+	}
 }
 
 // resetDM removes every device (the guest has no others), repeating while

@@ -22,22 +22,35 @@ import (
 
 const pkg = "./pkg/dmsnap"
 
-// TestDmsnapInGuest runs every TestVM* test of pkg/dmsnap in the guest: the
+// TestDmsnapInGuest runs the TestVM* tests of pkg/dmsnap in the guest: the
 // ioctl client against the real kernel with dmsetup as the oracle, the
-// checkpoint operations, overflow, a rollback of a real ext4, and (in one
-// boot, with a simulated cut) the merge power-cut test.
+// checkpoint operations, overflow, a rollback of a real ext4. TestVMPowerCut
+// runs in TestDmsnapPowerCuts's boots (its phases, with real cuts) and
+// TestVMRestoreMatchesMerge in a boot of its own with two disks.
 func TestDmsnapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
-	out := qt.RunGuestTests(t, qt.GuestRun{
+	r := qt.GuestRun{
 		Pkg:     pkg,
-		Args:    []string{"-test.run=^TestVM", "-test.skip=^TestVMRestoreMatchesMerge$"},
+		Args:    []string{"-test.run=^TestVM", "-test.skip=^(TestVMRestoreMatchesMerge|TestVMPowerCut)$"},
 		Disks:   []string{filepath.Join(t.TempDir(), "vda.img")},
 		Timeout: 10 * time.Minute,
-	})
+	}
+	out, err := qt.RunGuestTestsErr(t, r)
+	if err != nil && strings.Contains(out, "VIRTIO-STALL:") {
+		// QEMU 7.2's virtio-blk under TCG left reads in flight forever
+		// (pkg/dmsnap's stallExit): not a dm failure. Once more, on a
+		// fresh disk; a second stall fails.
+		t.Logf("the guest's virtio disk stalled (%v); booting the guest tests again", err)
+		r.Disks = []string{filepath.Join(t.TempDir(), "vda.img")}
+		out, err = qt.RunGuestTestsErr(t, r)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, name := range []string{
 		"TestVMVersionAndTargets", "TestVMControlNodeCreated", "TestVMClientBasics", "TestVMLargeTable",
 		"TestVMCheckpointTablesMatchDmsetup", "TestVMCheckpointMergeRestoresPattern", "TestVMCommit",
-		"TestVMOverflow", "TestVMConvergesFromPartialStates", "TestVMExt4Rollback", "TestVMPowerCut", "TestVMOriginRefusesDiscard",
+		"TestVMOverflow", "TestVMConvergesFromPartialStates", "TestVMExt4Rollback", "TestVMOriginRefusesDiscard",
 	} {
 		if !strings.Contains(out, "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass in the guest", name)
@@ -72,7 +85,7 @@ var mergeLine = regexp.MustCompile(`DMSNAP-MERGE left=(\d+) rate=`)
 
 // cutBoots is how many merge boots are cut; each is cut after at most a fifth
 // of the reference merge's flushes, so together they cannot reach its end.
-const cutBoots = 4
+const cutBoots = 3
 
 // TestDmsnapPowerCuts plays the power switch for pkg/dmsnap's
 // TestVMPowerCut. One boot sets up a checkpoint with ~37 MB of changes; a
