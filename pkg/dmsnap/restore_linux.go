@@ -91,7 +91,8 @@ func (p *RestorePlan) run(ctx context.Context, f *os.File, dev string, opt Resto
 	}
 	ops := make(chan restoreOp)
 	var wg sync.WaitGroup
-	bufSize := int(min(opt.MaxIO, max(p.Table.ChunkBytes(), largestOp(p.ops))))
+	// The plan bounded its copies by MaxIO, but never below one chunk.
+	bufSize := int(max(p.Table.ChunkBytes(), largestOp(p.ops)))
 	for range opt.Workers {
 		buf, free, err := directBuffer(bufSize)
 		if err != nil {

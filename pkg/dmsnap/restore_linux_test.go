@@ -115,3 +115,38 @@ func TestRestoreRefusesBusyOrWrongDevice(t *testing.T) {
 		t.Error("a refused restore wrote to the device")
 	}
 }
+
+// TestRestoreEmptyTable: a trial that changed nothing leaves a table with
+// no exceptions; the restore writes nothing and succeeds.
+func TestRestoreEmptyTable(t *testing.T) {
+	f := newRestoreFixture(t, 256, [][2]uint64{{200, 40}})
+	dev, _ := loopFixture(t, f)
+	p, err := Restore(context.Background(), dev, f.cfg, RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Copies() != 0 || p.Bytes() != 0 {
+		t.Fatalf("plan for an empty table: %d copies, %d bytes", p.Copies(), p.Bytes())
+	}
+}
+
+// TestRestoreMaxIOBelowChunk: a MaxIO smaller than a chunk still copies
+// whole chunks.
+func TestRestoreMaxIOBelowChunk(t *testing.T) {
+	f := newRestoreFixture(t, 256, [][2]uint64{{200, 40}})
+	saved := map[uint64]bool{}
+	for c := uint64(10); c < 20; c++ {
+		f.write(c, 0x77, saved)
+	}
+	dev, img := loopFixture(t, f)
+	if _, err := Restore(context.Background(), dev, f.cfg, RestoreOptions{MaxIO: 512}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.dev = got; !f.restored() {
+		t.Fatal("not restored")
+	}
+}
