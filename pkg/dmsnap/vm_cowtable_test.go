@@ -7,31 +7,6 @@ import (
 	"testing"
 )
 
-// directReaderAt reads a device with O_DIRECT through an aligned bounce
-// buffer: the COW node's page cache could hold stale copies of chunks the
-// snapshot target wrote underneath it.
-type directReaderAt struct {
-	t   *testing.T
-	d   *direct
-	buf []byte
-}
-
-func (r *directReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	start := off &^ (blockSize - 1)
-	end := (off + int64(len(p)) + blockSize - 1) &^ (blockSize - 1)
-	if int64(len(r.buf)) < end-start {
-		r.buf = alignedBuf(r.t, int(end-start))
-	}
-	buf := r.buf[:end-start]
-	n, err := r.d.f.ReadAt(buf, start)
-	got := max(0, min(int64(n)-(off-start), int64(len(p))))
-	copy(p, buf[off-start:off-start+got])
-	if int(got) < len(p) {
-		return int(got), err
-	}
-	return len(p), nil
-}
-
 // checkCowTable reads the COW's exception table with ReadCowTable, as the
 // offline restore will, and checks it against the kernel and the test's
 // own writes: one exception per block written since the checkpoint began
@@ -48,7 +23,11 @@ func checkCowTable(t *testing.T, k *Checkpoint, written map[uint64]uint64, orig 
 		t.Fatal(err)
 	}
 	cowSize := int64(st.Total) * 512
-	r := &directReaderAt{t: t, d: d}
+	// O_DIRECT, through Restore's aligned reader: the COW node's page
+	// cache could hold stale copies of chunks the snapshot target wrote
+	// underneath it.
+	r := &alignedReader{f: d.f}
+	defer r.free()
 	tab, err := ReadCowTable(r, cowSize, int64(k.cfg.OriginSectors)*512)
 	if err != nil {
 		t.Fatalf("ReadCowTable: %v", err)

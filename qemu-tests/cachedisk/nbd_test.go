@@ -293,24 +293,7 @@ func TestNBDCutAtDiskFlush(t *testing.T) {
 	if d, n := m.CutWhere(); d != "" || n != 0 {
 		t.Fatalf("CutWhere before the cut: %q %d", d, n)
 	}
-	q := testutil.LookPath(t, "qemu-io")
-	cmd := exec.Command(q, "-f", "raw", "-t", "writeback", "-c", "write -P 0xbc 4k 4k", "-c", "flush", b.URI())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case <-m.Reached():
-	case err := <-exited:
-		t.Fatalf("qemu-io exited (%v) before b's second flush arrived", err)
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-		t.Fatal("b's second flush never arrived")
-	}
-	cmd.Process.Kill()
-	<-exited
+	qemuIOUntilCut(t, m, b, "b's second flush", "write -P 0xbc 4k 4k", "flush")
 	if d, n := m.CutWhere(); d != "b" || n != 2 {
 		t.Fatalf("CutWhere: %q %d, want b 2", d, n)
 	}
@@ -340,24 +323,7 @@ func TestNBDCutAtDiskDirtyFlush(t *testing.T) {
 	if a.DirtyFlushes() != 1 {
 		t.Fatalf("DirtyFlushes %d, want 1 (all flushes: %d)", a.DirtyFlushes(), m.Flushes())
 	}
-	q := testutil.LookPath(t, "qemu-io")
-	cmd := exec.Command(q, "-f", "raw", "-t", "writeback", "-c", "flush", "-c", "write -P 0xbb 4k 4k", "-c", "flush", a.URI())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case <-m.Reached():
-	case err := <-exited:
-		t.Fatalf("qemu-io exited (%v) before the second flush with data arrived", err)
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-		t.Fatal("the second flush with data never arrived")
-	}
-	cmd.Process.Kill()
-	<-exited
+	qemuIOUntilCut(t, m, a, "the second flush with data", "flush", "write -P 0xbb 4k 4k", "flush")
 	if a.DirtyFlushes() != 2 {
 		t.Fatalf("DirtyFlushes %d, want 2", a.DirtyFlushes())
 	}
@@ -369,4 +335,32 @@ func TestNBDCutAtDiskDirtyFlush(t *testing.T) {
 		t.Fatalf("cut: %+v (want the unflushed 4k cached)", res)
 	}
 	checkImage(t, a.Image, []region{{0, 4 << 10, []byte{0xaa}}})
+}
+
+// qemuIOUntilCut runs qemu-io on d with cmds, waits until the machine's
+// armed cut is reached (what names the flush it waits for), then kills
+// qemu-io as the power cut would: the flush is never answered.
+func qemuIOUntilCut(t *testing.T, m *Machine, d *Disk, what string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "raw", "-t", "writeback"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	cmd := exec.Command(testutil.LookPath(t, "qemu-io"), append(args, d.URI())...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-m.Reached():
+	case err := <-exited:
+		t.Fatalf("qemu-io exited (%v) before %s arrived", err, what)
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatalf("%s never arrived", what)
+	}
+	cmd.Process.Kill()
+	<-exited
 }
