@@ -302,10 +302,12 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		verifyDir: "/run/cpinit/verify",
 		logf:      log.Printf,
 		progress:  consoleProgress(log.Printf),
+		publish:   rollbackStatePath,
+		publishBy: rollbackByBoot,
 		dmModules: dmMods,
 		lazyDM:    true,
 
-		restoreOffline: p.RestoreOffline,
+		restoreOffline: p.Merge == mergeRestore,
 	}
 	if p.Metadata == nil {
 		log.Printf("no cpinit.metadata= given: checkpoints are disabled, userdata is mounted as it is")
@@ -426,18 +428,52 @@ type errRebootNow struct{ why string }
 
 func (e *errRebootNow) Error() string { return e.why }
 
-// consoleProgress logs a running merge about once a second, and its end.
-func consoleProgress(logf func(string, ...any)) func(dmsnap.Progress) {
-	var last time.Time
-	return func(pr dmsnap.Progress) {
-		if !pr.Done && time.Since(last) < time.Second {
-			return
+// consoleProgress logs a running rollback about once a second, and its
+// end, in the same line for both methods, named by what runs.
+func consoleProgress(logf func(string, ...any)) func(method string) func(dmsnap.Progress) {
+	return func(method string) func(dmsnap.Progress) {
+		var last time.Time
+		return func(pr dmsnap.Progress) {
+			if !pr.Done && time.Since(last) < time.Second {
+				return
+			}
+			last = time.Now()
+			logf("%s", progressLine(method, pr))
 		}
-		last = time.Now()
-		const mib = 1 << 20
-		logf("merge: %.1f MiB left of %.1f MiB, %.1f MiB/s, %s elapsed",
-			float64(pr.BytesLeft)/mib, float64(pr.BytesTotal)/mib, pr.Rate/mib, pr.Elapsed.Round(time.Millisecond))
 	}
+}
+
+// progressLine is one console report of a rollback: "merge: 12.0 MiB left
+// of 40.0 MiB (70.0%), 9.5 MiB/s, 2s left, 3.1s elapsed" (the kernel's
+// merge; "restore: ..." for the offline restore).
+func progressLine(method string, pr dmsnap.Progress) string {
+	const mib = 1 << 20
+	left := "time left unknown"
+	if pr.Done {
+		left = "0s left"
+	} else if pr.ETA > 0 {
+		left = pr.ETA.Round(time.Second).String() + " left"
+	}
+	return fmt.Sprintf("%s: %.1f MiB left of %.1f MiB (%.1f%%), %.1f MiB/s, %s, %s elapsed",
+		progressLabel(method), float64(pr.BytesLeft)/mib, float64(pr.BytesTotal)/mib, progressPercent(pr),
+		pr.Rate/mib, left, pr.Elapsed.Round(time.Millisecond))
+}
+
+// progressLabel names what copies the data back in progress lines:
+// "merge" (the kernel's snapshot-merge) or "restore" (offline).
+func progressLabel(method string) string {
+	if method == mergeRestore {
+		return "restore"
+	}
+	return "merge"
+}
+
+// progressPercent is how much of the rollback is done, in percent.
+func progressPercent(pr dmsnap.Progress) float64 {
+	if pr.BytesTotal == 0 || pr.Done {
+		return 100
+	}
+	return 100 * (1 - float64(min(pr.BytesLeft, pr.BytesTotal))/float64(pr.BytesTotal))
 }
 
 // recoveryHint is what PID 1 prints after a boot stopped for recovery: what

@@ -10,7 +10,8 @@ import (
 	"github.com/cpinit/cpinit/pkg/fiemap"
 )
 
-const usage = `usage: cpinit COMMAND [ARGS]
+// usage is `cpinit help`; docs/cli.md holds a copy (docs_cli_test.go).
+var usage = `usage: cpinit COMMAND [ARGS]
 
 cpinit checkpoints userdata across A/B updates. As PID 1 in an initramfs it
 maps and mounts userdata; otherwise it is this command line tool.
@@ -23,7 +24,8 @@ commands:
                      blocks on its device, after checking the extents are
                      safe to map; --json adds extents, flags and fingerprint
   status [--json]    checkpoint state, slot, tries, COW usage, whether a
-                     rollback is still possible, merge progress
+                     rollback is still possible, the running or last
+                     rollback's progress
   begin [--size N] [--slot S] [--tries N] [--reserve N]
                      allocate and pin the COW file, record its extents and
                      arm the checkpoint for the update's first boot
@@ -43,8 +45,11 @@ commands:
                      reboot (abort, the default), commit, or only warn;
                      exits at once when there is no trial, 1 if the COW
                      overflowed
-  merge              run a pending rollback now (recovery mode; userdata
-                     unmounted), with progress
+  merge [--method restore|kernel]
+                     run a pending rollback now (recovery mode; userdata
+                     unmounted), with progress: restore copies the saved
+                     chunks home offline, kernel has the kernel merge them
+                     (default: cpinit.merge=, else ` + defaultMergeMethod + `)
   recover keep-current [--yes] [--cow-path P]
                      after a boot stopped for recovery: declare the current
                      userdata authoritative (rewrites the metadata store, even

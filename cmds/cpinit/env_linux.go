@@ -53,7 +53,13 @@ type bootEnv struct {
 	mountOpts string
 	verifyDir string // scratch mount point for the read-only snapshot view
 	logf      func(format string, args ...any)
-	progress  func(dmsnap.Progress)
+	// progress makes the progress display of a rollback by method
+	// (mergeKernel, mergeRestore); nil: none.
+	progress func(method string) func(dmsnap.Progress)
+	// publish is the file the rollback's progress and result are
+	// published in for `cpinit status` (rollbackStatePath; "": none) and
+	// publishBy who runs it (rollbackBy*).
+	publish, publishBy string
 
 	// cowPath is the recorded COW file, checked before a first snapshot
 	// is created on it ("" skips the check).
@@ -62,8 +68,10 @@ type bootEnv struct {
 	// filesystem (set when no merge has started yet).
 	checkCurrent bool
 	// restoreOffline: roll back with dmsnap.Restore, not the kernel's
-	// snapshot-merge (cpinit.merge=restore).
+	// snapshot-merge (cpinit.merge=restore); methodFrom says what chose
+	// the method, for the log (default: cpinit.merge=restore).
 	restoreOffline bool
+	methodFrom     string
 
 	// bl is the bootloader whose A/B state guards the trial (nil if none
 	// is configured) and bootedSlot the slot this kernel booted (kernel
@@ -410,13 +418,20 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	pub := newRollbackPublisher(e.publish, mergeKernel, e.ud.Path, e.publishBy, e.logf)
 	invalid, err := e.startMerge(k)
-	if invalid || err != nil {
+	if invalid {
+		// Nothing was copied back: there is no rollback to report.
 		return invalid, err
+	}
+	if err != nil {
+		pub.finish(err)
+		return false, err
 	}
 	// No deadline: a merge takes as long as the data it copies back, and
 	// stopping it early only delays it to the next boot.
-	if err := k.WaitMerge(context.Background(), e.progress); err != nil {
+	if err := k.WaitMerge(context.Background(), pub.wrap(e.progressFor(mergeKernel))); err != nil {
+		pub.finish(err)
 		return false, err
 	}
 	// A fresh bound for the step after the wait (issue 14: the step bound
@@ -424,7 +439,17 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 	// longer than it).
 	ctx, cancel := e.ctx()
 	defer cancel()
-	return false, k.FinishMerge(ctx)
+	err = k.FinishMerge(ctx)
+	pub.finish(err)
+	return false, err
+}
+
+// progressFor is the progress display of a rollback by method (nil: none).
+func (e *bootEnv) progressFor(method string) func(dmsnap.Progress) {
+	if e.progress == nil {
+		return nil
+	}
+	return e.progress(method)
 }
 
 // restore rolls userdata back offline (dmsnap.Restore): nothing is mapped
@@ -437,20 +462,30 @@ func (e *bootEnv) Merge(m *bootstate.ExtentMap) (bool, error) {
 // table. The restore is idempotent (pkg/dmsnap/restore.go): the record
 // counted this attempt before it started, and a cut one runs again.
 func (e *bootEnv) restore(m *bootstate.ExtentMap) (done, invalid bool, err error) {
-	e.logf("restoring the saved chunks offline (cpinit.merge=restore)")
-	plan, err := dmsnap.Restore(context.Background(), e.ud.Path, dmConfig(m), dmsnap.RestoreOptions{Progress: e.progress})
+	from := e.methodFrom
+	if from == "" {
+		from = "cpinit.merge=" + mergeRestore
+	}
+	e.logf("restoring the saved chunks offline (%s)", from)
+	pub := newRollbackPublisher(e.publish, mergeRestore, e.ud.Path, e.publishBy, e.logf)
+	plan, err := dmsnap.Restore(context.Background(), e.ud.Path, dmConfig(m), dmsnap.RestoreOptions{Progress: pub.wrap(e.progressFor(mergeRestore))})
 	switch {
 	case err == nil:
+		pub.finish(nil)
 		e.logf("restore: %d chunks (%.1f MiB) copied home in %d I/Os and flushed",
 			len(plan.Table.Exceptions), float64(plan.Bytes())/(1<<20), plan.Copies())
 		return true, false, nil
 	case errors.Is(err, dmsnap.ErrSnapshotInvalid):
+		// Refused before any copy, like the fallbacks below: nothing
+		// to report as a rollback.
 		return false, true, nil
 	case errors.Is(err, dmsnap.ErrCowUnsupported), errors.Is(err, dmsnap.ErrCowElsewhere), errors.Is(err, dmsnap.ErrOriginInUse):
 		e.logf("warning: no offline restore (%v): merging with the kernel instead", err)
 		return false, false, nil
 	}
-	return false, false, fmt.Errorf("offline restore of %s: %w", e.ud.Path, err)
+	err = fmt.Errorf("offline restore of %s: %w", e.ud.Path, err)
+	pub.finish(err)
+	return false, false, err
 }
 
 // startMerge loads snapshot-merge (one dm step); invalid reports a snapshot

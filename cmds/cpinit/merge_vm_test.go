@@ -116,10 +116,12 @@ func TestVMMergeOutlastsStepBound(t *testing.T) {
 	slept := false
 	rb := &bootEnv{ud: ud, dataDir: mnt, fstype: "ext4", verifyDir: env.verifyDir, logf: t.Logf,
 		cowPath: DefaultCOWPath, checkCurrent: true,
-		progress: func(p dmsnap.Progress) {
-			if p.Done && !slept {
-				slept = true
-				time.Sleep(dmStepTimeout + time.Second)
+		progress: func(string) func(dmsnap.Progress) {
+			return func(p dmsnap.Progress) {
+				if p.Done && !slept {
+					slept = true
+					time.Sleep(dmStepTimeout + time.Second)
+				}
 			}
 		}}
 	fp, invalid, err := rb.VerifyExtents(DefaultCOWPath, &em)

@@ -83,11 +83,11 @@ type Params struct {
 	// cpinit.abort=1: roll back the pending update at this boot (e.g. from
 	// a bootloader menu entry).
 	Abort bool
-	// cpinit.merge=restore: roll back by copying the saved chunks home
-	// offline (dmsnap.Restore) instead of the kernel's snapshot-merge
-	// (cpinit.merge=kernel, the default until the power-cut campaign
-	// covers the restore: issue 17).
-	RestoreOffline bool
+	// cpinit.merge= (default defaultMergeMethod): how a rollback copies
+	// the saved chunks back. mergeRestore: offline, by cpinit itself
+	// (dmsnap.Restore); mergeKernel: the kernel's snapshot-merge. `cpinit
+	// merge` takes the same default for its --method.
+	Merge string
 	// cpinit.recovery=1: recovery mode. PID 1 neither maps nor mounts
 	// userdata and does not read the metadata store; it mounts cpinit.root
 	// and hands over to its init as usual, so an operator (or a recovery
@@ -116,8 +116,25 @@ func DefaultParams() Params {
 		COWSize:    cowSize{percent: defaultCOWPercent},
 		BootPartFS: "vfat",
 		GrubEnv:    "/grub/grubenv",
+		Merge:      defaultMergeMethod,
 	}
 }
+
+// The rollback methods (cpinit.merge=, `cpinit merge --method`).
+const (
+	mergeKernel  = "kernel"  // the kernel's snapshot-merge
+	mergeRestore = "restore" // dmsnap.Restore: cpinit copies the chunks home offline
+)
+
+// defaultMergeMethod is how a rollback runs when cpinit.merge= does not
+// say: PID 1 and `cpinit merge` both take it from here, so switching the
+// default is this one line (and the default column of docs/params.md).
+// The kernel's merge stays the default until the power-cut campaign covers
+// the restore (issue 17).
+const defaultMergeMethod = mergeKernel
+
+// validMergeMethod reports whether m names a rollback method.
+func validMergeMethod(m string) bool { return m == mergeKernel || m == mergeRestore }
 
 // SplitCmdline splits a kernel command line into words the way the kernel
 // does (lib/cmdline.c next_arg): whitespace separates, double quotes group,
@@ -270,14 +287,11 @@ func ParseParams(cmdline string) (Params, []string, error) {
 				p.Recovery = on
 			}
 		case "cpinit.merge":
-			switch val {
-			case "kernel":
-				p.RestoreOffline = false
-			case "restore":
-				p.RestoreOffline = true
-			default:
-				bad("want kernel or restore")
+			if !validMergeMethod(val) {
+				bad("want %s or %s", mergeKernel, mergeRestore)
+				continue
 			}
+			p.Merge = val
 		case "cpinit.cow_size":
 			c, err := parseCOWSize(val)
 			if err != nil {

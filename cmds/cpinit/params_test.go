@@ -53,10 +53,10 @@ func TestParseParamsAll(t *testing.T) {
 		Abort:      true,
 		Recovery:   true,
 
-		RestoreOffline: true,
-		COWSize:        cowSize{bytes: 2 << 30},
-		BootPartFS:     "vfat",
-		GrubEnv:        "/grub/grubenv",
+		Merge:      mergeRestore,
+		COWSize:    cowSize{bytes: 2 << 30},
+		BootPartFS: "vfat",
+		GrubEnv:    "/grub/grubenv",
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("got %+v\nwant %+v", p, want)

@@ -31,34 +31,43 @@ func step(w io.Writer, format string, a ...any) func() {
 	return func() { fmt.Fprintf(w, "done in %s\n", time.Since(start).Round(time.Millisecond)) }
 }
 
-// progressBar draws a merge progress bar on a terminal, and stays quiet
-// (one line at the end) when stdout is not one.
-func progressBar(w io.Writer) func(dmsnap.Progress) {
+// progressBar draws a rollback's progress bar on a terminal (percent, MiB
+// left, MiB/s, time left), and stays quiet (one line at the end) when
+// stdout is not one. method names what runs (mergeKernel, mergeRestore).
+func progressBar(w io.Writer) func(method string) func(dmsnap.Progress) {
 	tty := isTerminal(w)
-	return func(p dmsnap.Progress) {
-		const mib = 1 << 20
-		if !tty {
+	return func(method string) func(dmsnap.Progress) {
+		label := progressLabel(method)
+		return func(p dmsnap.Progress) {
+			const mib = 1 << 20
+			if !tty {
+				if p.Done {
+					fmt.Fprintf(w, "%s: %.1f MiB copied back in %s, %.1f MiB/s\n",
+						label, float64(p.BytesTotal)/mib, p.Elapsed.Round(time.Millisecond), p.Rate/mib)
+				}
+				return
+			}
+			pct := progressPercent(p)
+			const width = 40
+			n := int(pct / 100 * width)
+			bar := make([]byte, width)
+			for i := range bar {
+				bar[i] = ' '
+				if i < n {
+					bar[i] = '#'
+				}
+			}
+			eta := "--"
 			if p.Done {
-				fmt.Fprintf(w, "merge: %.1f MiB copied back in %s\n", float64(p.BytesTotal)/mib, p.Elapsed.Round(time.Millisecond))
+				eta = "0s"
+			} else if p.ETA > 0 {
+				eta = p.ETA.Round(time.Second).String()
 			}
-			return
-		}
-		frac := 1.0
-		if p.BytesTotal > 0 {
-			frac = 1 - float64(p.BytesLeft)/float64(p.BytesTotal)
-		}
-		const width = 40
-		n := int(frac * width)
-		bar := make([]byte, width)
-		for i := range bar {
-			bar[i] = ' '
-			if i < n {
-				bar[i] = '#'
+			// Padded: each redraw covers the last, which may be longer.
+			fmt.Fprintf(w, "\r%s [%s] %5.1f%%  %.1f MiB left  %.1f MiB/s  %s left   ", label, bar, pct, float64(p.BytesLeft)/mib, p.Rate/mib, eta)
+			if p.Done {
+				fmt.Fprintln(w)
 			}
-		}
-		fmt.Fprintf(w, "\rmerge [%s] %5.1f%%  %.1f MiB left  %.1f MiB/s", bar, 100*frac, float64(p.BytesLeft)/mib, p.Rate/mib)
-		if p.Done {
-			fmt.Fprintln(w)
 		}
 	}
 }

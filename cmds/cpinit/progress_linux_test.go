@@ -57,15 +57,16 @@ func readPTY(t *testing.T, m *os.File) string {
 // only their result line; to a terminal, a progress bar and step lines.
 func TestProgressQuietUnlessTerminal(t *testing.T) {
 	feed := func(f func(dmsnap.Progress)) {
-		f(dmsnap.Progress{BytesTotal: 8 << 20, BytesLeft: 6 << 20, Rate: 1 << 20})
-		f(dmsnap.Progress{BytesTotal: 8 << 20, BytesLeft: 0, Done: true, Elapsed: 2 * time.Second})
+		f(dmsnap.Progress{BytesTotal: 8 << 20, BytesLeft: 6 << 20, Rate: 1 << 20, ETA: 6 * time.Second})
+		f(dmsnap.Progress{BytesTotal: 8 << 20, BytesLeft: 0, Done: true, Elapsed: 2 * time.Second, Rate: 4 << 20})
 	}
 
 	var buf bytes.Buffer
-	feed(progressBar(&buf))
+	feed(progressBar(&buf)(mergeKernel))
 	step(&buf, "allocating")()
-	if got := buf.String(); got != "merge: 8.0 MiB copied back in 2s\n" {
-		t.Errorf("not a terminal: printed %q, want only the result line", got)
+	feed(progressBar(&buf)(mergeRestore))
+	if got, want := buf.String(), "merge: 8.0 MiB copied back in 2s, 4.0 MiB/s\nrestore: 8.0 MiB copied back in 2s, 4.0 MiB/s\n"; got != want {
+		t.Errorf("not a terminal: printed %q, want only the result lines %q", got, want)
 	}
 
 	// A regular file is not a terminal either.
@@ -79,11 +80,12 @@ func TestProgressQuietUnlessTerminal(t *testing.T) {
 	}
 
 	m, s := openPTY(t)
-	feed(progressBar(s))
+	feed(progressBar(s)(mergeKernel))
+	feed(progressBar(s)(mergeRestore))
 	step(s, "allocating and pinning a %d MiB COW file", 64)()
 	fmt.Fprintln(s, "END")
 	out := readPTY(t, m)
-	for _, want := range []string{"\rmerge [##########", " 25.0%", "6.0 MiB left", "100.0%", "allocating and pinning a 64 MiB COW file... done in "} {
+	for _, want := range []string{"\rmerge [##########", "\rrestore [##########", " 25.0%", "6.0 MiB left", "1.0 MiB/s", "6s left", "100.0%", "allocating and pinning a 64 MiB COW file... done in "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("terminal output %q lacks %q", out, want)
 		}

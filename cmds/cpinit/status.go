@@ -27,6 +27,9 @@ type Status struct {
 	Merge *SnapshotUsage `json:"merge,omitempty"`
 	// Fill is how fast the live snapshot's COW fills, when known.
 	Fill *FillRate `json:"fill,omitempty"`
+	// Rollback is the rollback copying data back now, or the last one
+	// since this boot (rollbackStatePath, on /run), whichever method.
+	Rollback *RollbackProgress `json:"rollback,omitempty"`
 	// RollbackPossible: a rollback would restore the checkpoint.
 	RollbackPossible bool `json:"rollback_possible"`
 	// Store describes each copy of the metadata store when no valid record
@@ -87,6 +90,25 @@ type FillRate struct {
 	SecondsToFull   *float64 `json:"seconds_to_full,omitempty"`
 	WindowSeconds   float64  `json:"window_seconds"`
 	Source          string   `json:"source"` // "watch" (cpinit watch's samples) or "sampled" (by status itself)
+}
+
+// RollbackProgress is a rollback's progress or result, as its process
+// published it (rollbackFile).
+type RollbackProgress struct {
+	Method          string   `json:"method"` // restore or kernel
+	State           string   `json:"state"`  // running, done, failed, stopped
+	Device          string   `json:"device"`
+	By              string   `json:"by"` // boot (PID 1) or cpinit merge
+	PID             int      `json:"pid"`
+	BytesDone       uint64   `json:"bytes_done"`
+	BytesTotal      uint64   `json:"bytes_total"`
+	Percent         float64  `json:"percent"`
+	RateBytesPerSec float64  `json:"rate_bytes_per_sec"`
+	SecondsLeft     *float64 `json:"seconds_left,omitempty"` // running, at that rate
+	Started         string   `json:"started"`                // RFC 3339, UTC
+	Updated         string   `json:"updated"`                // the last report, or the end
+	Seconds         float64  `json:"seconds"`                // from started to updated
+	Error           string   `json:"error,omitempty"`        // failed
 }
 
 const snapActive = "active"

@@ -21,14 +21,16 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 	if errors.As(err, &se) {
 		// Unreadable or ambiguous: this is what recovery mode comes to
 		// look at, so show it rather than fail.
-		return &Status{
+		st := &Status{
 			Schema:     StatusSchema,
 			State:      "unreadable",
 			BootedSlot: sc.bootedSlot(),
 			Store:      []string{"A: " + se.Copies[0].String(), "B: " + se.Copies[1].String()},
 			Note: fmt.Sprintf("metadata store %s: %v; boot stops for recovery until an operator runs `%s --yes` "+
 				"(keeps the current userdata, gives up any rollback; see `cpinit recover`)", sc.storeDev, se.Err, bootstate.CmdKeepCurrent),
-		}, nil
+		}
+		addRollback(st, rollbackStatePath, time.Now())
+		return st, nil
 	}
 	if err != nil {
 		return nil, err
@@ -97,7 +99,21 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 	case r.State == bootstate.StateCommitted && r.Reason == bootstate.ReasonOverflow:
 		st.Note = "the checkpoint overflowed and was dropped: rollback was impossible, the update's data was kept"
 	}
+	addRollback(st, rollbackStatePath, time.Now())
 	return st, nil
+}
+
+// addRollback adds the running or last rollback from the progress file at
+// path; what is wrong with the file goes to the note.
+func addRollback(st *Status, path string, now time.Time) {
+	r, note := readRollbackStatus(path, now, writerAlive)
+	st.Rollback = r
+	if note != "" {
+		if st.Note != "" {
+			st.Note += "; "
+		}
+		st.Note += note
+	}
 }
 
 func cmdStatus(args []string, stdout io.Writer) error {
@@ -120,6 +136,12 @@ func cmdStatus(args []string, stdout io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
+	printStatus(stdout, st)
+	return nil
+}
+
+// printStatus is `cpinit status` for a person.
+func printStatus(stdout io.Writer, st *Status) {
 	const mib = 1 << 20
 	fmt.Fprintf(stdout, "state:             %s", st.State)
 	if st.Phase != "" {
@@ -196,6 +218,9 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	if u := st.Merge; u != nil {
 		fmt.Fprintf(stdout, "merge:             %.1f MiB left to copy back\n", float64(u.UsedBytes-u.MetadataBytes)/mib)
 	}
+	if r := st.Rollback; r != nil {
+		fmt.Fprintln(stdout, rollbackLine(r))
+	}
 	for _, c := range st.Store {
 		fmt.Fprintf(stdout, "store copy %s\n", c)
 	}
@@ -203,7 +228,31 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	if st.Note != "" {
 		fmt.Fprintf(stdout, "note:              %s\n", st.Note)
 	}
-	return nil
+}
+
+// rollbackLine is status's line about the running or the last rollback.
+func rollbackLine(r *RollbackProgress) string {
+	const mib = 1 << 20
+	what := fmt.Sprintf("%s of %s (%s, pid %d)", methodName(r.Method), r.Device, r.By, r.PID)
+	done, total := float64(r.BytesDone)/mib, float64(r.BytesTotal)/mib
+	took := (time.Duration(r.Seconds*10) * time.Second / 10).String()
+	switch r.State {
+	case rollbackRunning:
+		eta := "time left unknown"
+		if r.SecondsLeft != nil {
+			eta = "about " + (time.Duration(*r.SecondsLeft) * time.Second).String() + " left"
+		}
+		return fmt.Sprintf("rollback:          %s running: %.1f%%, %.1f MiB left of %.1f MiB, %.1f MiB/s, %s",
+			what, r.Percent, total-done, total, r.RateBytesPerSec/mib, eta)
+	case rollbackDone:
+		return fmt.Sprintf("last rollback:     %s done at %s: %.1f MiB in %s, %.1f MiB/s",
+			what, r.Updated, total, took, r.RateBytesPerSec/mib)
+	case rollbackFailed:
+		return fmt.Sprintf("last rollback:     %s FAILED at %s after %.1f of %.1f MiB (%s): %s",
+			what, r.Updated, done, total, took, r.Error)
+	}
+	return fmt.Sprintf("last rollback:     %s stopped without finishing after %.1f of %.1f MiB (last report at %s)",
+		what, done, total, r.Updated)
 }
 
 // cmdMerge runs a pending rollback now, from recovery mode: the same boot
@@ -211,11 +260,30 @@ func cmdStatus(args []string, stdout io.Writer) error {
 // merge, delete the COW file, record fresh), with a progress bar on a
 // terminal. Userdata must not be mounted.
 func cmdMerge(args []string, stdout io.Writer) error {
-	sc, r, err := openCmdRecord("merge", "merge", args)
+	var method string
+	sc, err := openCmd("merge", "merge [--method restore|kernel]", args, func(fs *flag.FlagSet) {
+		// A bad value fails the parse: exit 2 before any device is opened.
+		fs.Func("method", "how to copy the saved chunks back: restore (offline, by cpinit) or kernel (snapshot-merge); default: cpinit.merge=, else "+defaultMergeMethod,
+			func(v string) error {
+				if !validMergeMethod(v) {
+					return fmt.Errorf("want %s or %s", mergeRestore, mergeKernel)
+				}
+				method = v
+				return nil
+			})
+	})
 	if err != nil {
 		return err
 	}
 	defer sc.close()
+	methodFrom := "--method=" + method
+	if method == "" {
+		method, methodFrom = sc.p.Merge, "cpinit.merge="+sc.p.Merge
+	}
+	r, err := sc.load()
+	if err != nil {
+		return err
+	}
 	if r.State != bootstate.StateRollbackPending {
 		return fmt.Errorf("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
 	}
@@ -233,6 +301,11 @@ func cmdMerge(args []string, stdout io.Writer) error {
 		verifyDir: tmp + "/verify",
 		logf:      logf,
 		progress:  progressBar(stdout),
+
+		restoreOffline: method == mergeRestore,
+		methodFrom:     methodFrom,
+		publish:        rollbackStatePath,
+		publishBy:      rollbackByMerge,
 	}
 	if err := os.MkdirAll(env.verifyDir, 0o700); err != nil {
 		return err

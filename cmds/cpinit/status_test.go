@@ -25,6 +25,11 @@ var schemaV1 = map[string]string{
 	"merge": "object", "rollback_possible": "boolean", "store": "array", "note": "string",
 	"usage.state": "string", "usage.used_bytes": "integer", "usage.total_bytes": "integer",
 	"usage.metadata_bytes": "integer", "usage.used_percent": "number",
+	"rollback": "object", "rollback.method": "string", "rollback.state": "string",
+	"rollback.device": "string", "rollback.by": "string", "rollback.pid": "integer",
+	"rollback.bytes_done": "integer", "rollback.bytes_total": "integer", "rollback.percent": "number",
+	"rollback.rate_bytes_per_sec": "number", "rollback.seconds_left": "number", "rollback.started": "string",
+	"rollback.updated": "string", "rollback.seconds": "number", "rollback.error": "string",
 }
 
 type schemaNode struct {
@@ -164,6 +169,9 @@ func TestStatusSchemaDoc(t *testing.T) {
 		{"counter", root.Properties["counter"], []string{bootstate.CounterAndroid.String(), bootstate.CounterNative.String(), bootstate.CounterBootloader.String()}},
 		{"bootloader", root.Properties["bootloader"], []string{bootloaderMisc, bootloaderNotTold, bootloaderMiscMissing, bootloaderTold, bootloaderMissing}},
 		{"snapshot.state", root.Properties["snapshot"].resolve(root).Properties["state"], snapStates},
+		{"rollback.method", root.Properties["rollback"].resolve(root).Properties["method"], []string{mergeRestore, mergeKernel}},
+		{"rollback.state", root.Properties["rollback"].resolve(root).Properties["state"], []string{rollbackRunning, rollbackDone, rollbackFailed, rollbackStopped}},
+		{"rollback.by", root.Properties["rollback"].resolve(root).Properties["by"], []string{rollbackByBoot, rollbackByMerge}},
 	} {
 		if !slices.Equal(enum(c.node), c.want) {
 			t.Errorf("%s enum: schema %q, code %q", c.name, enum(c.node), c.want)
@@ -261,6 +269,17 @@ func TestStatusJSONValidates(t *testing.T) {
 		},
 		{Schema: StatusSchema, State: "unreadable", Store: []string{"A: crc mismatch", "B: empty"}, Note: "recovery"},
 		{Schema: StatusSchema, State: "committed", Reason: "overflow", Counter: "android"},
+		{
+			Schema: StatusSchema, State: "rollback-pending", Counter: "android", Attempts: 1, RollbackPossible: true,
+			Rollback: &RollbackProgress{Method: mergeRestore, State: rollbackRunning, Device: "/dev/vdc", By: rollbackByMerge, PID: 412,
+				BytesDone: 1 << 20, BytesTotal: 4 << 20, Percent: 25, RateBytesPerSec: 1 << 20, SecondsLeft: new(float64),
+				Started: "2025-01-02T03:04:05Z", Updated: "2025-01-02T03:04:06Z", Seconds: 1},
+		},
+		{
+			Schema: StatusSchema, State: "fresh", Reason: "merged",
+			Rollback: &RollbackProgress{Method: mergeKernel, State: rollbackFailed, Device: "/dev/vdc", By: rollbackByBoot, PID: 1,
+				Started: "2025-01-02T03:04:05Z", Updated: "2025-01-02T03:04:06Z", Error: "merge failed"},
+		},
 	} {
 		b, err := json.Marshal(st)
 		if err != nil {
