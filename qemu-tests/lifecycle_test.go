@@ -58,7 +58,8 @@ func TestUpdateCommits(t *testing.T) {
 // TestUpdateFailsRollsBack: a bad update. The new slot changes userdata and
 // crashes on every try; the bootloader falls back to slot a; cpinit merges
 // the checkpoint back, and userdata is exactly what it was before the update
-// (paths, sizes, modes, sha256), with a clean e2fsck.
+// (paths, sizes, modes, sha256), with a clean e2fsck. The rolled-back
+// system's `cpinit status` reports the kernel merge PID 1 ran.
 func TestUpdateFailsRollsBack(t *testing.T) {
 	d := NewTestDevice(t, 2)
 	before := UserdataManifestT(t, d)
@@ -70,7 +71,11 @@ func TestUpdateFailsRollsBack(t *testing.T) {
 		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)
 		vm.Wait(SlotBootTimeout)
-	}, nil)
+	}, func(vm *VM) {
+		// The system's `cpinit status` shows the rollback PID 1 ran in
+		// this boot: its progress file moved with /run at switch_root.
+		vm.ExpectT(t, `last rollback: +kernel merge of /dev/vdc \(boot, pid 1\) done at \S+: \d+\.\d MiB in \S+, \d+\.\d MiB/s`, SlotBootTimeout)
+	})
 	t.Logf("slot b crashed %d times before the bootloader fell back", trials)
 
 	r := WantRecord(t, d, bootstate.StateFresh)
@@ -120,8 +125,14 @@ func TestAbortFromBootMenu(t *testing.T) {
 	vm.ExpectT(t, `cpinit: A/B boot control on /dev/vde: slot _a made active, slot _b unbootable`, SlotBootTimeout)
 	vm.ExpectT(t, `cpinit: merging the checkpoint back into userdata \(abort\), attempt 1`, SlotBootTimeout)
 	vm.ExpectT(t, `cpinit: restoring the saved chunks offline \(cpinit.merge=restore\)`, SlotBootTimeout)
+	// The console progress, in the merge's format, named restore: at
+	// least the end.
+	p := vm.ExpectT(t, `cpinit: restore: 0\.0 MiB left of (\d+\.\d) MiB \(100\.0%\), \d+\.\d MiB/s, 0s left, \S+ elapsed`, SlotBootTimeout)
 	m := vm.ExpectT(t, `cpinit: restore: (\d+) chunks \((\d+\.\d) MiB\) copied home in (\d+) I/Os and flushed`, SlotBootTimeout)
 	t.Logf("restored %s chunks (%s MiB) in %s I/Os", m[1], m[2], m[3])
+	if p[1] != m[2] {
+		t.Errorf("the progress line counted %s MiB, the restore copied %s MiB", p[1], m[2])
+	}
 	vm.ExpectT(t, `cpinit: the update of slot _b was rolled back and userdata holds the data from before it`, SlotBootTimeout)
 	vm.ExpectT(t, `cpinit: not starting slot _b on the data from before its update: rebooting into the other slot`, SlotBootTimeout)
 	vm.ExpectT(t, `reboot: Restarting system`, SlotBootTimeout)

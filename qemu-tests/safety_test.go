@@ -1,6 +1,8 @@
 package qemutests
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
 )
 
 // Issue 14's QEMU tests: slot and data in step under power cuts, recovery
@@ -191,10 +194,13 @@ func TestPowerCutAbandonOnUpdateSlot(t *testing.T) {
 // rollback`), then recovery mode instead of a normal boot (issue 14,
 // findings 3 and 4). PID 1 leaves userdata unmounted and makes it read-only
 // because a checkpoint is recorded: a raw write from the recovery shell
-// fails. `cpinit merge` then runs the rollback to the end from there (it
-// lifts the flag for its own writes through device-mapper), and the next
-// normal boot finds userdata exactly as before the update. The negative
-// twin: with no checkpoint recorded, recovery mode leaves userdata writable.
+// fails. `cpinit merge --method=restore` then runs the rollback to the end
+// from there (it lifts the flag for its own writes), copying the saved
+// chunks home itself, and the next normal boot finds userdata exactly as
+// before the update. `cpinit status --json` right after reports that
+// rollback from its progress file: method restore, done, the bytes the
+// COW's table names (read on the host). The negative twin: with no
+// checkpoint recorded, recovery mode leaves userdata writable.
 func TestRecoveryModeMerge(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 42)
@@ -214,9 +220,10 @@ func TestRecoveryModeMerge(t *testing.T) {
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	WantRecord(t, d, bootstate.StateRollbackPending)
+	r := WantRecord(t, d, bootstate.StateRollbackPending)
+	restoreBytes := restorePlanBytes(t, d, r)
 
-	bothSlots(d, "sysinit.action=cmd sysinit.probe=1 sysinit.args=merge")
+	bothSlots(d, "sysinit.action=cmd sysinit.probe=1 sysinit.args=merge,--method=restore+status,--json")
 	vm, slot := d.Boot(t, "cpinit.recovery=1")
 	if slot != 0 {
 		t.Fatalf("recovery booted slot %d, want the old slot 0 (cpinit rollback switched misc)", slot)
@@ -225,9 +232,25 @@ func TestRecoveryModeMerge(t *testing.T) {
 	vm.ExpectT(t, `sysinit: raw before /dev/vdc ro=1 write=.*operation not permitted`, SlotBootTimeout)
 	vm.ExpectT(t, `verifying the COW extent map before merging`, SlotBootTimeout)
 	vm.ExpectT(t, `merging the checkpoint back into userdata \(abort\), attempt 1`, SlotBootTimeout)
+	vm.ExpectT(t, `restoring the saved chunks offline \(--method=restore\)`, SlotBootTimeout)
+	// sysinit gives cpinit the console, a terminal: the progress bar.
+	vm.ExpectT(t, `restore \[#{40}\] 100\.0%  0\.0 MiB left  \d+\.\d MiB/s  0s left`, SlotBootTimeout)
+	vm.ExpectT(t, `restore: \d+ chunks \(\d+\.\d MiB\) copied home in \d+ I/Os and flushed`, SlotBootTimeout)
 	vm.ExpectT(t, `done: merging the checkpoint back`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, SlotBootTimeout)
+	// status --json: the rollback just run, from /run/cpinit/rollback.json.
+	m := vm.ExpectT(t, `(?s)"rollback": \{(.*?)\r?\n  \}`, SlotBootTimeout)
+	for _, want := range []string{
+		`"method": "restore"`, `"state": "done"`, `"device": "/dev/vdc"`, `"by": "cpinit merge"`,
+		fmt.Sprintf(`"bytes_done": %d,`, restoreBytes), fmt.Sprintf(`"bytes_total": %d,`, restoreBytes), `"percent": 100,`,
+	} {
+		if !strings.Contains(m[1], want) {
+			t.Errorf("cpinit status --json after cpinit merge --method=restore: rollback lacks %s:\n%s", want, m[1])
+		}
+	}
+	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: raw after /dev/vdc ro=0 write=<nil>`, SlotBootTimeout)
+	vm.ExpectT(t, `last rollback: +offline restore of /dev/vdc \(cpinit merge, pid \d+\) done at \S+: \d+\.\d MiB in `, SlotBootTimeout)
 	if err := vm.Wait(SlotBootTimeout); err != nil {
 		t.Fatal(err)
 	}
@@ -235,6 +258,31 @@ func TestRecoveryModeMerge(t *testing.T) {
 		t.Fatalf("after cpinit merge: %s", RecString(*r))
 	}
 	settleAfterRollback(t, d, before, "")
+}
+
+// restorePlanBytes is what an offline restore of r's checkpoint copies
+// home: the COW table read from the userdata image on the host.
+func restorePlanBytes(t *testing.T, d *ABDevice, r *bootstate.Record) int64 {
+	t.Helper()
+	f, err := os.Open(d.Userdata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := &r.Map
+	origin := dmsnap.Dev{Major: m.DevMajor, Minor: m.DevMinor}
+	cfg := dmsnap.Config{Origin: origin, OriginSectors: m.DevSectors, ChunkSectors: m.ChunkSector}
+	for _, s := range m.Segments {
+		cfg.Cow = append(cfg.Cow, dmsnap.Segment{Dev: origin, Start: s.Physical, Length: s.Length})
+	}
+	plan, err := dmsnap.PlanRestore(f, cfg, 1<<20)
+	if err != nil {
+		t.Fatalf("the COW table in %s: %v", d.Userdata, err)
+	}
+	if plan.Bytes() == 0 {
+		t.Fatal("the trial saved no chunks: nothing to restore")
+	}
+	return plan.Bytes()
 }
 
 // TestRecoveryMergeRefusesChangedCOW: `cpinit merge` refuses what PID 1

@@ -235,7 +235,12 @@ func rollbackLine(r *RollbackProgress) string {
 	const mib = 1 << 20
 	what := fmt.Sprintf("%s of %s (%s, pid %d)", methodName(r.Method), r.Device, r.By, r.PID)
 	done, total := float64(r.BytesDone)/mib, float64(r.BytesTotal)/mib
-	took := (time.Duration(r.Seconds*10) * time.Second / 10).String()
+	took := time.Duration(r.Seconds * float64(time.Second))
+	if took >= time.Second {
+		took = took.Round(100 * time.Millisecond)
+	} else {
+		took = took.Round(time.Millisecond)
+	}
 	switch r.State {
 	case rollbackRunning:
 		eta := "time left unknown"
