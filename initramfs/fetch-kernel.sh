@@ -9,6 +9,16 @@
 # f2fs (as a module):
 #   KERNEL_ENV=kernel-generic.env initramfs/fetch-kernel.sh
 #
+# An env file may name a Debian suite the host's apt sources lack
+# (KERNEL_SUITE=bookworm-backports, as kernel-612.env does; KERNEL_MIRROR
+# defaults to http://deb.debian.org/debian): the package is then fetched
+# with a private apt configuration under the cache (its own sources.list,
+# package lists and cache, and its own `apt-get update`), so the host's apt
+# setup is neither read for sources nor changed. Newer Debian kernels ship
+# compressed modules (.ko.xz); they are decompressed after unpacking, since
+# the initramfs build reads .modinfo from plain ELF .ko files and the guest
+# loads them with finit_module without decompression flags.
+#
 # Idempotent: when the unpacked tree is there and its stamp names the pinned
 # sha256, it does nothing but print the paths.
 #
@@ -27,7 +37,7 @@ top=$(cd "$here/.." && pwd)
 env=${KERNEL_ENV:-kernel.env}
 [[ $env == */* ]] || env=$here/$env
 [[ -f $env ]] || { echo "fetch-kernel: no kernel env file $env (KERNEL_ENV)" >&2; exit 1; }
-unset KERNEL_PKG KERNEL_VERSION KERNEL_SHA256 KERNEL_MODULE_LIST
+unset KERNEL_PKG KERNEL_VERSION KERNEL_SHA256 KERNEL_MODULE_LIST KERNEL_SUITE KERNEL_MIRROR
 # shellcheck source=kernel.env
 . "$env"
 for v in KERNEL_PKG KERNEL_VERSION; do
@@ -62,21 +72,40 @@ for tool in apt-get dpkg-deb sha256sum; do
 	command -v "$tool" >/dev/null || { say "$tool not found: this needs a Debian host"; exit 1; }
 done
 
+# apt_get runs apt-get with the host's sources, or, when the env file names
+# a suite, with a private configuration for that suite alone.
+apt_opts=()
+if [[ -n ${KERNEL_SUITE:-} ]]; then
+	priv=$cache/kernel/apt-$KERNEL_SUITE
+	mkdir -p "$priv/lists/partial" "$priv/cache/archives/partial"
+	# The suite is signed by the Debian archive keys (debian-archive-keyring).
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${KERNEL_MIRROR:-http://deb.debian.org/debian} $KERNEL_SUITE main" >"$priv/sources.list"
+	apt_opts=(-o "Dir::Etc::SourceList=$priv/sources.list" -o "Dir::Etc::SourceParts=-"
+		-o "Dir::State::Lists=$priv/lists" -o "Dir::Cache=$priv/cache")
+fi
+apt_get() { apt-get "${apt_opts[@]}" "$@"; }
+
 mkdir -p "$dir"
 if [[ ! -f $deb ]]; then
-	say "downloading $KERNEL_PKG=$KERNEL_VERSION"
+	say "downloading $KERNEL_PKG=$KERNEL_VERSION${KERNEL_SUITE:+ from $KERNEL_SUITE}"
+	if [[ -n ${KERNEL_SUITE:-} && ! -f $priv/updated ]]; then
+		# The private lists start empty: update them once (later runs find
+		# the .deb in the cache and never get here).
+		apt_get -qq update >&2 && touch "$priv/updated"
+	fi
 	tmp=$(mktemp -d "$dir/dl.XXXXXX")
 	# apt-get download writes into the current directory. It runs as the
 	# _apt user when it can; the warning about an unsandboxed download as
 	# root is harmless here.
 	# A new machine may have no (or stale) package lists: update once and
 	# retry before giving up.
-	if ! (cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2) &&
-		! { [[ $(id -u) == 0 ]] && say "retrying after apt-get update" && apt-get update -qq >&2 &&
-			(cd "$tmp" && apt-get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2); }; then
+	if ! (cd "$tmp" && apt_get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2) &&
+		! { { [[ -n ${KERNEL_SUITE:-} ]] || [[ $(id -u) == 0 ]]; } && say "retrying after apt-get update" && apt_get update -qq >&2 &&
+			(cd "$tmp" && apt_get download -q "$KERNEL_PKG=$KERNEL_VERSION" >&2); }; then
 		say "apt-get download failed. If apt says the version is unknown, run 'apt-get update';"
 		say "if Debian no longer serves $KERNEL_VERSION, pick a current one"
-		say "('apt-cache madison $KERNEL_PKG' or 'apt-cache search linux-image-6') and update $env."
+		say "('apt-cache madison $KERNEL_PKG' or 'apt-cache search linux-image-6', with the same -o options"
+		say "for a KERNEL_SUITE: ${apt_opts[*]}) and update $env."
 		rm -rf "$tmp"
 		exit 1
 	fi
@@ -99,6 +128,18 @@ fi
 
 rm -rf "$dir/root" "$dir/root.part"
 dpkg-deb -x "$deb" "$dir/root.part"
+# Compressed modules (Debian compresses them with xz since 6.10): keep the
+# plain .ko only, under the same name without the suffix, and rewrite
+# nothing else (the initramfs build makes its own modules.dep).
+while IFS= read -r -d '' m; do
+	case $m in
+	*.ko.xz) command -v xz >/dev/null || { say "xz not found (apt-get install xz-utils)"; exit 1; }
+		xz -dq "$m" ;;
+	*.ko.zst) command -v zstd >/dev/null || { say "zstd not found (apt-get install zstd)"; exit 1; }
+		zstd -dq --rm "$m" ;;
+	*.ko.gz) gzip -dq "$m" ;;
+	esac
+done < <(find "$dir/root.part/lib/modules" -type f \( -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \) -print0)
 mv "$dir/root.part" "$dir/root"
 echo "$KERNEL_SHA256" >"$dir/stamp"
 say "unpacked into $dir/root"

@@ -46,7 +46,24 @@ package main
 //     rest of StartCheckpoint. And one flush of cp-cow alone (fsync of the
 //     node): dm sends an empty flush to every target of a table, so its
 //     cost grows with the extent count, and StartCheckpoint flushes the COW
-//     twice (the O_DSYNC header write and the explicit flush).
+//     twice (the O_DSYNC header write and the explicit flush);
+//   - first writes by fragmentation: -cpinit.bench.setup.writes random
+//     4 KiB O_DIRECT writes, each to its own chunk, at queue depth 1 and
+//     then 32 (as many goroutines, each with one pwrite in flight), on the
+//     raw partition and then, after bootEnv.CreateSnapshot, through
+//     cp-origin, where each is a first write (dm-snap.c: read the chunk,
+//     copy it into the COW, commit the exception, then the write). The
+//     persistent store's commit writes the metadata area with
+//     REQ_PREFLUSH|REQ_FUA (dm-snap-persistent.c persistent_commit_exception
+//     → area_io), a flush of cp-cow, which kernel 6.1 splits into one empty
+//     bio per linear target (dm.c __send_empty_flush, one
+//     __send_duplicate_bios per target); so a first write should cost more
+//     with a fragmented COW. The writes land in a 64 MiB file written at
+//     mkfs time (before the donor), so they touch neither the filesystem's
+//     metadata nor the COW file, and the blocks the host image holds for it
+//     and for the start of the COW are written beforehand, so the host
+//     never allocates during a measurement. Skipped above 50,000 extents,
+//     which `cpinit begin` refuses (fiemap.DefaultMaxSegments).
 //
 // Tables go to stdout on lines starting with "SETUP-BENCH|", progress on
 // lines starting with "SETUP-BENCH-LOG ".
@@ -56,12 +73,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,7 +97,19 @@ var (
 	setupBenchExtents = flag.String("cpinit.bench.setup.extents", "10,10000,200000", "extent counts to aim for, comma separated; the first is the baseline of the ratios (small counts: an unfragmented file)")
 	setupBenchReps    = flag.Int("cpinit.bench.setup.reps", 3, "rounds per extent count; the table shows medians and ranges")
 	setupBenchCowMiB  = flag.Int("cpinit.bench.setup.cowmib", 1024, "COW file size in MiB")
+	setupBenchWrites  = flag.Int("cpinit.bench.setup.writes", 256, "first writes per queue depth and round (0: none)")
 )
+
+// setupWriteQDs are the queue depths of the first-write measurement.
+var setupWriteQDs = [2]int{1, 32}
+
+// setupTargetBytes is the file the first writes go to, written when the
+// filesystem is made.
+const setupTargetBytes = 64 << 20
+
+// setupWriteMaxExtents: no first writes above this (begin refuses such a
+// COW).
+const setupWriteMaxExtents = 50000
 
 const setupBlock = 4096
 
@@ -85,6 +117,10 @@ const setupBlock = 4096
 type setupRound struct {
 	open, config, mapPlain, mount, fiemap, umount, start time.Duration
 	teardown, reattach, createWhole, table, zero, flush  time.Duration
+	// Elapsed time of the -writes writes at each of setupWriteQDs, on
+	// the raw partition and as first writes through cp-origin (zero when
+	// not measured).
+	raw, first [len(setupWriteQDs)]time.Duration
 }
 
 func (r setupRound) firstBoot() time.Duration {
@@ -98,6 +134,9 @@ type setupCase struct {
 	holes           int // punched
 	fragment, alloc time.Duration
 	rounds          []setupRound
+	// writes are the byte offsets on the partition of the first writes,
+	// one set per queue depth (distinct chunks of the target file).
+	writes [len(setupWriteQDs)][]int64
 }
 
 func TestBenchSetupInGuest(t *testing.T) {
@@ -130,6 +169,11 @@ func TestBenchSetupInGuest(t *testing.T) {
 		em := setupFS(t, mkfs, ud, c, cowBlocks)
 		for rep := 0; rep < max(*setupBenchReps, 1); rep++ {
 			r := setupMeasure(t, ud, em, rep == 0)
+			if len(c.writes[0]) > 0 {
+				setupFirstWrites(t, ud, em, c, &r)
+				setupf("%d extents, round %d: %d writes, raw %v / %v, first writes through cp-origin %v / %v (QD %d / %d)",
+					c.raw, rep+1, len(c.writes[0]), ms(r.raw[0]), ms(r.raw[1]), ms(r.first[0]), ms(r.first[1]), setupWriteQDs[0], setupWriteQDs[1])
+			}
 			c.rounds = append(c.rounds, r)
 			setupf("%d extents, round %d: first boot %v (open %v, New %v, MapPlain %v, mount %v, FIEMAP %v, umount %v, StartCheckpoint %v [COW table %v, zero %v, flush %v]); CreateSnapshot %v; ReattachSnapshot %v; teardown %v",
 				c.raw, rep+1, ms(r.firstBoot()), ms(r.open), ms(r.config), ms(r.mapPlain), ms(r.mount), ms(r.fiemap), ms(r.umount), ms(r.start),
@@ -185,6 +229,16 @@ func setupFS(t *testing.T, mkfs string, ud userdata, c *setupCase, cowBlocks int
 		}
 	}()
 	setupf("%d extents: mkfs of %d MiB and mount took %v", c.aim, fsBlocks>>8, ms(time.Since(start)))
+	// The first writes' target, made before the donor takes the free
+	// space: written (not fallocated) so the host image holds its blocks.
+	target := filepath.Join(mnt, "first-write-target")
+	if err := writeZeros(target, setupTargetBytes); err != nil {
+		t.Fatal(err)
+	}
+	tm, err := fiemap.MapFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if frag {
 		start = time.Now()
 		fragmentFree(t, mnt, filepath.Base(ud.Path), holes, c.aim, cowBlocks)
@@ -210,13 +264,173 @@ func setupFS(t *testing.T, mkfs string, ud userdata, c *setupCase, cowBlocks int
 		t.Fatal(err)
 	}
 	c.raw, c.segments = m.RawExtents, len(em.Segments)
+	if *setupBenchWrites > 0 && c.segments <= setupWriteMaxExtents {
+		c.writes = setupWriteOffsets(t, tm, int64(em.ChunkSector)*512, *setupBenchWrites)
+	}
 	setupf("%d extents: Allocate of %d MiB took %v: %d FIEMAP extents, %d segments (dm targets), chunk %d sectors",
 		c.aim, cowBlocks>>8, ms(c.alloc), c.raw, c.segments, em.ChunkSector)
 	if err := testutil.Unmount(mnt); err != nil {
 		t.Fatal(err)
 	}
 	mounted = false
+	if len(c.writes[0]) > 0 {
+		// The first writes fill the COW from its start (dm-snapshot
+		// allocates chunks in order, dm-snap-persistent.c
+		// persistent_prepare_exception): write the blocks they will take,
+		// through the partition (the file's extents stay unwritten, so
+		// its map and fingerprint do not change), so the host image
+		// holds them before any measurement.
+		need := uint64(len(setupWriteQDs)*len(c.writes[0])+64) * uint64(em.ChunkSector) * 2
+		if err := writeSegments(ud.Path, &em, need*512); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return &em
+}
+
+// writeZeros writes a file of n zero bytes and syncs it.
+func writeZeros(path string, n int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := 0; off < n; off += len(buf) {
+		if _, err := f.Write(buf[:min(len(buf), n-off)]); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// writeSegments writes zeros over the first n bytes of the file em maps,
+// on dev at the segments' physical places.
+func writeSegments(dev string, em *bootstate.ExtentMap, n uint64) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for _, s := range em.Segments {
+		if s.Logical*512 >= n {
+			break
+		}
+		for done := uint64(0); done < s.Length*512 && s.Logical*512+done < n; {
+			k := min(uint64(len(buf)), s.Length*512-done)
+			if _, err := f.WriteAt(buf[:k], int64(s.Physical*512+done)); err != nil {
+				f.Close()
+				return fmt.Errorf("write %s: %w", dev, err)
+			}
+			done += k
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", dev, err)
+	}
+	return f.Close()
+}
+
+// setupWriteOffsets picks, for each queue depth, n distinct chunks of the
+// target file in random order (fixed seed: every count and round writes the
+// same places), as byte offsets on the partition.
+func setupWriteOffsets(t *testing.T, tm *fiemap.Map, chunk int64, n int) (sets [len(setupWriteQDs)][]int64) {
+	t.Helper()
+	slots := int(tm.Size / uint64(chunk))
+	if slots < len(sets)*n {
+		t.Fatalf("the %d MiB target holds %d chunks, %d writes need %d", tm.Size>>20, slots, n, len(sets)*n)
+	}
+	perm := rand.New(rand.NewSource(17)).Perm(slots)
+	for i := range sets {
+		for _, slot := range perm[i*n : (i+1)*n] {
+			logical := uint64(slot) * uint64(chunk)
+			phys, ok := uint64(0), false
+			for _, e := range tm.Extents {
+				if logical >= e.Logical && logical+uint64(chunk) <= e.Logical+e.Length {
+					phys, ok = e.Physical+logical-e.Logical, true
+					break
+				}
+			}
+			if !ok {
+				continue // the chunk straddles two extents: not one write
+			}
+			sets[i] = append(sets[i], int64(phys))
+		}
+	}
+	return sets
+}
+
+// setupFirstWrites times the writes of c on the raw partition, then sets
+// up the checkpoint as the first boot of a trial does and times the same
+// writes through cp-origin, all first writes, and tears it down.
+func setupFirstWrites(t *testing.T, ud userdata, em *bootstate.ExtentMap, c *setupCase, r *setupRound) {
+	t.Helper()
+	for i, qd := range setupWriteQDs {
+		d, err := timeWrites(ud.Path, c.writes[i], qd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.raw[i] = d
+	}
+	e := setupEnv(ud)
+	if err := e.CreateSnapshot(em); err != nil {
+		t.Fatal(err)
+	}
+	origin := e.dm.NodePath(dmsnap.DefaultNames.Origin)
+	for i, qd := range setupWriteQDs {
+		d, err := timeWrites(origin, c.writes[i], qd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.first[i] = d
+	}
+	setupTeardown(t, e, em)
+}
+
+// timeWrites writes 4 KiB at each offset with O_DIRECT, qd at a time (qd
+// goroutines, each with one pwrite in flight: the depth fio's psync engine
+// with qd jobs gives), and returns the elapsed time.
+func timeWrites(dev string, offs []int64, qd int) (time.Duration, error) {
+	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var next atomic.Int64
+	errs := make([]error, qd)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < qd; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf, err := unix.Mmap(-1, 0, setupBlock, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				errs[w] = err
+				return
+			}
+			defer unix.Munmap(buf)
+			buf[0] = byte(w + 1)
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(offs)) {
+					return
+				}
+				if _, err := f.WriteAt(buf, offs[i]); err != nil {
+					errs[w] = fmt.Errorf("write %s at %d: %w", dev, offs[i], err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	return d, errors.Join(errs...)
 }
 
 // holeEnd is where hole i ends, in blocks from the donor's start: holes of
@@ -547,6 +761,88 @@ func setupPrint(cases []*setupCase, cowBlocks int) {
 		}
 	}
 	out("Making the files (once per count, not timed above): %s.", setupMaking(cases))
+	out("")
+	setupPrintWrites(out, cases)
+}
+
+// setupPrintWrites prints the first writes' table: ms per write (elapsed /
+// writes) by queue depth, raw and through cp-origin, and their ratio, one
+// column per extent count with the ratio to the first count beside it.
+func setupPrintWrites(out func(string, ...any), cases []*setupCase) {
+	n := len(cases[0].writes[0])
+	if n == 0 {
+		return
+	}
+	reps := len(cases[0].rounds)
+	out("First writes: %d random 4 KiB O_DIRECT writes per queue depth, each to its own chunk, on the raw partition and then through cp-origin right after the checkpoint's setup (each a first write: copy the chunk, commit the exception, which flushes cp-cow); ms per write (elapsed / writes), median of %d rounds (min–max), ratio of medians to the %d-extent file beside each.", n, reps, cases[0].raw)
+	out("")
+	head, rule := "| writes |", "|---|"
+	for i, c := range cases {
+		head += fmt.Sprintf(" %d extents |", c.raw)
+		rule += "---|"
+		if i > 0 {
+			head += " ratio |"
+			rule += "---|"
+		}
+	}
+	out("%s", head)
+	out("%s", rule)
+	perWrite := func(c *setupCase, d time.Duration) time.Duration {
+		if len(c.writes[0]) == 0 {
+			return 0
+		}
+		return d / time.Duration(len(c.writes[0]))
+	}
+	cell := func(rs []setupRound, f func(setupRound) float64, unit func(float64) string) (string, float64) {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		m := v[len(v)/2]
+		if len(v)%2 == 0 {
+			m = (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
+		if m <= 0 {
+			return "–", 0
+		}
+		if len(v) > 1 {
+			return fmt.Sprintf("%s (%s–%s)", unit(m), unit(v[0]), unit(v[len(v)-1])), m
+		}
+		return unit(m), m
+	}
+	msUnit := func(v float64) string { return msStr(time.Duration(v * float64(time.Millisecond))) }
+	xUnit := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + "x" }
+	row := func(name string, f func(*setupCase, setupRound) float64, unit func(float64) string) {
+		line := "| " + name + " |"
+		var base float64
+		for i, c := range cases {
+			s, m := cell(c.rounds, func(r setupRound) float64 { return f(c, r) }, unit)
+			line += " " + s + " |"
+			if i == 0 {
+				base = m
+			} else if base > 0 && m > 0 {
+				line += fmt.Sprintf(" %.1fx |", m/base)
+			} else {
+				line += " – |"
+			}
+		}
+		out("%s", line)
+	}
+	for i, qd := range setupWriteQDs {
+		row(fmt.Sprintf("raw, QD %d", qd), func(c *setupCase, r setupRound) float64 {
+			return float64(perWrite(c, r.raw[i])) / float64(time.Millisecond)
+		}, msUnit)
+		row(fmt.Sprintf("**first write through cp-origin, QD %d**", qd), func(c *setupCase, r setupRound) float64 {
+			return float64(perWrite(c, r.first[i])) / float64(time.Millisecond)
+		}, msUnit)
+		row(fmt.Sprintf("first write / raw, QD %d", qd), func(c *setupCase, r setupRound) float64 {
+			if r.raw[i] <= 0 {
+				return 0
+			}
+			return float64(r.first[i]) / float64(r.raw[i])
+		}, xUnit)
+	}
 	out("")
 }
 

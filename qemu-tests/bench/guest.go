@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,10 +13,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 var exitRe = regexp.MustCompile(`VMTEST: exit=(\d+)`)
+
+// kernelEnv picks the pinned kernel the guest sections boot, so that one
+// section can be run on two kernels and compared (e.g. the setup section on
+// 6.1 and on 6.12: -kernel kernel-612.env).
+var kernelEnv = flag.String("kernel", initramfs.CloudKernel, "guest sections: the pinned kernel to boot, an env file in initramfs/ (kernel.env, kernel-612.env, kernel-generic.env) or a path")
 
 // guestBench is one in-guest Go benchmark: a test of pkg, gated by its own
 // flag so that the ordinary in-guest suites never run it, booted once in the
@@ -31,7 +38,7 @@ type guestBench struct {
 }
 
 func (g guestBench) run(tmp string) error {
-	k, err := qt.FetchKernel()
+	k, err := initramfs.FetchPinnedKernel(*kernelEnv)
 	if err != nil {
 		return err
 	}
@@ -44,7 +51,10 @@ func (g guestBench) run(tmp string) error {
 	}
 	fmt.Printf("building the guest initramfs and %s's test binary...\n", g.pkg)
 	base := filepath.Join(tmp, "guest.cpio")
-	if err := qt.BuildInitramfs(base, "guestinit", files, "./qemu-tests/guestinit"); err != nil {
+	// The kernel's own module list: another kernel may have built in what
+	// modules.list loads (6.12's cloud kernel has virtio_blk built in).
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: base, InitCmd: "guestinit",
+		Files: files, Pkgs: []string{"./qemu-tests/guestinit"}, Cache: qt.ImageCache()}); err != nil {
 		return err
 	}
 	bin := filepath.Join(tmp, "bench.test")
