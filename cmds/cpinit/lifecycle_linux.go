@@ -391,7 +391,13 @@ func cmdBegin(args []string, stdout io.Writer) error {
 	if err := do("allocate", "allocating the COW file "+full, func() error {
 		u.allocated = true
 		done := step(stdout, "allocating and pinning a %d MiB COW file %s", want>>20, full)
-		m, err = fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve})
+		// Before Linux 6.10 every extent costs a flush bio on each first
+		// write of the trial: accept fewer (cowlimit.go).
+		m, err = fiemap.Allocate(full, want, fiemap.AllocOptions{Reserve: reserve, MaxSegments: maxCOWSegments(kernelRelease())})
+		if err != nil && strings.Contains(err.Error(), "too fragmented") && maxCOWSegments(kernelRelease()) < fiemap.DefaultMaxSegments {
+			err = fmt.Errorf("%w; kernel %s is older than 6.10, where every extent of the COW costs a flush on each first write, so begin accepts at most %d (free space, or boot a 6.10 or later kernel)",
+				err, kernelRelease(), oldKernelMaxCOWSegments)
+		}
 		if err == nil {
 			done()
 		}
@@ -804,4 +810,14 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "checkpoint cancelled before the update booted: nothing to roll back")
 	}
 	return nil
+}
+
+// kernelRelease is uname -r of the running kernel ("" if uname fails,
+// which maxCOWSegments treats as an old kernel).
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
