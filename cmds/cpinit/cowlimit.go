@@ -20,14 +20,15 @@ import (
 // instead.
 //
 // Measured (docs/BENCHMARKS.md, "setup": first writes by COW
-// fragmentation; QEMU TCG): on 6.1 a 10,090-extent COW made a random 4 KiB
-// first write at queue depth 1 cost 115 ms against 4 ms with 7 extents
-// (one flush of the COW 81 ms against 8), about 11 µs per extent per
-// commit; on 6.12 the same COW cost 1.4x. 1,000 extents keep the added
-// cost near 11 ms per commit under TCG, well under 1 ms natively (the
-// user-space steps ran 15–20x faster natively), while a 1 GiB COW in 1,000
-// pieces still averages 1 MiB per extent, far more fragmented than ext4's
-// or f2fs's fallocate gives on a filesystem with room.
+// fragmentation; QEMU 10 TCG, 3 rounds): on 6.1 a 10,090-extent COW made a
+// random 4 KiB first write at queue depth 1 cost 131 ms against 2.7 ms with
+// 7 extents (48x; one flush of the COW 164 ms against 3.8), about 13 µs per
+// extent per commit, and 4.4x at queue depth 32; on 6.12 the same COW cost
+// 0.9x and 1.2x. 1,000 extents keep the added cost near 13 ms per commit
+// under TCG, around 1 ms natively (the user-space steps ran 15–20x faster
+// natively), while a 1 GiB COW in 1,000 pieces still averages 1 MiB per
+// extent, far more fragmented than ext4's or f2fs's fallocate gives on a
+// filesystem with room.
 const oldKernelMaxCOWSegments = 1000
 
 // maxCOWSegments is the extent limit for fiemap.Allocate when `cpinit
