@@ -128,8 +128,8 @@ func TestAbortFromBootMenu(t *testing.T) {
 	// The console progress, in the merge's format, named restore: at
 	// least the end.
 	p := vm.ExpectT(t, `cpinit: restore: 0\.0 MiB left of (\d+\.\d) MiB \(100\.0%\), \d+\.\d MiB/s, 0s left, \S+ elapsed`, SlotBootTimeout)
-	m := vm.ExpectT(t, `cpinit: restore: (\d+) chunks \((\d+\.\d) MiB\) copied home in (\d+) I/Os and flushed`, SlotBootTimeout)
-	t.Logf("restored %s chunks (%s MiB) in %s I/Os", m[1], m[2], m[3])
+	m := vm.ExpectT(t, `cpinit: restore: (\d+) chunks \((\d+\.\d) MiB\) copied home in (\d+) reads and (\d+) writes and flushed`, SlotBootTimeout)
+	t.Logf("restored %s chunks (%s MiB) in %s reads and %s writes", m[1], m[2], m[3], m[4])
 	if p[1] != m[2] {
 		t.Errorf("the progress line counted %s MiB, the restore copied %s MiB", p[1], m[2])
 	}

@@ -235,7 +235,7 @@ func TestRecoveryModeMerge(t *testing.T) {
 	vm.ExpectT(t, `restoring the saved chunks offline \(--method=restore\)`, SlotBootTimeout)
 	// sysinit gives cpinit the console, a terminal: the progress bar.
 	vm.ExpectT(t, `restore \[#{40}\] 100\.0%  0\.0 MiB left  \d+\.\d MiB/s  0s left`, SlotBootTimeout)
-	vm.ExpectT(t, `restore: \d+ chunks \(\d+\.\d MiB\) copied home in \d+ I/Os and flushed`, SlotBootTimeout)
+	vm.ExpectT(t, `restore: \d+ chunks \(\d+\.\d MiB\) copied home in \d+ reads and \d+ writes and flushed`, SlotBootTimeout)
 	vm.ExpectT(t, `done: merging the checkpoint back`, SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: cmd exit=<nil>`, SlotBootTimeout)
 	// status --json: the rollback just run, from /run/cpinit/rollback.json.

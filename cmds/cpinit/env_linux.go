@@ -472,8 +472,8 @@ func (e *bootEnv) restore(m *bootstate.ExtentMap) (done, invalid bool, err error
 	switch {
 	case err == nil:
 		pub.finish(nil)
-		e.logf("restore: %d chunks (%.1f MiB) copied home in %d I/Os and flushed",
-			len(plan.Table.Exceptions), float64(plan.Bytes())/(1<<20), plan.Copies())
+		e.logf("restore: %d chunks (%.1f MiB) copied home in %d reads and %d writes and flushed",
+			len(plan.Table.Exceptions), float64(plan.Bytes())/(1<<20), plan.Reads(), plan.Copies())
 		return true, false, nil
 	case errors.Is(err, dmsnap.ErrSnapshotInvalid):
 		// Refused before any copy, like the fallbacks below: nothing

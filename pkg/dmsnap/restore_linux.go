@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -89,10 +90,10 @@ func (p *RestorePlan) run(ctx context.Context, f *os.File, dev string, opt Resto
 	fail := func(err error) {
 		once.Do(func() { firstErr = err; cancel() })
 	}
-	ops := make(chan restoreOp)
+	reads := make(chan restoreRead)
 	var wg sync.WaitGroup
-	// The plan bounded its copies by MaxIO, but never below one chunk.
-	bufSize := int(max(p.Table.ChunkBytes(), largestOp(p.ops)))
+	// The plan bounded its reads by MaxIO, but never below one chunk.
+	bufSize := int(max(p.Table.ChunkBytes(), largestRead(p.reads)))
 	for range opt.Workers {
 		buf, free, err := directBuffer(bufSize)
 		if err != nil {
@@ -103,17 +104,31 @@ func (p *RestorePlan) run(ctx context.Context, f *os.File, dev string, opt Resto
 		go func() {
 			defer wg.Done()
 			defer free()
-			for op := range ops {
-				b := buf[:op.n]
-				if _, err := f.ReadAt(b, op.src); err != nil {
-					fail(fmt.Errorf("restore: read %s at byte %d (COW): %w", dev, op.src, err))
+			var iovs [][]byte
+			for r := range reads {
+				if ctx.Err() != nil {
+					continue // failed or cancelled: drain
+				}
+				b := buf[:r.n]
+				if _, err := f.ReadAt(b, r.src); err != nil {
+					fail(fmt.Errorf("restore: read %s at byte %d (COW): %w", dev, r.src, err))
 					continue
 				}
-				if _, err := f.WriteAt(b, op.dst); err != nil {
-					fail(fmt.Errorf("restore: write %s at byte %d: %w", dev, op.dst, err))
-					continue
+				for _, w := range r.writes {
+					iovs = iovs[:0]
+					for _, s := range w.segs {
+						iovs = append(iovs, b[s.off:s.off+s.n])
+					}
+					n, err := pwritev(f, iovs, w.dst)
+					if err == nil && n != w.bytes() {
+						err = io.ErrShortWrite
+					}
+					if err != nil {
+						fail(fmt.Errorf("restore: write %s at byte %d: %w", dev, w.dst, err))
+						break
+					}
+					done.Add(n)
 				}
-				done.Add(op.n)
 			}
 		}()
 	}
@@ -133,10 +148,10 @@ func (p *RestorePlan) run(ctx context.Context, f *os.File, dev string, opt Resto
 	defer tick.Stop()
 	report(false)
 feed:
-	for _, op := range p.ops {
+	for _, r := range p.reads {
 		for {
 			select {
-			case ops <- op:
+			case reads <- r:
 				continue feed
 			case <-tick.C:
 				report(false)
@@ -145,7 +160,7 @@ feed:
 			}
 		}
 	}
-	close(ops)
+	close(reads)
 	wg.Wait()
 	if firstErr != nil {
 		return firstErr
@@ -163,12 +178,42 @@ feed:
 	return nil
 }
 
-func largestOp(ops []restoreOp) int64 {
+func largestRead(reads []restoreRead) int64 {
 	var n int64
-	for _, op := range ops {
-		n = max(n, op.n)
+	for _, r := range reads {
+		n = max(n, r.n)
 	}
 	return n
+}
+
+// pwritev writes iovs to byte off of f: one write(2) for one buffer, else
+// one pwritev(2) (both O_DIRECT: every buffer is aligned and a multiple of
+// the logical block size, as the chunks are).
+func pwritev(f *os.File, iovs [][]byte, off int64) (int64, error) {
+	if len(iovs) == 1 {
+		n, err := f.WriteAt(iovs[0], off)
+		return int64(n), err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = unix.Pwritev(int(fd), iovs, off)
+			if werr != unix.EINTR {
+				return true
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if werr != nil {
+		return int64(n), os.NewSyscallError("pwritev", werr)
+	}
+	return int64(n), nil
 }
 
 // alignedReader reads an O_DIRECT file at any offset and length through

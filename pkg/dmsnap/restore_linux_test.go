@@ -62,6 +62,12 @@ func TestRestoreLoopDevice(t *testing.T) {
 	for c := uint64(100); c < 400; c++ {
 		f.write(c, 0xab, saved)
 	}
+	// A run written from the top down: gathered writes (pwritev).
+	for c := uint64(3999); c >= 3700; c-- {
+		if !f.isCOW(c) {
+			f.write(c, 0xcd, saved)
+		}
+	}
 	dev, img := loopFixture(t, f)
 	var last Progress
 	calls := 0
@@ -72,7 +78,18 @@ func TestRestoreLoopDevice(t *testing.T) {
 	if !last.Done || last.BytesLeft != 0 || last.BytesTotal != uint64(len(saved))*4096 || calls < 2 {
 		t.Errorf("progress: %d calls, last %+v", calls, last)
 	}
-	t.Logf("restored %d chunks in %d copies", len(p.Table.Exceptions), p.Copies())
+	t.Logf("restored %d chunks in %d reads and %d writes", len(p.Table.Exceptions), p.Reads(), p.Copies())
+	gathered := 0
+	for _, r := range p.reads {
+		for _, w := range r.writes {
+			if len(w.segs) > 1 {
+				gathered++
+			}
+		}
+	}
+	if gathered == 0 {
+		t.Error("no gathered write: the pwritev path went untested")
+	}
 	got, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)

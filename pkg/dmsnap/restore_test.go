@@ -102,10 +102,63 @@ func (f *restoreFixture) restored() bool {
 }
 
 // apply carries the plan out on the image as run does on a device: each
-// copy reads the COW blocks and writes the chunk's home.
+// read copies the COW blocks into a buffer, each write puts its segments
+// of the buffer home, one after the other.
 func (p *RestorePlan) apply(dev []byte) {
-	for _, op := range p.ops {
-		copy(dev[op.dst:op.dst+op.n], bytes.Clone(dev[op.src:op.src+op.n]))
+	for _, r := range p.reads {
+		buf := bytes.Clone(dev[r.src : r.src+r.n])
+		for _, w := range r.writes {
+			dst := w.dst
+			for _, s := range w.segs {
+				dst += int64(copy(dev[dst:dst+s.n], buf[s.off:s.off+s.n]))
+			}
+		}
+	}
+}
+
+// checkPlanShape checks what run relies on and the I/O order: reads in
+// device order, not overlapping, at most maxIO; each read's writes sorted
+// by home, inside the read's buffer; every chunk of the table written home
+// exactly once.
+func checkPlanShape(t *testing.T, p *RestorePlan, maxIO int64) {
+	t.Helper()
+	homes := map[int64]bool{}
+	writes := 0
+	for i, r := range p.reads {
+		if r.n <= 0 || r.n > max(maxIO, p.Table.ChunkBytes()) {
+			t.Fatalf("read %d: %d bytes, maxIO %d", i, r.n, maxIO)
+		}
+		if i > 0 && r.src < p.reads[i-1].src+p.reads[i-1].n {
+			t.Fatalf("reads out of order or overlapping: %+v then %+v", p.reads[i-1], r)
+		}
+		for k, w := range r.writes {
+			if k > 0 && w.dst < r.writes[k-1].dst+r.writes[k-1].bytes() {
+				t.Fatalf("read %d: writes not sorted by home: %+v then %+v", i, r.writes[k-1], w)
+			}
+			if len(w.segs) > maxIOVs {
+				t.Fatalf("write of %d segments", len(w.segs))
+			}
+			dst := w.dst
+			for _, s := range w.segs {
+				if s.off < 0 || s.n <= 0 || s.off+s.n > r.n {
+					t.Fatalf("segment %+v outside read %+v", s, r)
+				}
+				for c := dst; c < dst+s.n; c += p.Table.ChunkBytes() {
+					if homes[c] {
+						t.Fatalf("home %d written twice", c)
+					}
+					homes[c] = true
+				}
+				dst += s.n
+			}
+			writes++
+		}
+	}
+	if writes != p.Copies() {
+		t.Fatalf("Copies() = %d, the reads hold %d writes", p.Copies(), writes)
+	}
+	if len(homes) != len(p.Table.Exceptions) {
+		t.Fatalf("%d homes written, the table has %d exceptions", len(homes), len(p.Table.Exceptions))
 	}
 }
 
@@ -128,11 +181,7 @@ func TestPlanRestoreScattered(t *testing.T) {
 	if len(p.Table.Exceptions) != len(saved) || p.Bytes() != int64(len(saved))*4096 {
 		t.Fatalf("%d exceptions, %d bytes; %d chunks saved", len(p.Table.Exceptions), p.Bytes(), len(saved))
 	}
-	for i := 1; i < len(p.ops); i++ {
-		if p.ops[i].dst < p.ops[i-1].dst+p.ops[i-1].n {
-			t.Fatalf("copies not sorted by destination: %+v then %+v", p.ops[i-1], p.ops[i])
-		}
-	}
+	checkPlanShape(t, p, 64<<10)
 	if f.restored() {
 		t.Fatal("the trial changed nothing")
 	}
@@ -161,8 +210,9 @@ func TestPlanRestoreCoalesces(t *testing.T) {
 	}
 	// 100 chunks; area 0 holds 256 entries so the data is contiguous in
 	// the COW: 16 chunks per 64 KiB copy.
-	if p.Copies() != 7 {
-		t.Fatalf("%d copies for 100 sequential chunks at 64 KiB each, want 7: %+v", p.Copies(), p.ops)
+	checkPlanShape(t, p, 64<<10)
+	if p.Copies() != 7 || p.Reads() != 7 {
+		t.Fatalf("%d writes, %d reads for 100 sequential chunks at 64 KiB each, want 7 and 7: %+v", p.Copies(), p.Reads(), p.reads)
 	}
 	p.apply(f.dev)
 	if !f.restored() {
@@ -170,9 +220,88 @@ func TestPlanRestoreCoalesces(t *testing.T) {
 	}
 	// maxIO below a chunk still copies whole chunks.
 	p, err = PlanRestore(bytes.NewReader(f.dev), f.cfg, 100)
-	if err != nil || p.Copies() != 100 {
-		t.Fatalf("%v, %d copies", err, p.Copies())
+	if err != nil || p.Copies() != 100 || p.Reads() != 100 {
+		t.Fatalf("%v, %d writes, %d reads", err, p.Copies(), p.Reads())
 	}
+}
+
+// TestPlanRestoreGathers: a COW read in device order, its chunks written
+// home sorted, chunks with adjacent homes in one gathered write, and small
+// gaps in the COW (a metadata chunk) read over, not split.
+func TestPlanRestoreGathers(t *testing.T) {
+	t.Run("descending", func(t *testing.T) {
+		// Written from the top down: the COW holds the chunks in the
+		// reverse of their homes' order.
+		f := newRestoreFixture(t, 512, [][2]uint64{{256, 200}})
+		saved := map[uint64]bool{}
+		for c := uint64(109); c >= 10; c-- {
+			f.write(c, 0xdd, saved)
+		}
+		p, err := PlanRestore(bytes.NewReader(f.dev), f.cfg, 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlanShape(t, p, 64<<10)
+		// 7 reads of up to 16 chunks; each read's chunks have adjacent
+		// homes in reverse buffer order: one write of 16 segments.
+		if p.Reads() != 7 || p.Copies() != 7 || len(p.reads[0].writes[0].segs) != 16 {
+			t.Fatalf("%d reads, %d writes, first write %+v; want 7, 7, 16 segments", p.Reads(), p.Copies(), p.reads[0].writes[0])
+		}
+		p.apply(f.dev)
+		if !f.restored() {
+			t.Fatal("restore differs")
+		}
+	})
+	t.Run("across a metadata chunk", func(t *testing.T) {
+		// 300 chunks: area 0's 256 data chunks, area 1's metadata chunk,
+		// 44 data chunks. One read over all 301 (the metadata chunk read
+		// and ignored), one write of two segments.
+		f := newRestoreFixture(t, 1024, [][2]uint64{{512, 400}})
+		saved := map[uint64]bool{}
+		for c := uint64(100); c < 400; c++ {
+			f.write(c, 0x77, saved)
+		}
+		p, err := PlanRestore(bytes.NewReader(f.dev), f.cfg, 2<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlanShape(t, p, 2<<20)
+		if p.Reads() != 1 || p.reads[0].n != 301*4096 || p.Copies() != 1 || len(p.reads[0].writes[0].segs) != 2 {
+			t.Fatalf("%d reads (first %d bytes), %d writes: want one read of 301 chunks and one write of 2 segments: %+v", p.Reads(), p.reads[0].n, p.Copies(), p.reads[0].writes)
+		}
+		p.apply(f.dev)
+		if !f.restored() {
+			t.Fatal("restore differs")
+		}
+		// With maxIO of 64 KiB the gap is at most 16 KiB: still bridged.
+		p, err = PlanRestore(bytes.NewReader(f.dev), f.cfg, 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlanShape(t, p, 64<<10)
+	})
+	t.Run("far apart", func(t *testing.T) {
+		// The COW in two extents 300 chunks apart: no read spans them.
+		f := newRestoreFixture(t, 1024, [][2]uint64{{200, 4}, {600, 100}})
+		saved := map[uint64]bool{}
+		for c := uint64(10); c < 20; c++ {
+			f.write(c, 0x11, saved)
+		}
+		p, err := PlanRestore(bytes.NewReader(f.dev), f.cfg, 4<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlanShape(t, p, 4<<20)
+		for _, r := range p.reads {
+			if r.src < 204*4096 && r.src+r.n > 600*4096 {
+				t.Fatalf("read %+v spans 396 chunks between the extents", r)
+			}
+		}
+		p.apply(f.dev)
+		if !f.restored() {
+			t.Fatal("restore differs")
+		}
+	})
 }
 
 // TestPlanRestorePartialLastChunk: an origin whose size is not a multiple
@@ -186,8 +315,8 @@ func TestPlanRestorePartialLastChunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Copies() != 1 || p.ops[0].n != 3*512 || p.ops[0].dst != 63*4096 {
-		t.Fatalf("plan %+v", p.ops)
+	if p.Copies() != 1 || p.reads[0].writes[0].bytes() != 3*512 || p.reads[0].writes[0].dst != 63*4096 {
+		t.Fatalf("plan %+v", p.reads)
 	}
 }
 
@@ -242,6 +371,66 @@ func TestOverlapsSegment(t *testing.T) {
 	} {
 		if _, got := overlapsSegment(segs, tc.off, tc.n); got != tc.want {
 			t.Errorf("overlapsSegment(%d, %d) = %v, want %v", tc.off, tc.n, got, tc.want)
+		}
+	}
+}
+
+// TestPlanRestoreRandom: random COW extents, random changes (single chunks
+// and runs written either way), random maxIO: the plan has run's shape and
+// applying it, once or twice, gives back the device at the checkpoint.
+func TestPlanRestoreRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 8))
+	for iter := range 60 {
+		// The COW in 1 to 6 extents at random places of a 2048-chunk
+		// origin, not overlapping: cut the range [1024, 2048) into pieces.
+		var extents [][2]uint64
+		at := uint64(1024)
+		for len(extents) < 1+rng.IntN(6) && at < 2000 {
+			at += rng.Uint64N(20)
+			n := 8 + rng.Uint64N(100)
+			if at+n > 2048 {
+				break
+			}
+			extents = append(extents, [2]uint64{at, n})
+			at += n
+		}
+		rng.Shuffle(len(extents), func(i, j int) { extents[i], extents[j] = extents[j], extents[i] })
+		f := newRestoreFixture(t, 2048, extents)
+		var capacity uint64
+		for _, e := range extents {
+			capacity += e[1]
+		}
+		saved := map[uint64]bool{}
+		// Keep well inside the COW: its header and metadata areas take
+		// some of its chunks.
+		for len(saved) < int(capacity)*3/4-2 {
+			c := rng.Uint64N(1024)
+			n := 1 + rng.Uint64N(12)
+			down := rng.IntN(2) == 0
+			for k := uint64(0); k < n && len(saved) < int(capacity)*3/4-2 && c+k < 1024; k++ {
+				x := c + k
+				if down {
+					x = c + n - 1 - k
+					if x >= 1024 {
+						continue
+					}
+				}
+				f.write(x, byte(rng.Uint32()), saved)
+			}
+		}
+		maxIO := int64(4096) << rng.IntN(10)
+		p, err := PlanRestore(bytes.NewReader(f.dev), f.cfg, maxIO)
+		if err != nil {
+			t.Fatalf("iteration %d: %v", iter, err)
+		}
+		checkPlanShape(t, p, maxIO)
+		p.apply(f.dev)
+		if !f.restored() {
+			t.Fatalf("iteration %d (extents %v, maxIO %d): restore differs", iter, extents, maxIO)
+		}
+		p.apply(f.dev)
+		if !f.restored() {
+			t.Fatalf("iteration %d: a second restore changed the device", iter)
 		}
 	}
 }

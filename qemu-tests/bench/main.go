@@ -9,6 +9,8 @@
 //     200k extents;
 //   - io: writes through snapshot-origin (first writes and rewrites) vs the
 //     raw device, and the rollback merge vs dd, by chunk size;
+//   - restore: rolling back a sequential and a scattered COW with the
+//     offline restore and with the kernel's merge, vs dd and fio;
 //   - cow: COW consumed per MiB written, overwrites vs new files, by chunk
 //     size.
 //
@@ -26,7 +28,7 @@ import (
 )
 
 var (
-	only    = flag.String("only", "", "sections to run, comma separated (default: all, in the order size, boot, setup, io, cow)")
+	only    = flag.String("only", "", "sections to run, comma separated (default: all, in the order size, boot, setup, io, restore, cow)")
 	timeout = flag.Duration("timeout", 40*time.Minute, "give up on a guest after this long")
 	verbose = flag.Bool("v", false, "show the whole console, kernel messages included")
 )
@@ -49,7 +51,7 @@ type section struct {
 var sections []section
 
 // order is the order in which sections run and -only's default.
-var order = []string{"size", "boot", "setup", "io", "cow"}
+var order = []string{"size", "boot", "setup", "io", "restore", "cow"}
 
 func register(name string, run func(tmp string) error) {
 	if !slices.Contains(order, name) {
