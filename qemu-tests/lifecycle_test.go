@@ -58,15 +58,17 @@ func TestUpdateCommits(t *testing.T) {
 // TestUpdateFailsRollsBack: a bad update. The new slot changes userdata and
 // crashes on every try; the bootloader falls back to slot a; cpinit merges
 // the checkpoint back, and userdata is exactly what it was before the update
-// (paths, sizes, modes, sha256), with a clean e2fsck. The rolled-back
-// system's `cpinit status` reports the kernel merge PID 1 ran.
+// (paths, sizes, modes, sha256), with a clean e2fsck. The fallback boot
+// asks for the kernel's merge (cpinit.merge=kernel; the default restore
+// rolls back in the other lifecycle tests), and the rolled-back system's
+// `cpinit status` reports the kernel merge PID 1 ran.
 func TestUpdateFailsRollsBack(t *testing.T) {
 	d := NewTestDevice(t, 2)
 	before := UserdataManifestT(t, d)
 	OTABegin(t, d, "64M")
 
 	d.Slot[1] = "sysinit.action=workload sysinit.seed=2 sysinit.mib=4 sysinit.then=crash"
-	d.Slot[0] = "sysinit.action=report"
+	d.Slot[0] = "sysinit.action=report cpinit.merge=kernel"
 	trials := BootUntilFallback(t, d, 8, nil, func(vm *VM, n int) {
 		vm.ExpectT(t, `sysinit: crashing`, SlotBootTimeout)
 		vm.ExpectT(t, `Kernel panic`, SlotBootTimeout)

@@ -306,7 +306,7 @@ func (w *pcDevice) cycle(n int) {
 		if phase == phMerge {
 			// The first progress line of the next boot that reaches the
 			// merge says whether the kernel had finished before the cut.
-			if m := regexp.MustCompile(`cpinit: merge: ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil {
+			if m := regexp.MustCompile(`cpinit: (?:merge|restore): ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil {
 				if left, _ := strconv.ParseFloat(m[1], 64); left > 0 && mergeCut {
 					w.st.add(func() { w.st.midMerge++ })
 					t.Logf("  the merge resumed with %s MiB left: the previous cut landed mid-merge", m[1])
@@ -445,12 +445,12 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 		phase, action = phMerge, report
 		want = append(want, regexp.QuoteMeta(fmt.Sprintf(`cpinit: rolling back userdata (slot-fallback, booted %q, target %q)`, suffix, r.TargetSlot)),
 			`cpinit: merging the checkpoint back into userdata \(slot-fallback\), attempt 1`,
-			`cpinit: merge: 0\.0 MiB left`, fresh+`start-or-resume-merge`)
+			`cpinit: (merge|restore): 0\.0 MiB left`, fresh+`start-or-resume-merge`)
 	case r.State == bootstate.StateRollbackPending:
 		phase, action = phMerge, report
 		want = append(want, `cpinit: verifying the COW extent map before merging`,
 			fmt.Sprintf(`cpinit: merging the checkpoint back into userdata \(%s\), attempt %d`, regexp.QuoteMeta(r.Reason.String()), r.MergeTries+1),
-			`cpinit: merge: 0\.0 MiB left`, fresh+`start-or-resume-merge`)
+			`cpinit: (merge|restore): 0\.0 MiB left`, fresh+`start-or-resume-merge`)
 	case r.State == bootstate.StateCheckpointing && r.Active && w.targetSuccessful(r):
 		// `cpinit commit` marked the slot successful in misc and was cut
 		// before it recorded the commit: cpinit finishes the commit.
@@ -510,7 +510,7 @@ func (w *pcDevice) plan(r bootstate.Record, armed bool, slot int, goal string, c
 			// The kernel merges the few MiB of a trial in a fraction of
 			// a second under TCG, and the console shows the end only at
 			// the next 250 ms poll: most cuts go into the first 150 ms.
-			c.anchor = `cpinit: merge: [\d.]+ MiB left of`
+			c.anchor = `cpinit: (merge|restore): [\d.]+ MiB left of`
 			if w.rng.Float64() < 0.7 {
 				c.delay = w.uniform(150 * time.Millisecond)
 			} else {
@@ -602,7 +602,7 @@ func (w *pcDevice) landing(phase string, r, after bootstate.Record, res bootResu
 			s = "verifying, before merge-attempt"
 		case after.State == bootstate.StateRollbackPending && !has("cpinit: merge:"):
 			s = "merge-attempt persisted, merge not started"
-		case after.State == bootstate.StateRollbackPending && !regexp.MustCompile(`merge: 0\.0 MiB left`).MatchString(out):
+		case after.State == bootstate.StateRollbackPending && !regexp.MustCompile(`(merge|restore): 0\.0 MiB left`).MatchString(out):
 			s = "merge running"
 		case after.State == bootstate.StateRollbackPending:
 			s = "merge complete, merge-done not persisted"
@@ -734,8 +734,8 @@ func (w *pcDevice) measure(b *pcBoot, action string) {
 		{"begin", `sysinit: pid=`, `sysinit: ota begin ok`},
 		{"trial-" + mib, `cpinit: (first boot|trial boot \d+) of slot`, `sysinit: workload done`},
 		{"end-" + then, `sysinit: workload done`, `sysinit: (commit|rollback) ok`},
-		{"merge", `cpinit: merge: [\d.]+ MiB left of`, `cpinit: merge: 0\.0 MiB left`},
-		{"verify", `cpinit: (rolling back userdata|verifying the COW extent map)`, `cpinit: merge: [\d.]+ MiB left of`},
+		{"merge", `cpinit: (merge|restore): [\d.]+ MiB left of`, `cpinit: (merge|restore): 0\.0 MiB left`},
+		{"verify", `cpinit: (rolling back userdata|verifying the COW extent map)`, `cpinit: (merge|restore): [\d.]+ MiB left of`},
 	} {
 		if d, ok := b.lines.between(m.from, m.to); ok && d > 0 {
 			w.win[m.name] = d

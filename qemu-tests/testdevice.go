@@ -239,8 +239,8 @@ func BootUntilFallback(t testing.TB, d *ABDevice, maxTrials int, before func(), 
 		vm, slot := d.Boot(t, "")
 		if slot == 0 {
 			vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "_a", target "_b"\)`, SlotBootTimeout)
-			vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
-			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=/dev/mapper/cp-origin action=start-or-resume-merge`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, SlotBootTimeout)
+			vm.ExpectT(t, `cpinit: state=fresh userdata=/dev/vdc mounted=/newroot/data via=\S+ action=start-or-resume-merge`, SlotBootTimeout)
 			vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, SlotBootTimeout)
 			if fallback != nil {
 				fallback(vm)

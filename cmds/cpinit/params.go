@@ -129,9 +129,12 @@ const (
 // defaultMergeMethod is how a rollback runs when cpinit.merge= does not
 // say: PID 1 and `cpinit merge` both take it from here, so switching the
 // default is this one line (and the default column of docs/params.md).
-// The kernel's merge stays the default until the power-cut campaign covers
-// the restore (issue 17).
-const defaultMergeMethod = mergeKernel
+// The offline restore is the default (issue 17): it rolls a scattered COW
+// back tens of times faster than the kernel's merge (docs/BENCHMARKS.md,
+// "restore") and the power-cut campaigns (TestPowerCut, TestCacheCut) cut
+// inside it. The kernel's merge stays for a COW the restore cannot read
+// (another store version, a COW on another device) and on request.
+const defaultMergeMethod = mergeRestore
 
 // validMergeMethod reports whether m names a rollback method.
 func validMergeMethod(m string) bool { return m == mergeKernel || m == mergeRestore }

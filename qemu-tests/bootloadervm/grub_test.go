@@ -280,7 +280,7 @@ func TestGRUBUpdateCrashFallsBack(t *testing.T) {
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	wantStatusFellBack(t, vm, `grub-rauc grubenv /grub/grubenv \([^)]*\) on /dev/vda`)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
@@ -319,7 +319,7 @@ func TestGRUBRollbackCommand(t *testing.T) {
 
 	vm = g.boot(t, "sysinit.action=report")
 	bootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)

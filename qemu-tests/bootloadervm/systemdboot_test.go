@@ -172,7 +172,7 @@ func TestSystemdBootUpdateCrashFallsBack(t *testing.T) {
 	vm := g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	wantStatusFellBack(t, vm, `systemd-boot entries loader/entries on /dev/vda`)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
@@ -207,7 +207,7 @@ func TestSystemdBootRollbackCommand(t *testing.T) {
 
 	vm = g.boot(t, "sysinit.action=report")
 	sdbootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)

@@ -266,7 +266,7 @@ func TestUBootUpdateCrashFallsBack(t *testing.T) {
 	vm := u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "a")
 	vm.ExpectT(t, `cpinit: rolling back userdata \(slot-fallback, booted "a", target "_b"\)`, qt.SlotBootTimeout)
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	wantStatusFellBack(t, vm, `u-boot env /dev/vdf:0x0:0x4000 \(single copy, not power-cut safe\), scheme uboot-rauc`)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
@@ -337,7 +337,7 @@ func TestUBootRollbackCommand(t *testing.T) {
 
 	vm = u.boot(t, "sysinit.action=report")
 	ubootSlot(t, vm, "a")
-	vm.ExpectT(t, `cpinit: merge: 0.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
+	vm.ExpectT(t, `cpinit: (merge|restore): 0\.0 MiB left of \d+\.\d MiB`, qt.SlotBootTimeout)
 	vm.ExpectT(t, `sysinit: hello.txt="written before the update"`, qt.SlotBootTimeout)
 	if err := vm.Wait(qt.SlotBootTimeout); err != nil {
 		t.Fatal(err)
