@@ -291,7 +291,7 @@ func encodeTableLoad(h ioctlHeader, specs []TargetSpec) ([]byte, error) {
 	if _, err := checkContiguous(specs); err != nil {
 		return nil, err
 	}
-	if len(specs) > math.MaxUint32 {
+	if uint64(len(specs)) > math.MaxUint32 { // int is 32 bits on arm and 386
 		return nil, fmt.Errorf("table of %d targets", len(specs))
 	}
 	size := dataStart

@@ -156,12 +156,24 @@ func DeviceSectors(path string) (uint64, error) {
 		return 0, err
 	}
 	defer f.Close()
+	size, err := deviceBytes(f)
+	if err != nil {
+		return 0, err
+	}
+	return size / 512, nil
+}
+
+// deviceBytes is BLKGETSIZE64 on an open block device. The kernel writes a
+// u64 (block/ioctl.c put_u64), so the result needs a uint64, not an int:
+// unix.IoctlGetInt would let it write 8 bytes into a 4-byte int on arm and
+// 386 and return a size truncated to 32 bits.
+func deviceBytes(f *os.File) (uint64, error) {
 	var size uint64
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size)))
 	if errno != 0 {
-		return 0, &os.PathError{Op: "ioctl BLKGETSIZE64", Path: path, Err: errno}
+		return 0, &os.PathError{Op: "ioctl BLKGETSIZE64", Path: f.Name(), Err: errno}
 	}
-	return size / 512, nil
+	return size, nil
 }
 
 func lockFD(fd int) error {

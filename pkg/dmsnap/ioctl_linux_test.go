@@ -5,10 +5,13 @@ package dmsnap
 import (
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/cpinit/cpinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,5 +100,39 @@ func TestOpenControlWithoutDeviceMapper(t *testing.T) {
 	}
 	if _, err := os.Stat(dir + "/mapper/control"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a control node was made without device-mapper: %v", err)
+	}
+}
+
+// A device above 4 GiB must report its exact size on every architecture:
+// BLKGETSIZE64 writes a u64, which an int-sized ioctl helper truncates (and
+// overruns) on arm and 386. Restore checks the origin's size through the
+// same deviceBytes.
+func TestDeviceSectorsAbove4GiB(t *testing.T) {
+	testutil.RequireRoot(t)
+	losetup := testutil.LookPath(t, "losetup")
+	const size = 5<<30 + 8192 // sparse: costs no disk
+	img := filepath.Join(t.TempDir(), "big.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(losetup, "-f", "--show", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command(losetup, "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v %s", dev, err, out)
+		}
+	})
+	got, err := DeviceSectors(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != size/512 {
+		t.Errorf("DeviceSectors(%s) = %d, want %d", dev, got, uint64(size/512))
 	}
 }

@@ -60,11 +60,11 @@ func Restore(ctx context.Context, dev string, cfg Config, opt RestoreOptions) (*
 	} else if st != cfg.Origin {
 		return nil, fmt.Errorf("restore: %s is device %v, the checkpoint's origin is %v: %w", dev, st, cfg.Origin, ErrUnexpectedState)
 	}
-	size, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKGETSIZE64)
+	size, err := deviceBytes(f)
 	if err != nil {
-		return nil, fmt.Errorf("restore: %s: size: %w", dev, os.NewSyscallError("BLKGETSIZE64", err))
+		return nil, fmt.Errorf("restore: size: %w", err)
 	}
-	if uint64(size) != cfg.OriginSectors*512 {
+	if size != cfg.OriginSectors*512 {
 		return nil, fmt.Errorf("restore: %s holds %d bytes, the checkpoint's origin %d: %w", dev, size, cfg.OriginSectors*512, ErrUnexpectedState)
 	}
 	r := &alignedReader{f: f}

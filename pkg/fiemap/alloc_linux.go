@@ -62,9 +62,9 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 	if err := unix.Fstatfs(int(d.Fd()), &sfs); err != nil {
 		return nil, &os.PathError{Op: "statfs", Path: dir, Err: err}
 	}
-	fsType, ok := supportedFS[int64(sfs.Type)]
+	fsType, ok := supportedFS[fsMagic(&sfs)]
 	if !ok {
-		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("%s: %w (%w); supported: ext4, f2fs", fsName(int64(sfs.Type)), ErrUnsupportedFS, unix.EOPNOTSUPP)}
+		return nil, &os.PathError{Op: "allocate", Path: path, Err: fmt.Errorf("%s: %w (%w); supported: ext4, f2fs", fsName(fsMagic(&sfs)), ErrUnsupportedFS, unix.EOPNOTSUPP)}
 	}
 
 	m, done, removed, err := resumeAllocate(path, d, base, size, opts)
@@ -346,7 +346,7 @@ func releaseAt(path string, d *os.File, base string) error {
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
 		return &os.PathError{Op: "statfs", Path: path, Err: err}
 	}
-	if sfs.Type == unix.F2FS_SUPER_MAGIC {
+	if fsMagic(&sfs) == unix.F2FS_SUPER_MAGIC {
 		if err := f2fsSetPin(f, false); err != nil {
 			return &os.PathError{Op: "release", Path: path, Err: fmt.Errorf("unpin: %w", err)}
 		}

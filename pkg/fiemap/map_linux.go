@@ -38,12 +38,12 @@ var devDir = "/dev"
 //     Extents that are already SHARED are rejected by Validate regardless.
 //   - btrfs (COW, relocation, multi-device: fe_physical is a logical address),
 //     tmpfs, overlay, fuse, nfs and everything else: refused.
-var supportedFS = map[int64]string{
+var supportedFS = map[uint32]string{
 	unix.EXT4_SUPER_MAGIC: "ext4", // also ext2/ext3, which share the magic
 	unix.F2FS_SUPER_MAGIC: "f2fs",
 }
 
-var knownFSNames = map[int64]string{
+var knownFSNames = map[uint32]string{
 	unix.BTRFS_SUPER_MAGIC:     "btrfs",
 	unix.TMPFS_MAGIC:           "tmpfs",
 	unix.OVERLAYFS_SUPER_MAGIC: "overlay",
@@ -60,7 +60,17 @@ var knownFSNames = map[int64]string{
 	unix.ZONEFS_MAGIC:          "zonefs",
 }
 
-func fsName(magic int64) string {
+// fsMagic is statfs's f_type as the 32-bit magic the kernel's filesystems
+// set (include/uapi/linux/magic.h). Statfs_t.Type is int64 on 64-bit
+// architectures and int32 on arm and 386, where magics at or above 1<<31
+// (F2FS 0xf2f52010, SMB2, CIFS) come back negative: comparing or looking
+// them up as int64 would miss f2fs on 32-bit ARM. Truncating to uint32 is
+// exact on both (the kernel's f_type is a long holding a 32-bit value).
+func fsMagic(st *unix.Statfs_t) uint32 {
+	return uint32(st.Type)
+}
+
+func fsName(magic uint32) string {
 	if n, ok := supportedFS[magic]; ok {
 		return n
 	}
@@ -76,7 +86,7 @@ func checkFS(path string, f *os.File) (string, unix.Statfs_t, error) {
 	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
 		return "", st, &os.PathError{Op: "statfs", Path: path, Err: err}
 	}
-	magic := int64(st.Type)
+	magic := fsMagic(&st)
 	name, ok := supportedFS[magic]
 	if !ok {
 		return "", st, &os.PathError{Op: "fiemap", Path: path, Err: fmt.Errorf("%s: %w (%w); supported: ext4, f2fs", fsName(magic), ErrUnsupportedFS, unix.EOPNOTSUPP)}
@@ -207,7 +217,7 @@ func AllocationUnit(dir string) (uint64, error) {
 	if err := unix.Fstatfs(int(d.Fd()), &sfs); err != nil {
 		return 0, &os.PathError{Op: "statfs", Path: dir, Err: err}
 	}
-	if supportedFS[int64(sfs.Type)] == "f2fs" {
+	if supportedFS[fsMagic(&sfs)] == "f2fs" {
 		return f2fsSectionBytes(dir, d)
 	}
 	return uint64(sfs.Bsize), nil

@@ -300,7 +300,7 @@ func printManifest() {
 		fmt.Printf("sysinit: statfs /data: %v\n", err)
 	} else {
 		fs := fmt.Sprintf("%#x", st.Type)
-		switch st.Type {
+		switch uint32(st.Type) { // int32 on arm and 386: see fiemap's fsMagic
 		case unix.EXT4_SUPER_MAGIC:
 			fs = "ext4"
 		case unix.F2FS_SUPER_MAGIC:
