@@ -145,7 +145,8 @@ func TestPowerCut(t *testing.T) {
 	for _, k := range keys {
 		t.Logf("    %3d  %s", st.landings[k], k)
 	}
-	t.Logf("  merge cuts that landed mid-merge (the next boot resumed with data left): %d; cuts after the boot ended: %d", st.midMerge, st.missed)
+	t.Logf("  cuts inside the offline restore (copies in flight or not yet flushed): %d; kernel-merge cuts that landed mid-merge (the next boot resumed with data left): %d; cuts after the boot ended: %d",
+		st.landings[phMerge+": restore running, copies not yet flushed"], st.midMerge, st.missed)
 }
 
 // pcDevice is one simulated device and its random source.
@@ -305,8 +306,11 @@ func (w *pcDevice) cycle(n int) {
 
 		if phase == phMerge {
 			// The first progress line of the next boot that reaches the
-			// merge says whether the kernel had finished before the cut.
-			if m := regexp.MustCompile(`cpinit: (?:merge|restore): ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil {
+			// kernel's merge says whether it had finished before the cut.
+			// (Not the offline restore's: a rerun restore copies
+			// everything again and always starts at the full size; its
+			// cuts are told apart by landing, "restore running".)
+			if m := regexp.MustCompile(`cpinit: merge: ([\d.]+) MiB left of ([\d.]+) MiB`).FindStringSubmatch(res.out); m != nil {
 				if left, _ := strconv.ParseFloat(m[1], 64); left > 0 && mergeCut {
 					w.st.add(func() { w.st.midMerge++ })
 					t.Logf("  the merge resumed with %s MiB left: the previous cut landed mid-merge", m[1])
@@ -600,9 +604,16 @@ func (w *pcDevice) landing(phase string, r, after bootstate.Record, res bootResu
 		case after.State == bootstate.StateRollbackPending && after.MergeTries == r.MergeTries && r.State == bootstate.StateRollbackPending,
 			after.State == bootstate.StateRollbackPending && after.MergeTries == 0:
 			s = "verifying, before merge-attempt"
+		case after.State == bootstate.StateRollbackPending && has("cpinit: restore:") && !has("cpinit: restore: 0.0 MiB left"):
+			// The offline restore reports 0.0 MiB left only after its
+			// final flush (dmsnap.Restore), so this cut came while its
+			// copies were in flight or not yet flushed.
+			s = "restore running, copies not yet flushed"
+		case after.State == bootstate.StateRollbackPending && has("cpinit: restore:"):
+			s = "restore flushed, merge-done not persisted"
 		case after.State == bootstate.StateRollbackPending && !has("cpinit: merge:"):
-			s = "merge-attempt persisted, merge not started"
-		case after.State == bootstate.StateRollbackPending && !regexp.MustCompile(`(merge|restore): 0\.0 MiB left`).MatchString(out):
+			s = "merge-attempt persisted, merge/restore not started"
+		case after.State == bootstate.StateRollbackPending && !has("cpinit: merge: 0.0 MiB left"):
 			s = "merge running"
 		case after.State == bootstate.StateRollbackPending:
 			s = "merge complete, merge-done not persisted"
