@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 )
 
 // The persistent exception store of a COW device, as the kernel lays it out
@@ -116,15 +115,13 @@ func ReadCowTable(cow io.ReaderAt, cowSize, originSize int64) (*CowTable, error)
 	epa := exceptionsPerArea(cs)
 	cowChunks := uint64(cowSize / chunk) // whole chunks only: the kernel maps no partial one
 	originChunks := uint64((originSize + chunk - 1) / chunk)
-	areas := newAreaReader(cow, chunk, epa, cowChunks, cowReadAhead)
-	defer areas.close()
+	area := make([]byte, chunk)
 	for k := uint64(0); ; k++ {
 		ac := cowAreaChunk(epa, k)
 		if ac >= cowChunks || ac < k { // the second: overflow on absurd sizes
 			return nil, fmt.Errorf("COW table: metadata area %d (chunk %d) lies past the end of the COW (%d chunks): the store is truncated or its table never ends: %w", k, ac, cowChunks, ErrCowCorrupt)
 		}
-		area, err := areas.next()
-		if err != nil {
+		if err := readFullAt(cow, area, int64(ac)*chunk); err != nil {
 			return nil, fmt.Errorf("COW table: metadata area %d: %w", k, err)
 		}
 		t.Areas = k + 1
@@ -185,79 +182,6 @@ func (t *CowTable) checkDuplicates(epa uint64) error {
 	}
 	return nil
 }
-
-// cowReadAhead is how many metadata areas ReadCowTable reads ahead of the
-// one it parses. The areas sit one per chunk/16 data chunks (1 MiB apart
-// at 4 KiB chunks), so read one after the other a 1 GiB table is 1028
-// small reads each waiting for the last: 0.8-2.4 s under TCG, a quarter
-// of a sequential restore (docs/BENCHMARKS.md, restore).
-const cowReadAhead = 16
-
-// areaReader reads metadata areas 0, 1, 2, ... in order, keeping up to
-// ahead reads in flight. Their places are fixed by the chunk size
-// (cowAreaChunk, the kernel's area_location), so an area's read need not
-// wait for the entries of the one before. Areas past the end of the table
-// are read in vain and dropped, and so is an error reading one: only the
-// areas the parser reaches count, as when they were read one by one.
-// io.ReaderAt allows parallel calls; close waits for every read, so none
-// outlives the caller's reader.
-type areaReader struct {
-	r          io.ReaderAt
-	chunk      int64
-	epa, limit uint64 // limit: the COW's chunk count; no read at or past it
-	issued     uint64 // areas whose read was started
-	pending    []chan areaRead
-	wg         sync.WaitGroup
-}
-
-type areaRead struct {
-	b   []byte
-	err error
-}
-
-func newAreaReader(r io.ReaderAt, chunk int64, epa, limit uint64, ahead int) *areaReader {
-	a := &areaReader{r: r, chunk: chunk, epa: epa, limit: limit}
-	for range max(ahead, 1) {
-		a.issue()
-	}
-	return a
-}
-
-// issue starts the read of the next area, if it lies inside the COW.
-func (a *areaReader) issue() {
-	k := a.issued
-	ac := cowAreaChunk(a.epa, k)
-	if ac >= a.limit || ac < k {
-		return // next reports it, in order, when the parser gets there
-	}
-	a.issued++
-	c := make(chan areaRead, 1)
-	a.pending = append(a.pending, c)
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		b := make([]byte, a.chunk)
-		err := readFullAt(a.r, b, int64(ac)*a.chunk)
-		c <- areaRead{b, err}
-	}()
-}
-
-// next returns the next area's bytes (the caller has checked that it lies
-// inside the COW) and starts one more read.
-func (a *areaReader) next() ([]byte, error) {
-	if len(a.pending) == 0 {
-		a.issue()
-		if len(a.pending) == 0 {
-			return nil, io.ErrUnexpectedEOF
-		}
-	}
-	got := <-a.pending[0]
-	a.pending = a.pending[1:]
-	a.issue()
-	return got.b, got.err
-}
-
-func (a *areaReader) close() { a.wg.Wait() }
 
 // readFullAt reads len(b) bytes at off; a short read is io.ErrUnexpectedEOF.
 func readFullAt(r io.ReaderAt, b []byte, off int64) error {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,73 +217,40 @@ func pwritev(f *os.File, iovs [][]byte, off int64) (int64, error) {
 }
 
 // alignedReader reads an O_DIRECT file at any offset and length through
-// aligned bounce buffers (4 KiB alignment covers every logical block size
-// Linux supports for disks). It is safe for parallel ReadAt calls, as
-// io.ReaderAt asks (ReadCowTable reads areas ahead): each call takes a
-// buffer of its own from a free list; free releases them all once no read
-// runs.
+// an aligned bounce buffer (4 KiB alignment covers every logical block
+// size Linux supports for disks).
 type alignedReader struct {
-	f    *os.File
-	mu   sync.Mutex
-	bufs []directBuf // idle
-	all  []directBuf
-}
-
-type directBuf struct {
-	b    []byte
-	free func()
-}
-
-func (r *alignedReader) get(n int) (directBuf, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, d := range r.bufs {
-		if len(d.b) >= n {
-			r.bufs = slices.Delete(r.bufs, i, i+1)
-			return d, nil
-		}
-	}
-	b, free, err := directBuffer(n)
-	if err != nil {
-		return directBuf{}, err
-	}
-	d := directBuf{b, free}
-	r.all = append(r.all, d)
-	return d, nil
-}
-
-func (r *alignedReader) put(d directBuf) {
-	r.mu.Lock()
-	r.bufs = append(r.bufs, d)
-	r.mu.Unlock()
+	f     *os.File
+	buf   []byte
+	freeB func()
 }
 
 func (r *alignedReader) ReadAt(p []byte, off int64) (int, error) {
 	const align = 4096
 	start := off &^ (align - 1)
 	end := (off + int64(len(p)) + align - 1) &^ (align - 1)
-	d, err := r.get(int(end - start))
-	if err != nil {
-		return 0, err
+	if int64(len(r.buf)) < end-start {
+		r.free()
+		b, free, err := directBuffer(int(end - start))
+		if err != nil {
+			return 0, err
+		}
+		r.buf, r.freeB = b, free
 	}
-	defer r.put(d)
-	n, err := r.f.ReadAt(d.b[:end-start], start)
+	n, err := r.f.ReadAt(r.buf[:end-start], start)
 	got := max(0, min(int64(n)-(off-start), int64(len(p))))
-	copy(p, d.b[off-start:off-start+got])
+	copy(p, r.buf[off-start:off-start+got])
 	if int(got) == len(p) {
 		return len(p), nil
 	}
 	return int(got), err
 }
 
-// free unmaps the buffers; no ReadAt may run or follow.
 func (r *alignedReader) free() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, d := range r.all {
-		d.free()
+	if r.freeB != nil {
+		r.freeB()
+		r.buf, r.freeB = nil, nil
 	}
-	r.bufs, r.all = nil, nil
 }
 
 // statBlock is the device number of the open block device f.
