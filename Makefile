@@ -25,12 +25,14 @@ GO ?= go
 #                    qemu-tests/bootloadervm/uboot_test.go boots under RAUC's scheme
 #   qemu-user-static qemu-aarch64/qemu-arm: make cross runs the arm64 and
 #                    32-bit ARM test binaries of the pure packages with them
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static
+#   qemu-system-arm  qemu-system-aarch64: make test-arm64 boots the arm64
+#                    kernel (initramfs/kernel-arm64.env) on its virt board (TCG)
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo test unit vmtest deps kernel initramfs clean bench soak cross
+.PHONY: all demo test unit vmtest deps kernel initramfs clean bench soak cross test-arm64
 
 all: test
 
@@ -50,6 +52,7 @@ deps:
 kernel: deps
 	@initramfs/fetch-kernel.sh >/dev/null
 	@KERNEL_ENV=kernel-generic.env initramfs/fetch-kernel.sh >/dev/null
+	@KERNEL_ENV=kernel-arm64.env initramfs/fetch-kernel.sh >/dev/null
 
 initramfs: kernel
 	$(GO) run ./initramfs/mkinitramfs -o out/cpinit.cpio ./cmds/cpinit
@@ -87,18 +90,30 @@ cross: deps
 	GOARCH=arm GOARM=7 $(GO) test -short -exec qemu-arm-static $(CROSS_PKGS)
 	GOARCH=386 $(GO) test -short $(CROSS_PKGS) ./cmds/...
 
+# The arm64 tests (issue 18): the arm64 kernel (initramfs/kernel-arm64.env)
+# booted by qemu-system-aarch64 on its virt board under TCG, cpinit and the
+# slots' programs built for arm64: the image build, a boot to switch_root,
+# and the lifecycle (commit; crash until fallback and the kernel's merge;
+# abort and the offline restore). Not part of `make test` (time: it stays
+# within 20 minutes on 2 cores); the tests skip, saying so, without
+# CPINIT_ARM64=1. make soak runs them too.
+ARM64_TESTS := Arm64
+test-arm64: kernel
+	CPINIT_ARM64=1 $(GO) test -timeout 30m -v -run '$(ARM64_TESTS)' ./initramfs ./qemu-tests
+
 # The long power-cut campaigns, not part of `make test`: SOAK_CUTS cuts of
 # the cache-losing campaign on ext4 userdata (TestCacheCut: cuts at counted
 # flushes of the store, misc and userdata, on disks that drop their
 # volatile cache, half of the cuts the whole cache), SOAK_F2FS_CUTS of it on
 # f2fs userdata over every boot of both cycles (TestCacheCutF2FS), and
 # SOAK_CUTS SIGKILL cuts at seeded times (TestPowerCut; make test makes 4). Each prints its seed first; replay with
-# CPINIT_CACHECUT_SEED= / CPINIT_SEED=. Figures: docs/TESTING.md.
+# CPINIT_CACHECUT_SEED= / CPINIT_SEED=. Figures: docs/TESTING.md. It also
+# runs the arm64 tests (make test-arm64's, CPINIT_ARM64=1).
 SOAK_CUTS ?= 200
 SOAK_F2FS_CUTS ?= 100
 soak: kernel
-	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) \
-		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)' ./qemu-tests ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
+	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 \
+		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' ./initramfs ./qemu-tests ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

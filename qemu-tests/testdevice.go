@@ -32,6 +32,32 @@ func NeedQEMU(t testing.TB) Kernel {
 	return k
 }
 
+// EnvArm64 opts into the arm64 VM tests: CPINIT_ARM64=1, which `make
+// test-arm64` and `make soak` set.
+const EnvArm64 = "CPINIT_ARM64"
+
+// NeedArm64 gates the arm64 VM tests (qemu-system-aarch64 -M virt under
+// TCG, the arm64 kernel initramfs.Arm64Kernel) and returns that kernel.
+// Without CPINIT_ARM64=1 they skip and say so, under CI too: `make test`
+// leaves them out on purpose, for time (it must stay within 20 minutes on
+// the 2-core machines it runs on), as -short leaves out long tests; they
+// are selected, not missing. With it set, a missing qemu-system-aarch64
+// or mkfs.ext4 skips with the reason, and fails under CI
+// (testutil.LookPath).
+func NeedArm64(t testing.TB) Kernel {
+	t.Helper()
+	if os.Getenv(EnvArm64) != "1" {
+		t.Skipf("arm64 VM test: runs with %s=1 (make test-arm64, make soak); make test leaves it out for time", EnvArm64)
+	}
+	testutil.LookPath(t, QEMUBinary("arm64"))
+	testutil.LookPath(t, "mkfs.ext4")
+	k, err := initramfs.FetchPinnedKernel(initramfs.Arm64Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // CpinitImage is the product initramfs (CpinitInitramfs) for t.
 func CpinitImage(t testing.TB) string {
 	t.Helper()
@@ -50,6 +76,30 @@ func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
 	testutil.LookPath(t, "debugfs")
 	testutil.LookPath(t, "e2fsck")
 	d, err := NewABDevice(t.TempDir(), k, CpinitImage(t), 60, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// NewTestDeviceFor is NewTestDevice booting the pinned kernel of env
+// (initramfs.Arm64Kernel: an arm64 device, its slots' programs and the
+// product initramfs built for arm64) with the product initramfs built for
+// it (CpinitInitramfsFor). Gate the test first (NeedArm64 for arm64).
+func NewTestDeviceFor(t testing.TB, seed uint64, env string) *ABDevice {
+	t.Helper()
+	if env == initramfs.CloudKernel {
+		return NewTestDevice(t, seed)
+	}
+	testutil.LookPath(t, "mkfs.ext4")
+	testutil.LookPath(t, "debugfs")
+	testutil.LookPath(t, "e2fsck")
+	k, initrd, err := CpinitInitramfsFor(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.LookPath(t, QEMUBinary(k.Arch))
+	d, err := NewABDevice(t.TempDir(), k, initrd, 60, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
