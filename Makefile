@@ -93,10 +93,11 @@ cross: deps
 # The arm64 tests (issue 18): the arm64 kernel (initramfs/kernel-arm64.env)
 # booted by qemu-system-aarch64 on its virt board under TCG, cpinit and the
 # slots' programs built for arm64: the image build, a boot to switch_root,
-# and the lifecycle (commit; crash until fallback and the kernel's merge;
-# abort and the offline restore). Not part of `make test` (time: it stays
-# within 20 minutes on 2 cores); the tests skip, saying so, without
-# CPINIT_ARM64=1. make soak runs them too.
+# the lifecycle (commit; crash until fallback and the kernel's merge;
+# abort and the offline restore) and 4 SIGKILL power cuts
+# (TestArm64PowerCut). Not part of `make test` (time: it stays within 20
+# minutes on 2 cores); the tests skip, saying so, without CPINIT_ARM64=1.
+# make soak runs them too, with SOAK_ARM64_CUTS cuts.
 ARM64_TESTS := Arm64
 test-arm64: kernel
 	CPINIT_ARM64=1 $(GO) test -timeout 30m -v -run '$(ARM64_TESTS)' ./initramfs ./qemu-tests
@@ -108,11 +109,13 @@ test-arm64: kernel
 # f2fs userdata over every boot of both cycles (TestCacheCutF2FS), and
 # SOAK_CUTS SIGKILL cuts at seeded times (TestPowerCut; make test makes 4). Each prints its seed first; replay with
 # CPINIT_CACHECUT_SEED= / CPINIT_SEED=. Figures: docs/TESTING.md. It also
-# runs the arm64 tests (make test-arm64's, CPINIT_ARM64=1).
+# runs the arm64 tests (make test-arm64's, CPINIT_ARM64=1), with
+# SOAK_ARM64_CUTS SIGKILL cuts on arm64 devices.
 SOAK_CUTS ?= 200
 SOAK_F2FS_CUTS ?= 100
+SOAK_ARM64_CUTS ?= 50
 soak: kernel
-	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 \
+	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 CPINIT_ARM64_POWERCUTS=$(SOAK_ARM64_CUTS) \
 		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' ./initramfs ./qemu-tests ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
