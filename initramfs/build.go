@@ -153,12 +153,18 @@ func fetchKernel(env string) (Kernel, error) {
 
 // BuildOptions describe one initramfs.
 type BuildOptions struct {
-	Modules string   // the kernel's /lib/modules/<release> directory
-	List    string   // module list; default initramfs/modules.list
-	Out     string   // output cpio
-	InitCmd string   // command run as /init (basename of one of Pkgs)
-	Files   []string // extra u-root -files host:guest entries
-	Pkgs    []string // Go command packages, relative to the module root
+	Modules string // the kernel's /lib/modules/<release> directory
+	List    string // module list; default initramfs/modules.list
+	Out     string // output cpio
+	InitCmd string // command run as /init (basename of one of Pkgs)
+	// Files are extra u-root -files host:guest entries. u-root adds the
+	// shared libraries of a host program (the host's ldd lists them), but
+	// not in an image for another architecture than the host's: the
+	// host's ldd cannot list a foreign program's libraries (it runs the
+	// program's ELF interpreter), so Build passes -skip-ldd and Files must
+	// name every library themselves.
+	Files []string
+	Pkgs  []string // Go command packages, relative to the module root
 	// Base is an existing initramfs (an uncompressed newc cpio) to add
 	// cpinit to, for the early-hook mode: the base keeps its files, its
 	// /init is kept as /inito (u-root's -base convention) and cpinit
@@ -187,6 +193,10 @@ func (o BuildOptions) arch() string {
 	}
 	return runtime.GOARCH
 }
+
+// hostLDD says whether u-root resolves Files' shared libraries with the
+// host's ldd: only for the host's own architecture (Files).
+func (o BuildOptions) hostLDD() bool { return o.arch() == runtime.GOARCH }
 
 // Build makes an initramfs: u-root with InitCmd as /init (-initcmd, not
 // uinit: cpinit must be PID 1 itself to switch_root), the listed modules of
@@ -326,6 +336,9 @@ func runURoot(o BuildOptions, out string) (string, error) {
 		"-defaultsh=",
 		"-initcmd=" + o.InitCmd,
 		"-o", tmp,
+	}
+	if !o.hostLDD() {
+		args = append(args, "-skip-ldd")
 	}
 	for _, f := range o.Files {
 		args = append(args, "-files", f)

@@ -37,7 +37,8 @@ import (
 // package the commands are built from (`go list -deps` in the build's
 // environment, so the files of the build's GOOS/GOARCH), InitCmd, and each
 // -files entry (its guest path, the contents of the host file or directory
-// and of the shared libraries u-root adds for it).
+// and of the shared libraries u-root adds for it, on the host's
+// architecture).
 const cacheFormat = "cpinit initramfs cache 3"
 
 // buildEnv is the environment of the u-root build and of the key's go list
@@ -77,7 +78,11 @@ func cacheKey(root string, o BuildOptions) (string, error) {
 			return "", err
 		}
 		// u-root adds the shared libraries of an ELF file (its ldd);
-		// for anything else ldd fails and there are none.
+		// for anything else ldd fails and there are none. For another
+		// architecture it adds none (BuildOptions.Files).
+		if !o.hostLDD() {
+			continue
+		}
 		if libs, err := ldd.List(host); err == nil {
 			sort.Strings(libs)
 			for _, l := range libs {

@@ -163,9 +163,22 @@ func assertNoPanic(t *testing.T, vm *VM) {
 // take.
 func TestGuestDeviceMapper(t *testing.T) {
 	NeedQEMU(t)
+	testGuestDeviceMapper(t, initramfs.CloudKernel)
+}
+
+// TestArm64GuestDeviceMapper is TestGuestDeviceMapper in an arm64 guest:
+// the test binary and guestinit built for arm64, Debian's arm64 dmsetup and
+// e2fsprogs as the tools (guesttools.go). Gated by CPINIT_ARM64=1.
+func TestArm64GuestDeviceMapper(t *testing.T) {
+	NeedArm64(t)
+	testGuestDeviceMapper(t, initramfs.Arm64Kernel)
+}
+
+func testGuestDeviceMapper(t *testing.T, env string) {
 	out := RunGuestTests(t, GuestRun{
-		Pkg:  "./qemu-tests/guestsmoke",
-		Args: []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
+		Pkg:    "./qemu-tests/guestsmoke",
+		Args:   []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
+		Kernel: env,
 	})
 	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "--- PASS: TestVMGuestTools", "device-mapper interface version 4."} {
 		if !strings.Contains(out, want) {
