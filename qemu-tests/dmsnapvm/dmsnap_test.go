@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
@@ -29,11 +30,24 @@ const pkg = "./pkg/dmsnap"
 // TestVMRestoreMatchesMerge in a boot of its own with two disks.
 func TestDmsnapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testDmsnapInGuest(t, initramfs.CloudKernel)
+}
+
+// TestArm64DmsnapInGuest is TestDmsnapInGuest in an arm64 guest: the ioctl
+// client's structures as the arm64 kernel reads them, with Debian's arm64
+// dmsetup as the oracle. Gated by CPINIT_ARM64=1 (qt.NeedArm64).
+func TestArm64DmsnapInGuest(t *testing.T) {
+	qt.NeedArm64(t)
+	testDmsnapInGuest(t, initramfs.Arm64Kernel)
+}
+
+func testDmsnapInGuest(t *testing.T, env string) {
 	r := qt.GuestRun{
 		Pkg:     pkg,
 		Args:    []string{"-test.run=^TestVM", "-test.skip=^(TestVMRestoreMatchesMerge|TestVMPowerCut)$"},
 		Disks:   []string{filepath.Join(t.TempDir(), "vda.img")},
 		Timeout: 10 * time.Minute,
+		Kernel:  env,
 	}
 	out, err := qt.RunGuestTestsErr(t, r)
 	if err != nil && strings.Contains(out, "VIRTIO-STALL:") {
