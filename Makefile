@@ -94,14 +94,17 @@ cross: deps
 # booted by qemu-system-aarch64 on its virt board under TCG, cpinit and the
 # slots' programs built for arm64: the image build, a boot to switch_root,
 # in-guest tests (guestsmoke, pkg/dmsnap's TestVM* with Debian's arm64
-# dmsetup as the oracle), the lifecycle (commit; crash until fallback and the kernel's merge;
+# dmsetup as the oracle and the restore-vs-merge differential, pkg/fiemap
+# through dm-linear, cmds/cpinit's TestVM*), the lifecycle (commit; crash until fallback and the kernel's merge;
 # abort and the offline restore) and 4 SIGKILL power cuts
-# (TestArm64PowerCut). Not part of `make test` (time: it stays within 20
+# (TestArm64PowerCut, one device: one QEMU at a time, like the whole target,
+# so it can run beside other work). Not part of `make test` (time: it stays within 20
 # minutes on 2 cores); the tests skip, saying so, without CPINIT_ARM64=1.
 # make soak runs them too, with SOAK_ARM64_CUTS cuts.
 ARM64_TESTS := Arm64
+ARM64_PKGS := ./initramfs ./qemu-tests ./qemu-tests/dmsnapvm ./qemu-tests/fiemapvm ./qemu-tests/cpinitvm
 test-arm64: kernel
-	CPINIT_ARM64=1 $(GO) test -p 1 -timeout 30m -v -run '$(ARM64_TESTS)' ./initramfs ./qemu-tests ./qemu-tests/dmsnapvm
+	CPINIT_ARM64=1 CPINIT_POWERCUT_DEVICES=1 $(GO) test -p 1 -timeout 30m -v -run '$(ARM64_TESTS)' $(ARM64_PKGS)
 
 # The long power-cut campaigns, not part of `make test`: SOAK_CUTS cuts of
 # the cache-losing campaign on ext4 userdata (TestCacheCut: cuts at counted
@@ -117,7 +120,7 @@ SOAK_F2FS_CUTS ?= 100
 SOAK_ARM64_CUTS ?= 50
 soak: kernel
 	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 CPINIT_ARM64_POWERCUTS=$(SOAK_ARM64_CUTS) \
-		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' ./initramfs ./qemu-tests ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm ./qemu-tests/dmsnapvm
+		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' $(ARM64_PKGS) ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

@@ -81,12 +81,25 @@ func testDmsnapInGuest(t *testing.T, env string) {
 // forever under QEMU 7.2 TCG (the hang verifyBatch's comment describes).
 func TestDmsnapRestoreMatchesMerge(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testDmsnapRestoreMatchesMerge(t, initramfs.CloudKernel)
+}
+
+// TestArm64DmsnapRestoreMatchesMerge is TestDmsnapRestoreMatchesMerge in an
+// arm64 guest: the offline restore's reading of the COW table against the
+// arm64 kernel's own merge. Gated by CPINIT_ARM64=1.
+func TestArm64DmsnapRestoreMatchesMerge(t *testing.T) {
+	qt.NeedArm64(t)
+	testDmsnapRestoreMatchesMerge(t, initramfs.Arm64Kernel)
+}
+
+func testDmsnapRestoreMatchesMerge(t *testing.T, env string) {
 	dir := t.TempDir()
 	out := qt.RunGuestTests(t, qt.GuestRun{
 		Pkg:     pkg,
 		Args:    []string{"-test.run=^TestVMRestoreMatchesMerge$"},
 		Disks:   []string{filepath.Join(dir, "vda.img"), filepath.Join(dir, "vdb.img")},
 		Timeout: 5 * time.Minute,
+		Kernel:  env,
 	})
 	for _, name := range []string{"sequential", "scattered", "overwritten", "near-full"} {
 		if !strings.Contains(out, "--- PASS: TestVMRestoreMatchesMerge/"+name+" ") {

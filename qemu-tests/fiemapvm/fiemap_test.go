@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 )
@@ -42,11 +43,24 @@ func makeDisk(t *testing.T, fsSize string, mkfsArgs ...string) string {
 // no root reserve, few inodes; the guest maps a COW file with dm-linear.
 func TestFiemapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testFiemapInGuest(t, initramfs.CloudKernel)
+}
+
+// TestArm64FiemapInGuest is TestFiemapInGuest in an arm64 guest: FIEMAP's
+// extents (pkg/fiemap built for arm64) mapped with dm-linear on the arm64
+// kernel. Gated by CPINIT_ARM64=1.
+func TestArm64FiemapInGuest(t *testing.T) {
+	qt.NeedArm64(t)
+	testFiemapInGuest(t, initramfs.Arm64Kernel)
+}
+
+func testFiemapInGuest(t *testing.T, env string) {
 	disk := makeDisk(t, "16M", "-b", "1024", "-m", "0", "-N", "256")
 	out := qt.RunGuestTests(t, qt.GuestRun{
-		Pkg:   "./pkg/fiemap",
-		Args:  []string{"-test.run=^TestVMLinearMapsFile$"},
-		Disks: []string{disk},
+		Pkg:    "./pkg/fiemap",
+		Args:   []string{"-test.run=^TestVMLinearMapsFile$"},
+		Disks:  []string{disk},
+		Kernel: env,
 	})
 	if !strings.Contains(out, "--- PASS: TestVMLinearMapsFile") {
 		t.Errorf("TestVMLinearMapsFile did not pass in the guest")
