@@ -97,14 +97,15 @@ cross: deps
 # dmsetup as the oracle and the restore-vs-merge differential, pkg/fiemap
 # through dm-linear, cmds/cpinit's TestVM*), the lifecycle (commit; crash until fallback and the kernel's merge;
 # abort and the offline restore) and 4 SIGKILL power cuts
-# (TestArm64PowerCut, one device: one QEMU at a time, like the whole target,
-# so it can run beside other work). Not part of `make test` (time: it stays within 20
+# (TestArm64PowerCut, one device) and the cache-losing cuts of the
+# rollback's merge boot (TestArm64CacheCut), one QEMU at a time (-p 1
+# -parallel 1, so it can run beside other work). Not part of `make test` (time: it stays within 20
 # minutes on 2 cores); the tests skip, saying so, without CPINIT_ARM64=1.
 # make soak runs them too, with SOAK_ARM64_CUTS cuts.
 ARM64_TESTS := Arm64
-ARM64_PKGS := ./initramfs ./qemu-tests ./qemu-tests/dmsnapvm ./qemu-tests/fiemapvm ./qemu-tests/cpinitvm
+ARM64_PKGS := ./initramfs ./qemu-tests ./qemu-tests/dmsnapvm ./qemu-tests/fiemapvm ./qemu-tests/cpinitvm ./qemu-tests/cachecutvm
 test-arm64: kernel
-	CPINIT_ARM64=1 CPINIT_POWERCUT_DEVICES=1 $(GO) test -p 1 -timeout 30m -v -run '$(ARM64_TESTS)' $(ARM64_PKGS)
+	CPINIT_ARM64=1 CPINIT_POWERCUT_DEVICES=1 $(GO) test -p 1 -parallel 1 -timeout 30m -v -run '$(ARM64_TESTS)' $(ARM64_PKGS)
 
 # The long power-cut campaigns, not part of `make test`: SOAK_CUTS cuts of
 # the cache-losing campaign on ext4 userdata (TestCacheCut: cuts at counted
@@ -114,13 +115,14 @@ test-arm64: kernel
 # SOAK_CUTS SIGKILL cuts at seeded times (TestPowerCut; make test makes 4). Each prints its seed first; replay with
 # CPINIT_CACHECUT_SEED= / CPINIT_SEED=. Figures: docs/TESTING.md. It also
 # runs the arm64 tests (make test-arm64's, CPINIT_ARM64=1), with
-# SOAK_ARM64_CUTS SIGKILL cuts on arm64 devices.
+# SOAK_ARM64_CUTS SIGKILL cuts on arm64 devices and as many cache-losing
+# cuts over every boot of both cycles (TestArm64CacheCut).
 SOAK_CUTS ?= 200
 SOAK_F2FS_CUTS ?= 100
 SOAK_ARM64_CUTS ?= 50
 soak: kernel
-	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 CPINIT_ARM64_POWERCUTS=$(SOAK_ARM64_CUTS) \
-		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' $(ARM64_PKGS) ./qemu-tests/cachecutvm ./qemu-tests/bootloadervm
+	CPINIT_CACHECUTS=$(SOAK_CUTS) CPINIT_CACHECUTS_F2FS=$(SOAK_F2FS_CUTS) CPINIT_CACHECUT_F2FS_ALL=1 CPINIT_POWERCUTS=$(SOAK_CUTS) CPINIT_ARM64=1 CPINIT_ARM64_POWERCUTS=$(SOAK_ARM64_CUTS) CPINIT_ARM64_CACHECUTS=$(SOAK_ARM64_CUTS) \
+		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' $(ARM64_PKGS) ./qemu-tests/bootloadervm
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd
