@@ -63,6 +63,21 @@ const (
 // of a .deb) to Go's GOARCH.
 var goArch = map[string]string{"amd64": "amd64", "arm64": "arm64", "armhf": "arm", "armel": "arm", "i386": "386"}
 
+// DebianArch is the Debian architecture of Go's GOARCH arch
+// (dpkg-architecture(1)): arm is armhf, the ARMv7 hard-float port GOARM=7
+// matches.
+func DebianArch(arch string) (string, error) {
+	switch arch {
+	case "amd64", "arm64":
+		return arch, nil
+	case "arm":
+		return "armhf", nil
+	case "386":
+		return "i386", nil
+	}
+	return "", fmt.Errorf("initramfs: no Debian architecture for GOARCH %q", arch)
+}
+
 // elfMachine is the ELF machine of each GOARCH an image can be built for:
 // Build checks the kernel's modules against it, so an image never pairs
 // one architecture's programs with another's modules.

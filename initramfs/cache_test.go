@@ -126,6 +126,18 @@ func TestGoEnv(t *testing.T) {
 	if _, err := cacheKey(RepoRoot(), BuildOptions{Arch: "aarch64"}); err == nil {
 		t.Error("cacheKey took architecture aarch64 (a GOARCH is arm64)")
 	}
+	for arch, want := range map[string]string{"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "386": "i386"} {
+		if got, err := DebianArch(arch); err != nil || got != want {
+			t.Errorf("DebianArch(%s) = %q, %v; want %s", arch, got, err, want)
+		}
+		// fetch-kernel.sh's KERNEL_ARCH maps back to the GOARCH.
+		if goArch[want] != arch {
+			t.Errorf("Debian architecture %s maps to GOARCH %q, want %s", want, goArch[want], arch)
+		}
+	}
+	if _, err := DebianArch("riscv64"); err == nil {
+		t.Error("DebianArch took riscv64, which the image builds do not support")
+	}
 	if (BuildOptions{}).arch() != runtime.GOARCH {
 		t.Errorf("the default architecture is %s, want the host's, %s", (BuildOptions{}).arch(), runtime.GOARCH)
 	}

@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/cpinit/cpinit/initramfs"
 )
 
 // The in-guest tools (GuestTools and a run's Tools) for a guest of another
@@ -24,13 +26,9 @@ import (
 // reading their ELF headers: the host's ldd, which u-root uses for host
 // programs, cannot list a foreign program's libraries (initramfs.BuildOptions.Files).
 
-// debArch is Debian's name of each GOARCH (dpkg-architecture(1)), and
-// multiarchTriplet the library directory of that architecture under /lib
-// and /usr/lib (Debian's MultiarchSpec).
-var (
-	debArch          = map[string]string{"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "386": "i386"}
-	multiarchTriplet = map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu", "arm": "arm-linux-gnueabihf", "386": "i386-linux-gnu"}
-)
+// multiarchTriplet is the library directory of each GOARCH's Debian
+// architecture under /lib and /usr/lib (Debian's MultiarchSpec).
+var multiarchTriplet = map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu", "arm": "arm-linux-gnueabihf", "386": "i386-linux-gnu"}
 
 // guestToolFiles returns the u-root -files entries (host:guest) that put
 // tools (absolute guest paths such as /usr/sbin/dmsetup) into the image of
@@ -76,9 +74,9 @@ func fetchGuestTools(arch string) (string, error) {
 	}
 	toolsMu.Unlock()
 	f.once.Do(func() {
-		deb, ok := debArch[arch]
-		if !ok {
-			f.err = fmt.Errorf("guest tools: no Debian architecture for GOARCH %q", arch)
+		deb, err := initramfs.DebianArch(arch)
+		if err != nil {
+			f.err = err
 			return
 		}
 		script := filepath.Join(RepoRoot(), "qemu-tests", "fetch-guest-tools.sh")
