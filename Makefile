@@ -94,7 +94,8 @@ cross: deps
 # booted by qemu-system-aarch64 on its virt board under TCG, cpinit and the
 # slots' programs built for arm64: the image build, a boot to switch_root,
 # in-guest tests (guestsmoke, pkg/dmsnap's TestVM* with Debian's arm64
-# dmsetup as the oracle and the restore-vs-merge differential, pkg/fiemap
+# dmsetup as the oracle, the restore-vs-merge differential and the merge's
+# and restore's cuts at counted flushes, pkg/fiemap
 # through dm-linear, cmds/cpinit's TestVM*), the lifecycle (commit; crash until fallback and the kernel's merge;
 # abort and the offline restore) and 4 SIGKILL power cuts
 # (TestArm64PowerCut, one device) and the cache-losing cuts of the
