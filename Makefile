@@ -95,7 +95,7 @@ cross: deps
 # slots' programs built for arm64: the image build, a boot to switch_root,
 # in-guest tests (guestsmoke, pkg/dmsnap's TestVM* with Debian's arm64
 # dmsetup as the oracle, the restore-vs-merge differential and the merge's
-# and restore's cuts at counted flushes, pkg/fiemap
+# and restore's cuts at counted flushes, pkg/fiemap and its allocation cut
 # through dm-linear, cmds/cpinit's TestVM*), the lifecycle (commit; crash until fallback and the kernel's merge;
 # abort and the offline restore) and 4 SIGKILL power cuts
 # (TestArm64PowerCut, one device) and the cache-losing cuts of the

@@ -39,6 +39,18 @@ func GuestInitramfs() (string, error) {
 	return guestInitramfsFor(initramfs.CloudKernel, k, nil)
 }
 
+// GuestInitramfsFor fetches the pinned kernel of env and builds the
+// test-only initramfs (guestinit, GuestTools) for it once per process: for
+// tests that boot it themselves, as RunGuestTests does with GuestRun.Kernel.
+func GuestInitramfsFor(env string) (Kernel, string, error) {
+	k, err := initramfs.FetchPinnedKernel(env)
+	if err != nil {
+		return k, "", err
+	}
+	p, err := guestInitramfsFor(env, k, nil)
+	return k, p, err
+}
+
 // guestInitramfsFor builds the test-only initramfs for the pinned kernel of
 // env, with GuestTools and tools, once per process and combination.
 func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
