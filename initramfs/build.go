@@ -383,11 +383,12 @@ func runURoot(o BuildOptions, out string) (string, error) {
 // the target's GOARCH in its environment would build u-root itself for the
 // target ("exec format error" for arm64 on an amd64 host); `go tool -n`
 // builds it and prints its path without running it (go help tool), and
-// the empty GOOS/GOARCH select the host's.
+// the empty GOOS/GOARCH select the host's. CGO off, as before: u-root is
+// pure Go and needs no C compiler.
 func uRootTool() (string, error) {
 	cmd := exec.Command("go", "tool", "-n", "u-root")
 	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "GOOS=", "GOARCH=", "GOAMD64=", "GOARM=")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=", "GOARCH=", "GOAMD64=", "GOARM=")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()

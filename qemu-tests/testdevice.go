@@ -82,10 +82,10 @@ func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
 	return d
 }
 
-// NewTestDeviceFor is NewTestDevice booting the pinned kernel of env
-// (initramfs.Arm64Kernel: an arm64 device, its slots' programs and the
-// product initramfs built for arm64) with the product initramfs built for
-// it (CpinitInitramfsFor). Gate the test first (NeedArm64 for arm64).
+// NewTestDeviceFor is NewTestDevice booting the pinned kernel of env with
+// the product initramfs built for it (CpinitInitramfsFor); for
+// initramfs.Arm64Kernel an arm64 device, whose slots' programs are built
+// for arm64 too. Gate the test first (NeedArm64 for arm64).
 func NewTestDeviceFor(t testing.TB, seed uint64, env string) *ABDevice {
 	t.Helper()
 	if env == initramfs.CloudKernel {
