@@ -49,6 +49,13 @@ func NeedArm64(t testing.TB) Kernel {
 	if os.Getenv(EnvArm64) != "1" {
 		t.Skipf("arm64 VM test: runs with %s=1 (make test-arm64, make soak); make test leaves it out for time", EnvArm64)
 	}
+	return needArm64Tools(t)
+}
+
+// needArm64Tools is NeedArm64 without the CPINIT_ARM64 gate: the tools
+// and the kernel.
+func needArm64Tools(t testing.TB) Kernel {
+	t.Helper()
 	testutil.LookPath(t, QEMUBinary("arm64"))
 	testutil.LookPath(t, "mkfs.ext4")
 	k, err := initramfs.FetchPinnedKernel(initramfs.Arm64Kernel)
@@ -68,9 +75,34 @@ func CpinitImage(t testing.TB) string {
 	return p
 }
 
+// EnvArch is the architecture of the devices NewTestDevice makes:
+// CPINIT_ARCH unset or amd64, the cloud kernel's; arm64, the arm64
+// kernel's (asking for it selects the tests: CPINIT_ARM64 is not needed).
+// So every test built on NewTestDevice (the lifecycle, bad inputs, issue
+// 14's safety tests, watch, TestCacheCut) runs on arm64 with
+//
+//	CPINIT_ARCH=arm64 go test -p 1 -parallel 1 ./qemu-tests -run ...
+const EnvArch = "CPINIT_ARCH"
+
 // NewTestDevice is an A/B device (NewABDevice) in t's temporary directory:
-// 60 seeded files in ext4 userdata, the cloud kernel, the product initramfs.
+// 60 seeded files in ext4 userdata, the cloud kernel (or the arm64 one:
+// EnvArch), the product initramfs.
 func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
+	t.Helper()
+	switch a := os.Getenv(EnvArch); a {
+	case "", "amd64":
+		return newTestDevice(t, seed)
+	case "arm64":
+		needArm64Tools(t)
+		return NewTestDeviceFor(t, seed, initramfs.Arm64Kernel)
+	default:
+		t.Fatalf("%s=%q: amd64 or arm64", EnvArch, a)
+		return nil
+	}
+}
+
+// newTestDevice is NewTestDevice on the cloud kernel.
+func newTestDevice(t testing.TB, seed uint64) *ABDevice {
 	t.Helper()
 	k := NeedQEMU(t)
 	testutil.LookPath(t, "debugfs")
@@ -89,7 +121,7 @@ func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
 func NewTestDeviceFor(t testing.TB, seed uint64, env string) *ABDevice {
 	t.Helper()
 	if env == initramfs.CloudKernel {
-		return NewTestDevice(t, seed)
+		return newTestDevice(t, seed)
 	}
 	testutil.LookPath(t, "mkfs.ext4")
 	testutil.LookPath(t, "debugfs")
