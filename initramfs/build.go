@@ -3,6 +3,7 @@ package initramfs
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +31,9 @@ func SharedCache() string { return filepath.Join(RepoRoot(), "out", "cache", "in
 
 // Kernel is a pinned kernel, fetched and unpacked by fetch-kernel.sh.
 type Kernel struct {
+	// Arch is the kernel's architecture as a GOARCH (KERNEL_ARCH of its
+	// env file: Debian's names amd64, arm64, armhf→arm and i386→386).
+	Arch    string
 	Release string // uname -r of the guest
 	Vmlinuz string
 	Modules string // /lib/modules/<release> of the unpacked package
@@ -49,7 +53,61 @@ const (
 	// GenericKernel is Debian's generic kernel of the same version, which
 	// has f2fs as a module; its modules are modules-generic.list.
 	GenericKernel = "kernel-generic.env"
+	// Arm64Kernel is Debian's arm64 cloud kernel of the same version,
+	// booted by qemu-system-aarch64 (-M virt); its modules are
+	// modules-arm64.list.
+	Arm64Kernel = "kernel-arm64.env"
 )
+
+// goArch maps a Debian architecture (dpkg --print-architecture, the suffix
+// of a .deb) to Go's GOARCH.
+var goArch = map[string]string{"amd64": "amd64", "arm64": "arm64", "armhf": "arm", "armel": "arm", "i386": "386"}
+
+// DebianArch is the Debian architecture of Go's GOARCH arch
+// (dpkg-architecture(1)): arm is armhf, the ARMv7 hard-float port GOARM=7
+// matches.
+func DebianArch(arch string) (string, error) {
+	switch arch {
+	case "amd64", "arm64":
+		return arch, nil
+	case "arm":
+		return "armhf", nil
+	case "386":
+		return "i386", nil
+	}
+	return "", fmt.Errorf("initramfs: no Debian architecture for GOARCH %q", arch)
+}
+
+// elfMachine is the ELF machine of each GOARCH an image can be built for:
+// Build checks the kernel's modules against it, so an image never pairs
+// one architecture's programs with another's modules.
+var elfMachine = map[string]elf.Machine{
+	"amd64": elf.EM_X86_64,
+	"arm64": elf.EM_AARCH64,
+	"arm":   elf.EM_ARM,
+	"386":   elf.EM_386,
+}
+
+// GoEnv is the Go environment that builds static programs for a guest of
+// arch (a GOARCH: amd64, arm64, arm or 386): CGO off (an image has no libc
+// for them), GOOS=linux, and the architecture's baseline: GOAMD64=v1 so
+// amd64 programs run on QEMU's default CPU models (qemu64 has no AVX),
+// GOARM=7 for 32-bit ARM (ARMv7 with VFPv3, what Debian's armhf targets).
+// The variables of the other architectures are cleared so a GOAMD64 or
+// GOARM of the caller's environment cannot leak into the build.
+func GoEnv(arch string) ([]string, error) {
+	if _, ok := elfMachine[arch]; !ok {
+		return nil, fmt.Errorf("initramfs: architecture %q not supported (GOARCH amd64, arm64, arm or 386)", arch)
+	}
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + arch, "GOAMD64=", "GOARM="}
+	switch arch {
+	case "amd64":
+		env[3] = "GOAMD64=v1"
+	case "arm":
+		env[4] = "GOARM=7"
+	}
+	return env, nil
+}
 
 type fetched struct {
 	once sync.Once
@@ -97,7 +155,11 @@ func fetchKernel(env string) (Kernel, error) {
 			vars[k] = v
 		}
 	}
-	k := Kernel{Release: vars["KERNEL_RELEASE"], Vmlinuz: vars["KERNEL_VMLINUZ"], Modules: vars["KERNEL_MODULES"], ModuleList: vars["KERNEL_MODULE_LIST"]}
+	arch, ok := goArch[vars["KERNEL_ARCH"]]
+	if !ok {
+		return Kernel{}, fmt.Errorf("KERNEL_ENV=%s initramfs/fetch-kernel.sh: KERNEL_ARCH=%q is not a Debian architecture cpinit builds for (%v)", env, vars["KERNEL_ARCH"], goArch)
+	}
+	k := Kernel{Arch: arch, Release: vars["KERNEL_RELEASE"], Vmlinuz: vars["KERNEL_VMLINUZ"], Modules: vars["KERNEL_MODULES"], ModuleList: vars["KERNEL_MODULE_LIST"]}
 	if k.Vmlinuz == "" || k.Modules == "" || k.ModuleList == "" {
 		return Kernel{}, fmt.Errorf("KERNEL_ENV=%s initramfs/fetch-kernel.sh printed no kernel paths:\n%s", env, out)
 	}
@@ -106,12 +168,18 @@ func fetchKernel(env string) (Kernel, error) {
 
 // BuildOptions describe one initramfs.
 type BuildOptions struct {
-	Modules string   // the kernel's /lib/modules/<release> directory
-	List    string   // module list; default initramfs/modules.list
-	Out     string   // output cpio
-	InitCmd string   // command run as /init (basename of one of Pkgs)
-	Files   []string // extra u-root -files host:guest entries
-	Pkgs    []string // Go command packages, relative to the module root
+	Modules string // the kernel's /lib/modules/<release> directory
+	List    string // module list; default initramfs/modules.list
+	Out     string // output cpio
+	InitCmd string // command run as /init (basename of one of Pkgs)
+	// Files are extra u-root -files host:guest entries. u-root adds the
+	// shared libraries of a host program (the host's ldd lists them), but
+	// not in an image for another architecture than the host's: the
+	// host's ldd cannot list a foreign program's libraries (it runs the
+	// program's ELF interpreter), so Build passes -skip-ldd and Files must
+	// name every library themselves.
+	Files []string
+	Pkgs  []string // Go command packages, relative to the module root
 	// Base is an existing initramfs (an uncompressed newc cpio) to add
 	// cpinit to, for the early-hook mode: the base keeps its files, its
 	// /init is kept as /inito (u-root's -base convention) and cpinit
@@ -122,12 +190,28 @@ type BuildOptions struct {
 	// instead.
 	Base string
 	Log  io.Writer
+	// Arch is the GOARCH of the image's programs (GoEnv): amd64, arm64,
+	// arm or 386; default runtime.GOARCH, the host's. It must be the
+	// kernel's: Build refuses modules of another ELF machine.
+	Arch string
 	// Cache is a directory of built images to reuse (see cache.go): an
 	// image whose inputs were all built before is copied from it instead
 	// of built again. The tests use it ("" builds every time, as
 	// mkinitramfs does).
 	Cache string
 }
+
+// arch is o.Arch or the host's architecture.
+func (o BuildOptions) arch() string {
+	if o.Arch != "" {
+		return o.Arch
+	}
+	return runtime.GOARCH
+}
+
+// hostLDD says whether u-root resolves Files' shared libraries with the
+// host's ldd: only for the host's own architecture (Files).
+func (o BuildOptions) hostLDD() bool { return o.arch() == runtime.GOARCH }
 
 // Build makes an initramfs: u-root with InitCmd as /init (-initcmd, not
 // uinit: cpinit must be PID 1 itself to switch_root), the listed modules of
@@ -157,6 +241,14 @@ func Build(o BuildOptions) error {
 	mods, err := Resolve(o.Modules, names)
 	if err != nil {
 		return err
+	}
+	if _, err := GoEnv(o.arch()); err != nil {
+		return err
+	}
+	for _, m := range mods {
+		if want := elfMachine[o.arch()]; m.Machine != want {
+			return fmt.Errorf("initramfs %s: module %s is for %v, the image's programs for %s (%v): pick the kernel of BuildOptions.Arch, or the Arch of the kernel", o.Out, filepath.Join(o.Modules, m.RelPath), m.Machine, o.arch(), want)
+		}
 	}
 	var base string
 	if o.Base != "" {
@@ -247,29 +339,67 @@ func buildCore(o BuildOptions, out string) (string, func(), error) {
 // runURoot builds o's commands and Files with u-root into a temporary file
 // beside out and returns its path.
 func runURoot(o BuildOptions, out string) (string, error) {
+	tool, err := uRootTool()
+	if err != nil {
+		return "", err
+	}
 	tmp, err := tempBeside(out)
 	if err != nil {
 		return "", err
 	}
-	args := []string{"tool", "u-root",
+	args := []string{
 		"-defaultsh=",
 		"-initcmd=" + o.InitCmd,
 		"-o", tmp,
+	}
+	if !o.hostLDD() {
+		args = append(args, "-skip-ldd")
 	}
 	for _, f := range o.Files {
 		args = append(args, "-files", f)
 	}
 	args = append(args, o.Pkgs...)
-	cmd := exec.Command("go", args...)
+	// u-root builds the commands with the go command and the GOOS/GOARCH
+	// of its environment (its golang.Default reads them): the target's.
+	env, err := buildEnv(o.arch())
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	cmd := exec.Command(tool, args...)
 	cmd.Dir = RepoRoot()
-	cmd.Env = buildEnv()
+	cmd.Env = env
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(&output, o.Log), io.MultiWriter(&output, o.Log)
 	if err := cmd.Run(); err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, output.Bytes())
+		return "", fmt.Errorf("u-root %s (%s, GOARCH=%s): %w\n%s", strings.Join(args, " "), tool, o.arch(), err, output.Bytes())
 	}
 	return tmp, nil
+}
+
+// uRootTool builds u-root (go.mod's tool directive) for the host and
+// returns the executable's path in Go's build cache. `go tool u-root` with
+// the target's GOARCH in its environment would build u-root itself for the
+// target ("exec format error" for arm64 on an amd64 host); `go tool -n`
+// builds it and prints its path without running it (go help tool), and
+// the empty GOOS/GOARCH select the host's. CGO off, as before: u-root is
+// pure Go and needs no C compiler.
+func uRootTool() (string, error) {
+	cmd := exec.Command("go", "tool", "-n", "u-root")
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=", "GOARCH=", "GOAMD64=", "GOARM=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool -n u-root (in %s): %w\n%s", cmd.Dir, err, stderr.Bytes())
+	}
+	p := strings.TrimSpace(string(b))
+	if p == "" || strings.Contains(p, "\n") {
+		return "", fmt.Errorf("go tool -n u-root printed %q, not the path of one executable", b)
+	}
+	return p, nil
 }
 
 // assemble writes to out the records of the u-root image core, then add

@@ -3,6 +3,7 @@ package initramfs
 import (
 	"bytes"
 	"compress/gzip"
+	"debug/elf"
 	"os"
 	"path"
 	"path/filepath"
@@ -252,5 +253,51 @@ func TestBuildWithUrootCommands(t *testing.T) {
 	}
 	if target, _ := readAll(have["init"]); target != "bbin/cpinit" {
 		t.Errorf("/init -> %q, want bbin/cpinit", target)
+	}
+}
+
+// TestBuildArm64: the product image for the arm64 kernel, built on this
+// (amd64) host: u-root itself runs as a host program and builds the
+// commands for arm64, so bbin/bb is an AArch64 executable, and the modules
+// and modules.dep are the arm64 kernel's (dm-mod after dax). It runs with
+// CPINIT_ARM64=1 (make test-arm64, make soak) and leaves make test's time
+// alone; qemu-tests' TestArm64BootSwitchRoot boots the same image.
+func TestBuildArm64(t *testing.T) {
+	if os.Getenv("CPINIT_ARM64") != "1" {
+		t.Skip("arm64 build test: runs with CPINIT_ARM64=1 (make test-arm64, make soak); make test leaves it out for time")
+	}
+	k, err := FetchPinnedKernel(Arm64Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "cpinit-arm64.cpio")
+	if err := Build(BuildOptions{Modules: k.Modules, List: k.ModuleList, Arch: k.Arch, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: SharedCache()}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := recordsByName(t, img)
+	if target, _ := readAll(have["init"]); target != "bbin/cpinit" {
+		t.Errorf("/init -> %q, want bbin/cpinit", target)
+	}
+	bb, ok := have["bbin/bb"]
+	if !ok {
+		t.Fatal("image lacks bbin/bb")
+	}
+	f, err := elf.NewFile(bb)
+	if err != nil {
+		t.Fatalf("bbin/bb: %v", err)
+	}
+	if f.Machine != elf.EM_AARCH64 || f.Class != elf.ELFCLASS64 {
+		t.Errorf("bbin/bb is %v %v, want an AArch64 ELF64 executable", f.Class, f.Machine)
+	}
+	dep, ok := have["lib/modules/"+k.Release+"/modules.dep"]
+	if !ok {
+		t.Fatalf("image lacks the arm64 kernel's modules.dep (lib/modules/%s)", k.Release)
+	}
+	if s, _ := readAll(dep); !strings.Contains(s, "kernel/drivers/md/dm-mod.ko: kernel/drivers/dax/dax.ko\n") {
+		t.Errorf("modules.dep does not load dax before dm-mod:\n%s", s)
 	}
 }

@@ -31,27 +31,34 @@ import (
 // modules, the module list and the base archive are added after it, so
 // they are not in the key. u-root's output is byte-identical for identical
 // inputs (see Build), so a hit returns exactly what a build would. The key
-// covers: the Go toolchain (`go env GOVERSION`), go.mod and go.sum (the
+// covers: the target architecture (Arch: the same sources give another
+// image), the Go toolchain (`go env GOVERSION`), go.mod and go.sum (the
 // u-root version among them), the source files of every non-standard
 // package the commands are built from (`go list -deps` in the build's
 // environment, so the files of the build's GOOS/GOARCH), InitCmd, and each
 // -files entry (its guest path, the contents of the host file or directory
-// and of the shared libraries u-root adds for it).
-const cacheFormat = "cpinit initramfs cache 2"
+// and of the shared libraries u-root adds for it, on the host's
+// architecture).
+const cacheFormat = "cpinit initramfs cache 3"
 
-// buildEnv is the environment of the u-root build and of the key's go list:
-// CGO off (the image has no libc for our Go binaries), GOAMD64=v1 so it
-// runs on QEMU's default CPU models.
-func buildEnv() []string {
-	return append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+// buildEnv is the environment of the u-root build and of the key's go list
+// for arch: the process's, then GoEnv's (the later value of a variable wins
+// in os/exec).
+func buildEnv(arch string) ([]string, error) {
+	env, err := GoEnv(arch)
+	if err != nil {
+		return nil, err
+	}
+	return append(os.Environ(), env...), nil
 }
 
 // cacheKey is the hex SHA-256 of the inputs of a build's u-root step.
 // root is the Go module the packages are relative to.
 func cacheKey(root string, o BuildOptions) (string, error) {
+	arch := o.arch()
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00init=%s\x00", cacheFormat, o.InitCmd)
-	out, err := goCmd(root, "env", "GOVERSION")
+	fmt.Fprintf(h, "%s\x00init=%s\x00arch=%s\x00", cacheFormat, o.InitCmd, arch)
+	out, err := goCmd(root, arch, "env", "GOVERSION")
 	if err != nil {
 		return "", err
 	}
@@ -61,7 +68,7 @@ func cacheKey(root string, o BuildOptions) (string, error) {
 			return "", err
 		}
 	}
-	if err := hashPackages(h, root, o.Pkgs); err != nil {
+	if err := hashPackages(h, root, arch, o.Pkgs); err != nil {
 		return "", err
 	}
 	for _, f := range o.Files {
@@ -71,7 +78,11 @@ func cacheKey(root string, o BuildOptions) (string, error) {
 			return "", err
 		}
 		// u-root adds the shared libraries of an ELF file (its ldd);
-		// for anything else ldd fails and there are none.
+		// for anything else ldd fails and there are none. For another
+		// architecture it adds none (BuildOptions.Files).
+		if !o.hostLDD() {
+			continue
+		}
 		if libs, err := ldd.List(host); err == nil {
 			sort.Strings(libs)
 			for _, l := range libs {
@@ -85,10 +96,14 @@ func cacheKey(root string, o BuildOptions) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func goCmd(root string, args ...string) ([]byte, error) {
+func goCmd(root, arch string, args ...string) ([]byte, error) {
+	env, err := buildEnv(arch)
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
-	cmd.Env = buildEnv()
+	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -101,11 +116,11 @@ func goCmd(root string, args ...string) ([]byte, error) {
 // hashPackages adds the source of every non-standard package pkgs are built
 // from: import path, and the name and contents of each Go, embedded and
 // other file go list names (the standard library is the toolchain's).
-func hashPackages(h hash.Hash, root string, pkgs []string) error {
+func hashPackages(h hash.Hash, root, arch string, pkgs []string) error {
 	if len(pkgs) == 0 {
 		return nil
 	}
-	out, err := goCmd(root, append([]string{"list", "-deps", "-json=ImportPath,Dir,Standard,GoFiles,SFiles,EmbedFiles,OtherFiles"}, pkgs...)...)
+	out, err := goCmd(root, arch, append([]string{"list", "-deps", "-json=ImportPath,Dir,Standard,GoFiles,SFiles,EmbedFiles,OtherFiles"}, pkgs...)...)
 	if err != nil {
 		return err
 	}

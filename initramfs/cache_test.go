@@ -3,6 +3,8 @@ package initramfs
 import (
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -70,6 +72,9 @@ func TestCacheKey(t *testing.T) {
 		{"go.mod", func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.23\n") },
 			func() { write(filepath.Join(root, "go.mod"), "module example.com/k\n\ngo 1.22\n") }},
 		{"InitCmd", func() { o.InitCmd = "y" }, func() { o.InitCmd = "x" }},
+		// The same sources built for another architecture are another
+		// image; "" is the host's architecture, so it keys like it.
+		{"Arch", func() { o.Arch = otherArch(runtime.GOARCH) }, func() { o.Arch = runtime.GOARCH }},
 		{"a -files file's contents", func() { write(file, "#!/bin/sh\n:\n") }, func() { write(file, "#!/bin/sh\n") }},
 		{"a -files guest path", func() { o.Files = []string{file + ":bin/tool2"} }, func() { o.Files = []string{file + ":bin/tool"} }},
 	}
@@ -82,5 +87,58 @@ func TestCacheKey(t *testing.T) {
 		if k := key(); k != k0 {
 			t.Fatalf("undoing the change of %s did not give the first key back", c.what)
 		}
+	}
+}
+
+// otherArch is a supported architecture that is not arch.
+func otherArch(arch string) string {
+	if arch == "arm64" {
+		return "amd64"
+	}
+	return "arm64"
+}
+
+// TestGoEnv: each supported architecture gets its GOARCH and its baseline
+// (GOAMD64=v1 for amd64 only, GOARM=7 for arm only), the others' variables
+// cleared; an unknown one is refused with its name, by GoEnv and by the
+// cache key.
+func TestGoEnv(t *testing.T) {
+	for arch, want := range map[string][]string{
+		"amd64": {"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1", "GOARM="},
+		"arm64": {"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64", "GOAMD64=", "GOARM="},
+		"arm":   {"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm", "GOAMD64=", "GOARM=7"},
+		"386":   {"CGO_ENABLED=0", "GOOS=linux", "GOARCH=386", "GOAMD64=", "GOARM="},
+	} {
+		got, err := GoEnv(arch)
+		if err != nil {
+			t.Errorf("GoEnv(%s): %v", arch, err)
+			continue
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("GoEnv(%s) = %q, want %q", arch, got, want)
+		}
+	}
+	for _, arch := range []string{"riscv64", "x86_64", "aarch64", "armhf"} {
+		if _, err := GoEnv(arch); err == nil || !strings.Contains(err.Error(), `"`+arch+`"`) {
+			t.Errorf("GoEnv(%s): %v, want an error naming it", arch, err)
+		}
+	}
+	if _, err := cacheKey(RepoRoot(), BuildOptions{Arch: "aarch64"}); err == nil {
+		t.Error("cacheKey took architecture aarch64 (a GOARCH is arm64)")
+	}
+	for arch, want := range map[string]string{"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "386": "i386"} {
+		if got, err := DebianArch(arch); err != nil || got != want {
+			t.Errorf("DebianArch(%s) = %q, %v; want %s", arch, got, err, want)
+		}
+		// fetch-kernel.sh's KERNEL_ARCH maps back to the GOARCH.
+		if goArch[want] != arch {
+			t.Errorf("Debian architecture %s maps to GOARCH %q, want %s", want, goArch[want], arch)
+		}
+	}
+	if _, err := DebianArch("riscv64"); err == nil {
+		t.Error("DebianArch took riscv64, which the image builds do not support")
+	}
+	if (BuildOptions{}).arch() != runtime.GOARCH {
+		t.Errorf("the default architecture is %s, want the host's, %s", (BuildOptions{}).arch(), runtime.GOARCH)
 	}
 }

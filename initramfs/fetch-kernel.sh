@@ -9,6 +9,12 @@
 # f2fs (as a module):
 #   KERNEL_ENV=kernel-generic.env initramfs/fetch-kernel.sh
 #
+# An env file may name the package's architecture (KERNEL_ARCH, default
+# amd64; kernel-arm64.env: arm64). A kernel for an architecture other than
+# the host's dpkg architecture is fetched with the private apt configuration
+# below (suite KERNEL_SUITE, default bookworm) with that architecture as
+# apt's only one, so the host needs no `dpkg --add-architecture`.
+#
 # An env file may name a Debian suite the host's apt sources lack
 # (KERNEL_SUITE=bookworm-backports, as kernel-612.env does; KERNEL_MIRROR
 # defaults to http://deb.debian.org/debian): the package is then fetched
@@ -23,6 +29,7 @@
 # sha256, it does nothing but print the paths.
 #
 # Output (stdout, shell-sourceable):
+#   KERNEL_ARCH=amd64
 #   KERNEL_RELEASE=6.1.0-50-cloud-amd64
 #   KERNEL_VMLINUZ=/abs/.cache/kernel/.../boot/vmlinuz-...
 #   KERNEL_MODULES=/abs/.cache/kernel/.../lib/modules/6.1.0-50-cloud-amd64
@@ -37,7 +44,7 @@ top=$(cd "$here/.." && pwd)
 env=${KERNEL_ENV:-kernel.env}
 [[ $env == */* ]] || env=$here/$env
 [[ -f $env ]] || { echo "fetch-kernel: no kernel env file $env (KERNEL_ENV)" >&2; exit 1; }
-unset KERNEL_PKG KERNEL_VERSION KERNEL_SHA256 KERNEL_MODULE_LIST KERNEL_SUITE KERNEL_MIRROR
+unset KERNEL_PKG KERNEL_VERSION KERNEL_SHA256 KERNEL_MODULE_LIST KERNEL_SUITE KERNEL_MIRROR KERNEL_ARCH
 # shellcheck source=kernel.env
 . "$env"
 for v in KERNEL_PKG KERNEL_VERSION; do
@@ -51,11 +58,13 @@ module_list=${KERNEL_MODULE_LIST:-modules.list}
 cache=${CPINIT_CACHE:-$top/.cache}
 dir=$cache/kernel/${KERNEL_PKG}_${KERNEL_VERSION}
 release=${KERNEL_PKG#linux-image-}
-deb=$dir/${KERNEL_PKG}_${KERNEL_VERSION}_amd64.deb
+arch=${KERNEL_ARCH:-amd64}
+deb=$dir/${KERNEL_PKG}_${KERNEL_VERSION}_$arch.deb
 
 say() { echo "fetch-kernel: $*" >&2; }
 
 print_paths() {
+	echo "KERNEL_ARCH=$arch"
 	echo "KERNEL_RELEASE=$release"
 	echo "KERNEL_VMLINUZ=$dir/root/boot/vmlinuz-$release"
 	echo "KERNEL_MODULES=$dir/root/lib/modules/$release"
@@ -73,14 +82,23 @@ for tool in apt-get dpkg-deb sha256sum; do
 done
 
 # apt_get runs apt-get with the host's sources, or, when the env file names
-# a suite, with a private configuration for that suite alone.
+# a suite or a foreign architecture, with a private configuration for that
+# suite and architecture alone.
 apt_opts=()
+if [[ $arch != "$(dpkg --print-architecture)" ]]; then
+	KERNEL_SUITE=${KERNEL_SUITE:-bookworm}
+	# apt.conf(5): APT::Architecture is the native architecture and
+	# APT::Architectures the list apt fetches lists for; both set to the
+	# kernel's, the private lists hold that architecture's packages only.
+	apt_opts=(-o "APT::Architecture=$arch" -o "APT::Architectures::=$arch")
+fi
 if [[ -n ${KERNEL_SUITE:-} ]]; then
 	priv=$cache/kernel/apt-$KERNEL_SUITE
+	[[ $arch == "$(dpkg --print-architecture)" ]] || priv=$priv-$arch
 	mkdir -p "$priv/lists/partial" "$priv/cache/archives/partial"
 	# The suite is signed by the Debian archive keys (debian-archive-keyring).
 	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${KERNEL_MIRROR:-http://deb.debian.org/debian} $KERNEL_SUITE main" >"$priv/sources.list"
-	apt_opts=(-o "Dir::Etc::SourceList=$priv/sources.list" -o "Dir::Etc::SourceParts=-"
+	apt_opts+=(-o "Dir::Etc::SourceList=$priv/sources.list" -o "Dir::Etc::SourceParts=-"
 		-o "Dir::State::Lists=$priv/lists" -o "Dir::Cache=$priv/cache")
 fi
 apt_get() { apt-get "${apt_opts[@]}" "$@"; }

@@ -22,6 +22,9 @@ type Module struct {
 	Name    string   // canonical name, '-' replaced by '_' as the kernel does
 	RelPath string   // relative to /lib/modules/<release>, e.g. kernel/drivers/md/dm-mod.ko
 	Depends []string // canonical names from the module's .modinfo depends=
+	// Machine is the module's ELF machine (EM_X86_64, EM_AARCH64, ...):
+	// the kernel's architecture.
+	Machine elf.Machine
 }
 
 // CanonicalName maps a module name or file name to the kernel's form:
@@ -74,7 +77,7 @@ func ReadModule(modDir, relPath string) (Module, error) {
 	if err != nil {
 		return Module{}, fmt.Errorf("module %s: %w", path, err)
 	}
-	m := Module{Name: CanonicalName(relPath), RelPath: relPath}
+	m := Module{Name: CanonicalName(relPath), RelPath: relPath, Machine: f.Machine}
 	for _, d := range info["depends"] {
 		for _, n := range strings.Split(d, ",") {
 			if n != "" {

@@ -80,6 +80,9 @@ func TestResolvePinnedKernel(t *testing.T) {
 	if !strings.Contains(k.Release, "cloud") {
 		t.Errorf("FetchKernel gave %s, want the cloud kernel (the default)", k.Release)
 	}
+	if k.Arch != "amd64" {
+		t.Errorf("the default kernel's architecture is %q, want amd64 (kernel.env sets no KERNEL_ARCH)", k.Arch)
+	}
 	names, err := ReadList(list)
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +187,94 @@ func TestResolveGenericKernel(t *testing.T) {
 	}
 	if len(loaded) < 2 || loaded[len(loaded)-1] != "f2fs" {
 		t.Fatalf("kmodule load order %v, want f2fs last, after its dependencies", loaded)
+	}
+}
+
+// TestResolveArm64Kernel: the arm64 kernel (kernel-arm64.env, fetched with
+// a private apt configuration for arm64) unpacks into its own tree; its
+// module list resolves, every module is an AArch64 ELF file, and kmodule
+// loads dm-snapshot after dax, dm-mod and dm-bufio (on arm64 the DAX core
+// is a module dm-mod depends on) and virtio_blk after the virtio core,
+// from the generated modules.dep. Build refuses to pair its modules with
+// programs of another architecture, and the amd64 kernel's with arm64
+// programs, before it runs u-root.
+func TestResolveArm64Kernel(t *testing.T) {
+	k, err := FetchPinnedKernel(Arm64Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Arch != "arm64" || !strings.HasSuffix(k.Release, "-arm64") {
+		t.Fatalf("kernel-arm64.env gave %+v, want an arm64 kernel", k)
+	}
+	if want := filepath.Join(RepoRoot(), "initramfs", "modules-arm64.list"); k.ModuleList != want {
+		t.Errorf("module list %s, want %s", k.ModuleList, want)
+	}
+	if f, err := os.Open(k.Vmlinuz); err != nil {
+		t.Fatal(err)
+	} else {
+		// The arm64 boot image header (Documentation/arm64/booting.rst in 6.1,
+		// "Call the kernel image"): magic "ARM\x64" at offset 56. Debian's
+		// arm64 vmlinuz is the uncompressed Image that QEMU loads as is.
+		hdr := make([]byte, 64)
+		_, err := f.ReadAt(hdr, 0)
+		f.Close()
+		if err != nil || string(hdr[56:60]) != "ARM\x64" {
+			t.Errorf("%s is not an arm64 Image (magic %q, %v)", k.Vmlinuz, hdr[56:60], err)
+		}
+	}
+	names, err := ReadList(k.ModuleList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := Resolve(k.Modules, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		if m.Machine != elf.EM_AARCH64 {
+			t.Errorf("module %s is for %v, want EM_AARCH64", m.RelPath, m.Machine)
+		}
+	}
+
+	root := t.TempDir()
+	modDir := filepath.Join(root, "lib", "modules", k.Release)
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(modDir, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for mod, want := range map[string][]string{
+		"dm-snapshot": {"dax", "dm_mod", "dm_bufio", "dm_snapshot"},
+		"virtio_blk":  {"virtio", "virtio_ring", "virtio_blk"},
+		"virtio_pci":  {"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci"},
+	} {
+		var loaded []string
+		opts := kmodule.ProbeOpts{RootDir: root, KVer: k.Release, IgnoreProcMods: true,
+			DryRunCB: func(p string) { loaded = append(loaded, CanonicalName(p)) }}
+		if err := kmodule.ProbeOptions(mod, "", opts); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(sortedCopy(loaded), sortedCopy(want)) || loaded[len(loaded)-1] != want[len(want)-1] {
+			t.Errorf("kmodule loads %s as %v, want %v with %s last", mod, loaded, want, want[len(want)-1])
+		}
+	}
+
+	amd64 := pinnedKernel(t)
+	for _, c := range []struct {
+		k    Kernel
+		arch string
+		want string
+	}{{k, "amd64", "EM_AARCH64"}, {k, "arm", "EM_AARCH64"}, {amd64, "arm64", "EM_X86_64"}} {
+		var log strings.Builder
+		err := Build(BuildOptions{Modules: c.k.Modules, List: c.k.ModuleList, Arch: c.arch, Out: filepath.Join(t.TempDir(), "x.cpio"),
+			InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Log: &log})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.arch) {
+			t.Errorf("Build of %s's modules for %s: %v, want a refusal naming %s", c.k.Release, c.arch, err, c.want)
+		}
+		if log.Len() > 0 {
+			t.Errorf("Build for %s ran u-root before refusing:\n%s", c.arch, log.String())
+		}
 	}
 }
 

@@ -31,7 +31,7 @@ func BuildInitramfs(out, initcmd string, files []string, pkgs ...string) error {
 	if err != nil {
 		return err
 	}
-	return initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Out: out, InitCmd: initcmd, Files: files, Pkgs: pkgs, Cache: ImageCache()})
+	return initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, Arch: k.Arch, Out: out, InitCmd: initcmd, Files: files, Pkgs: pkgs, Cache: ImageCache()})
 }
 
 // ImageCache is where the tests keep the initramfs images they build, for
@@ -61,9 +61,10 @@ var (
 )
 
 // CpinitInitramfsFor fetches the pinned kernel of env (initramfs.CloudKernel,
-// initramfs.GenericKernel) and builds the product initramfs for it, with its
-// modules and module list, once per process into out/cpinit-<env>.cpio. It
-// returns the kernel and the initramfs.
+// initramfs.GenericKernel, initramfs.Arm64Kernel) and builds the product
+// initramfs for it, with its modules and module list and for its
+// architecture, once per process into out/cpinit-<env>.cpio. It returns the
+// kernel and the initramfs.
 func CpinitInitramfsFor(env string) (Kernel, string, error) {
 	k, err := initramfs.FetchPinnedKernel(env)
 	if err != nil {
@@ -75,49 +76,76 @@ func CpinitInitramfsFor(env string) (Kernel, string, error) {
 		return k, p, nil
 	}
 	p := filepath.Join(OutDir(), "cpinit-"+strings.TrimSuffix(env, ".env")+".cpio")
-	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: ImageCache()}); err != nil {
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Arch: k.Arch, Out: p, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: ImageCache()}); err != nil {
 		return k, "", err
 	}
 	cpinitFor[env] = p
 	return k, p, nil
 }
 
-// GoBuild builds a static Go command for the guest.
-func GoBuild(out, pkg string) error {
+// GoBuild builds a static Go command for an amd64 guest.
+func GoBuild(out, pkg string) error { return GoBuildFor(out, pkg, "amd64") }
+
+// GoBuildFor builds a static Go command for a guest of arch (a GOARCH; the
+// environment is initramfs.GoEnv's, the initramfs build's).
+func GoBuildFor(out, pkg, arch string) error {
+	env, err := initramfs.GoEnv(arch)
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
 	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	cmd.Env = append(os.Environ(), env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		return fmt.Errorf("go build %s (GOARCH=%s): %w\n%s", pkg, arch, err, out)
 	}
 	return nil
 }
 
+type slotBin struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
 var (
-	binOnce sync.Once
-	binDir  string
-	binErr  error
+	slotBinsMu sync.Mutex
+	slotBins   = map[string]*slotBin{} // GOARCH -> its binaries
 )
 
-// slotBinaries builds sysinit and the cpinit CLI once per process.
-func slotBinaries() (string, error) {
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "cpinit-slotbin-")
-		if binErr != nil {
+// slotBinaries builds sysinit and the cpinit CLI for arch once per process
+// and architecture.
+func slotBinaries(arch string) (string, error) {
+	slotBinsMu.Lock()
+	b, ok := slotBins[arch]
+	if !ok {
+		b = &slotBin{}
+		slotBins[arch] = b
+	}
+	slotBinsMu.Unlock()
+	b.once.Do(func() {
+		b.dir, b.err = os.MkdirTemp("", "cpinit-slotbin-"+arch+"-")
+		if b.err != nil {
 			return
 		}
-		if binErr = GoBuild(filepath.Join(binDir, "init"), "./qemu-tests/sysinit"); binErr != nil {
+		if b.err = GoBuildFor(filepath.Join(b.dir, "init"), "./qemu-tests/sysinit", arch); b.err != nil {
 			return
 		}
-		binErr = GoBuild(filepath.Join(binDir, "cpinit"), "./cmds/cpinit")
+		b.err = GoBuildFor(filepath.Join(b.dir, "cpinit"), "./cmds/cpinit", arch)
 	})
-	return binDir, binErr
+	return b.dir, b.err
 }
 
 // MakeSystemImage builds a system slot in dir: an ext4 image labelled label
 // whose /sbin/init is qemu-tests/sysinit and which has the cpinit CLI at
-// /usr/bin/cpinit, as a real system slot would.
+// /usr/bin/cpinit, as a real system slot would, for an amd64 guest.
 func MakeSystemImage(dir, label string) (string, error) {
+	return MakeSystemImageFor(dir, label, "amd64")
+}
+
+// MakeSystemImageFor is MakeSystemImage with the programs built for arch
+// (a GOARCH).
+func MakeSystemImageFor(dir, label, arch string) (string, error) {
 	root := filepath.Join(dir, label+".root")
 	// switch_root moves /dev, /proc, /sys and /run into the new root: a
 	// system image has those mount points, and /data for userdata.
@@ -126,7 +154,7 @@ func MakeSystemImage(dir, label string) (string, error) {
 			return "", err
 		}
 	}
-	bins, err := slotBinaries()
+	bins, err := slotBinaries(arch)
 	if err != nil {
 		return "", err
 	}

@@ -8,11 +8,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cpinit/cpinit/initramfs"
 )
 
 func systemImage(t *testing.T, dir, label string) string {
 	t.Helper()
-	img, err := MakeSystemImage(dir, label)
+	return systemImageFor(t, dir, label, "amd64")
+}
+
+func systemImageFor(t *testing.T, dir, label, arch string) string {
+	t.Helper()
+	img, err := MakeSystemImageFor(dir, label, arch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +32,22 @@ func systemImage(t *testing.T, dir, label string) string {
 // which reads back a file the host put in userdata.
 func TestBootSwitchRoot(t *testing.T) {
 	k := NeedQEMU(t)
-	initrd := CpinitImage(t)
+	testBootSwitchRoot(t, k, CpinitImage(t))
+}
+
+// TestArm64BootSwitchRoot is TestBootSwitchRoot on the arm64 kernel
+// (qemu-system-aarch64 -M virt, TCG), with cpinit and the system's init
+// built for arm64. Gated by CPINIT_ARM64=1 (NeedArm64): make test-arm64.
+func TestArm64BootSwitchRoot(t *testing.T) {
+	NeedArm64(t)
+	k, initrd, err := CpinitInitramfsFor(initramfs.Arm64Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testBootSwitchRoot(t, k, initrd)
+}
+
+func testBootSwitchRoot(t *testing.T, k Kernel, initrd string) {
 	dir := t.TempDir()
 
 	secret := make([]byte, 8)
@@ -42,10 +64,11 @@ func TestBootSwitchRoot(t *testing.T) {
 	if err := MakeExt4(udImg, 64<<20, "userdata", ud); err != nil {
 		t.Fatal(err)
 	}
-	sysImg := systemImage(t, dir, "system_a")
+	sysImg := systemImageFor(t, dir, "system_a", k.Arch)
 
 	start := time.Now()
 	vm := StartT(t, Options{
+		Arch:   k.Arch,
 		Kernel: k.Vmlinuz,
 		Initrd: []string{initrd},
 		Disks:  []string{sysImg, udImg},
@@ -66,7 +89,7 @@ func TestBootSwitchRoot(t *testing.T) {
 	if strings.Contains(vm.Output(), "loaded device-mapper modules") || strings.Contains(vm.Output(), "device-mapper: ioctl") {
 		t.Error("a boot with no checkpoint loaded device-mapper (it should load only when a mapping is needed)")
 	}
-	t.Logf("boot to switch_root and power off took %v", time.Since(start))
+	t.Logf("%s boot to switch_root and power off took %v", k.Arch, time.Since(start))
 }
 
 // TestBootNoNextInit: with no cpinit.root there is no next init, and cpinit
@@ -140,9 +163,22 @@ func assertNoPanic(t *testing.T, vm *VM) {
 // take.
 func TestGuestDeviceMapper(t *testing.T) {
 	NeedQEMU(t)
+	testGuestDeviceMapper(t, initramfs.CloudKernel)
+}
+
+// TestArm64GuestDeviceMapper is TestGuestDeviceMapper in an arm64 guest:
+// the test binary and guestinit built for arm64, Debian's arm64 dmsetup and
+// e2fsprogs as the tools (guesttools.go). Gated by CPINIT_ARM64=1.
+func TestArm64GuestDeviceMapper(t *testing.T) {
+	NeedArm64(t)
+	testGuestDeviceMapper(t, initramfs.Arm64Kernel)
+}
+
+func testGuestDeviceMapper(t *testing.T, env string) {
 	out := RunGuestTests(t, GuestRun{
-		Pkg:  "./qemu-tests/guestsmoke",
-		Args: []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
+		Pkg:    "./qemu-tests/guestsmoke",
+		Args:   []string{"-test.run=^(TestVMDeviceMapperVersion|TestVMGuestTools)$"},
+		Kernel: env,
 	})
 	for _, want := range []string{"--- PASS: TestVMDeviceMapperVersion", "--- PASS: TestVMGuestTools", "device-mapper interface version 4."} {
 		if !strings.Contains(out, want) {

@@ -64,7 +64,7 @@ func makeABDevice(dir string, k Kernel, initrd string, nfiles int, seed uint64, 
 	d := &ABDevice{Dir: dir, Kernel: k, Initrd: initrd, FSType: fstype}
 	var err error
 	for i, label := range []string{"system_a", "system_b"} {
-		if d.Systems[i], err = MakeSystemImage(dir, label); err != nil {
+		if d.Systems[i], err = MakeSystemImageFor(dir, label, k.Arch); err != nil {
 			return nil, err
 		}
 	}
@@ -160,6 +160,7 @@ func (d *ABDevice) Options(slot int, extra string) Options {
 		userdata = "cpinit.userdata=/dev/vdc cpinit.fstype=f2fs"
 	}
 	return Options{
+		Arch:   d.Kernel.Arch,
 		Kernel: d.Kernel.Vmlinuz,
 		Initrd: []string{d.Initrd},
 		Disks:  []string{d.Systems[0], d.Systems[1], d.Userdata, d.Metadata, d.Misc},

@@ -39,6 +39,18 @@ func GuestInitramfs() (string, error) {
 	return guestInitramfsFor(initramfs.CloudKernel, k, nil)
 }
 
+// GuestInitramfsFor fetches the pinned kernel of env and builds the
+// test-only initramfs (guestinit, GuestTools) for it once per process: for
+// tests that boot it themselves, as RunGuestTests does with GuestRun.Kernel.
+func GuestInitramfsFor(env string) (Kernel, string, error) {
+	k, err := initramfs.FetchPinnedKernel(env)
+	if err != nil {
+		return k, "", err
+	}
+	p, err := guestInitramfsFor(env, k, nil)
+	return k, p, err
+}
+
 // guestInitramfsFor builds the test-only initramfs for the pinned kernel of
 // env, with GuestTools and tools, once per process and combination.
 func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
@@ -53,14 +65,13 @@ func guestInitramfsFor(env string, k Kernel, tools []string) (string, error) {
 		name = fmt.Sprintf("guest-%s-%d.cpio", strings.TrimSuffix(env, ".env"), len(guestBuilt))
 	}
 	p := filepath.Join(OutDir(), name)
-	var files []string
-	for _, f := range append(append([]string(nil), GuestTools...), tools...) {
-		if _, err := os.Stat(f); err != nil {
-			return "", fmt.Errorf("guest tool %s missing on the host (make deps installs the packages): %w", f, err)
-		}
-		files = append(files, f+":"+strings.TrimPrefix(f, "/"))
+	// The host's tools, or on another architecture Debian's builds of
+	// them for it (guesttools.go).
+	files, err := guestToolFiles(k.Arch, append(append([]string(nil), GuestTools...), tools...))
+	if err != nil {
+		return "", err
 	}
-	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Out: p, InitCmd: "guestinit", Files: files, Pkgs: []string{"./qemu-tests/guestinit"}, Cache: ImageCache()}); err != nil {
+	if err := initramfs.Build(initramfs.BuildOptions{Modules: k.Modules, List: k.ModuleList, Arch: k.Arch, Out: p, InitCmd: "guestinit", Files: files, Pkgs: []string{"./qemu-tests/guestinit"}, Cache: ImageCache()}); err != nil {
 		return "", err
 	}
 	guestBuilt[key] = p
@@ -76,7 +87,9 @@ type GuestRun struct {
 	// if missing, or the NBD URIs of cachedisk disks.
 	Disks []string
 	// Kernel is the pinned kernel's env file (initramfs.GenericKernel for
-	// f2fs); the cloud kernel when empty.
+	// f2fs, initramfs.Arm64Kernel for an arm64 guest: the test binary,
+	// guestinit and the tools are then arm64 programs); the cloud kernel
+	// when empty.
 	Kernel string
 	// Tools are host binaries the guest needs besides GuestTools.
 	Tools []string
@@ -84,13 +97,22 @@ type GuestRun struct {
 	Timeout time.Duration
 }
 
-// BuildTestBinary compiles a package's tests as a static binary for the guest.
-func BuildTestBinary(pkg, out string) error {
+// BuildTestBinary compiles a package's tests as a static binary for an
+// amd64 guest.
+func BuildTestBinary(pkg, out string) error { return BuildTestBinaryFor(pkg, out, "amd64") }
+
+// BuildTestBinaryFor compiles a package's tests as a static binary for a
+// guest of arch (a GOARCH; initramfs.GoEnv's environment).
+func BuildTestBinaryFor(pkg, out, arch string) error {
+	env, err := initramfs.GoEnv(arch)
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command("go", "test", "-c", "-trimpath", "-o", out, pkg)
 	cmd.Dir = RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go test -c %s: %w\n%s", pkg, err, b)
+		return fmt.Errorf("go test -c %s (GOARCH=%s): %w\n%s", pkg, arch, err, b)
 	}
 	if _, err := os.Stat(out); err != nil {
 		return fmt.Errorf("go test -c %s wrote no binary (no test files?): %w", pkg, err)
@@ -154,11 +176,12 @@ var testBinaries struct {
 	path map[string]string
 }
 
-// testBinary builds a package's test binary once per process.
-func testBinary(pkg string) (string, error) {
+// testBinary builds a package's test binary for arch once per process.
+func testBinary(pkg, arch string) (string, error) {
 	testBinaries.Lock()
 	defer testBinaries.Unlock()
-	if p, ok := testBinaries.path[pkg]; ok {
+	key := arch + "\x00" + pkg
+	if p, ok := testBinaries.path[key]; ok {
 		return p, nil
 	}
 	if testBinaries.dir == "" {
@@ -169,10 +192,10 @@ func testBinary(pkg string) (string, error) {
 		testBinaries.dir, testBinaries.path = d, map[string]string{}
 	}
 	p := filepath.Join(testBinaries.dir, fmt.Sprintf("t%d.test", len(testBinaries.path)))
-	if err := BuildTestBinary(pkg, p); err != nil {
+	if err := BuildTestBinaryFor(pkg, p, arch); err != nil {
 		return "", err
 	}
-	testBinaries.path[pkg] = p
+	testBinaries.path[key] = p
 	return p, nil
 }
 
@@ -193,7 +216,7 @@ func StartGuestTests(t testing.TB, r GuestRun) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin, err := testBinary(r.Pkg)
+	bin, err := testBinary(r.Pkg, k.Arch)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +242,7 @@ func StartGuestTests(t testing.TB, r GuestRun) (*VM, error) {
 	}
 	t.Logf("guest runs %s %s", r.Pkg, strings.Join(args, " "))
 	return StartT(t, Options{
+		Arch:   k.Arch,
 		Kernel: k.Vmlinuz,
 		Initrd: []string{base, overlay},
 		Append: fmt.Sprintf("vmtest.disks=%d", len(r.Disks)),

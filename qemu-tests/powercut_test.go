@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
@@ -41,6 +42,9 @@ import (
 //	                                           TestCacheCut's)
 //	-powercut.seed S     (CPINIT_SEED)        seed; default from the clock
 //	-powercut.devices D  (CPINIT_POWERCUT_DEVICES) devices booted in parallel; default 2
+//	-powercuts.arm64 N   (CPINIT_ARM64_POWERCUTS) cuts of TestArm64PowerCut, the
+//	                                           same suite on the arm64 kernel
+//	                                           (CPINIT_ARM64=1); default 4
 //
 // The seed is printed first. Cut delays are seeded, but where a cut lands
 // also depends on how fast the guest runs, so a replay with the same seed
@@ -51,6 +55,7 @@ var (
 	flagPowercuts       = flag.Int("powercuts", EnvInt("CPINIT_POWERCUTS", 4), "TestPowerCut: power cuts to make in all (at least)")
 	flagPowercutSeed    = flag.Uint64("powercut.seed", uint64(EnvInt("CPINIT_SEED", 0)), "TestPowerCut: seed (0: from the clock)")
 	flagPowercutDevices = flag.Int("powercut.devices", EnvInt("CPINIT_POWERCUT_DEVICES", 2), "TestPowerCut: simulated devices booted in parallel")
+	flagArm64Powercuts  = flag.Int("powercuts.arm64", EnvInt("CPINIT_ARM64_POWERCUTS", 4), "TestArm64PowerCut: power cuts to make in all (at least)")
 )
 
 // Phases of an update cycle the suite cuts into.
@@ -106,14 +111,30 @@ func (s *pcStats) add(f func()) {
 
 func TestPowerCut(t *testing.T) {
 	t.Parallel()
+	testPowerCut(t, initramfs.CloudKernel, *flagPowercuts)
+}
+
+// TestArm64PowerCut is TestPowerCut on arm64 devices: the arm64 kernel on
+// qemu-system-aarch64's virt board, cpinit and the slots' programs built
+// for arm64; the same cycles, cuts and checks. Gated by CPINIT_ARM64=1
+// (NeedArm64); -powercuts.arm64 (CPINIT_ARM64_POWERCUTS) cuts, default 4.
+func TestArm64PowerCut(t *testing.T) {
+	NeedArm64(t)
+	t.Parallel()
+	testPowerCut(t, initramfs.Arm64Kernel, *flagArm64Powercuts)
+}
+
+// testPowerCut makes at least cuts power cuts on devices booting the
+// pinned kernel of env.
+func testPowerCut(t *testing.T, env string, cuts int) {
 	seed := *flagPowercutSeed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano()) & (1<<53 - 1)
 	}
 	ndev := max(*flagPowercutDevices, 1)
-	total := max(*flagPowercuts, 1)
-	t.Logf("power-cut suite: seed %d (replay: -powercut.seed=%d or CPINIT_SEED=%d), %d cuts on %d devices",
-		seed, seed, seed, total, ndev)
+	total := max(cuts, 1)
+	t.Logf("power-cut suite (%s): seed %d (replay: -powercut.seed=%d or CPINIT_SEED=%d), %d cuts on %d devices",
+		env, seed, seed, seed, total, ndev)
 	start := time.Now()
 	st := &pcStats{cycles: map[string]int{}, byPhase: map[string]int{}, landings: map[string]int{}}
 	t.Run("devices", func(t *testing.T) {
@@ -124,7 +145,7 @@ func TestPowerCut(t *testing.T) {
 			}
 			t.Run(fmt.Sprintf("dev%d", i), func(t *testing.T) {
 				t.Parallel()
-				w := newPCDevice(t, seed, i, st)
+				w := newPCDevice(t, env, seed, i, st)
 				for c := 0; w.cuts < quota; c++ {
 					w.cycle(c)
 				}
@@ -161,8 +182,8 @@ type pcDevice struct {
 	win map[string]time.Duration
 }
 
-func newPCDevice(t *testing.T, seed uint64, i int, st *pcStats) *pcDevice {
-	d := NewTestDevice(t, seed+uint64(i))
+func newPCDevice(t *testing.T, env string, seed uint64, i int, st *pcStats) *pcDevice {
+	d := NewTestDeviceFor(t, seed+uint64(i), env)
 	return &pcDevice{t: t, d: d, rng: rand.New(rand.NewPCG(seed, uint64(i))), st: st,
 		win: map[string]time.Duration{}}
 }
@@ -663,10 +684,11 @@ func (w *pcDevice) start(slot int) *pcBoot {
 		t.Fatal(err)
 	}
 	ll := &lineLog{f: f, start: time.Now()}
+	// Options gives the harness's console arguments, which on x86 have
 	// no_timer_check: under TCG on a loaded host the kernel's early
 	// IO-APIC timer check can fail and panic at 0.000000 ("IO-APIC +
 	// timer doesn't work!"), which has nothing to do with cpinit.
-	o := w.d.Options(slot, "no_timer_check")
+	o := w.d.Options(slot, "")
 	o.Log = ll
 	vm, err := Start(o)
 	if err != nil {

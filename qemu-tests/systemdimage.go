@@ -218,7 +218,8 @@ func SystemdSlotRoot(root string) error {
 	if err := os.Symlink("../lib/systemd/systemd", filepath.Join(root, "usr/sbin/init")); err != nil {
 		return err
 	}
-	bins, err := slotBinaries()
+	// amd64: the image's systemd and libraries are the host's.
+	bins, err := slotBinaries("amd64")
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,39 @@ func NeedQEMU(t testing.TB) Kernel {
 	return k
 }
 
+// EnvArm64 opts into the arm64 VM tests: CPINIT_ARM64=1, which `make
+// test-arm64` and `make soak` set.
+const EnvArm64 = "CPINIT_ARM64"
+
+// NeedArm64 gates the arm64 VM tests (qemu-system-aarch64 -M virt under
+// TCG, the arm64 kernel initramfs.Arm64Kernel) and returns that kernel.
+// Without CPINIT_ARM64=1 they skip and say so, under CI too: `make test`
+// leaves them out on purpose, for time (it must stay within 20 minutes on
+// the 2-core machines it runs on), as -short leaves out long tests; they
+// are selected, not missing. With it set, a missing qemu-system-aarch64
+// or mkfs.ext4 skips with the reason, and fails under CI
+// (testutil.LookPath).
+func NeedArm64(t testing.TB) Kernel {
+	t.Helper()
+	if os.Getenv(EnvArm64) != "1" {
+		t.Skipf("arm64 VM test: runs with %s=1 (make test-arm64, make soak); make test leaves it out for time", EnvArm64)
+	}
+	return needArm64Tools(t)
+}
+
+// needArm64Tools is NeedArm64 without the CPINIT_ARM64 gate: the tools
+// and the kernel.
+func needArm64Tools(t testing.TB) Kernel {
+	t.Helper()
+	testutil.LookPath(t, QEMUBinary("arm64"))
+	testutil.LookPath(t, "mkfs.ext4")
+	k, err := initramfs.FetchPinnedKernel(initramfs.Arm64Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // CpinitImage is the product initramfs (CpinitInitramfs) for t.
 func CpinitImage(t testing.TB) string {
 	t.Helper()
@@ -42,14 +75,63 @@ func CpinitImage(t testing.TB) string {
 	return p
 }
 
+// EnvArch is the architecture of the devices NewTestDevice makes:
+// CPINIT_ARCH unset or amd64, the cloud kernel's; arm64, the arm64
+// kernel's (asking for it selects the tests: CPINIT_ARM64 is not needed).
+// So every test built on NewTestDevice (the lifecycle, bad inputs, issue
+// 14's safety tests, watch, TestCacheCut) runs on arm64 with
+//
+//	CPINIT_ARCH=arm64 go test -p 1 -parallel 1 ./qemu-tests -run ...
+const EnvArch = "CPINIT_ARCH"
+
 // NewTestDevice is an A/B device (NewABDevice) in t's temporary directory:
-// 60 seeded files in ext4 userdata, the cloud kernel, the product initramfs.
+// 60 seeded files in ext4 userdata, the cloud kernel (or the arm64 one:
+// EnvArch), the product initramfs.
 func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
+	t.Helper()
+	switch a := os.Getenv(EnvArch); a {
+	case "", "amd64":
+		return newTestDevice(t, seed)
+	case "arm64":
+		needArm64Tools(t)
+		return NewTestDeviceFor(t, seed, initramfs.Arm64Kernel)
+	default:
+		t.Fatalf("%s=%q: amd64 or arm64", EnvArch, a)
+		return nil
+	}
+}
+
+// newTestDevice is NewTestDevice on the cloud kernel.
+func newTestDevice(t testing.TB, seed uint64) *ABDevice {
 	t.Helper()
 	k := NeedQEMU(t)
 	testutil.LookPath(t, "debugfs")
 	testutil.LookPath(t, "e2fsck")
 	d, err := NewABDevice(t.TempDir(), k, CpinitImage(t), 60, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// NewTestDeviceFor is NewTestDevice booting the pinned kernel of env with
+// the product initramfs built for it (CpinitInitramfsFor); for
+// initramfs.Arm64Kernel an arm64 device, whose slots' programs are built
+// for arm64 too. Gate the test first (NeedArm64 for arm64).
+func NewTestDeviceFor(t testing.TB, seed uint64, env string) *ABDevice {
+	t.Helper()
+	if env == initramfs.CloudKernel {
+		return newTestDevice(t, seed)
+	}
+	testutil.LookPath(t, "mkfs.ext4")
+	testutil.LookPath(t, "debugfs")
+	testutil.LookPath(t, "e2fsck")
+	k, initrd, err := CpinitInitramfsFor(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.LookPath(t, QEMUBinary(k.Arch))
+	d, err := NewABDevice(t.TempDir(), k, initrd, 60, seed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -52,6 +53,30 @@ func TestCopyFileSparse(t *testing.T) {
 		}
 		if used := fi.Sys().(*syscall.Stat_t).Blocks * 512; used > 1<<20 {
 			t.Errorf("%s: the copy uses %d bytes on disk for %d of data: holes were written", c.name, used, len(c.blocks)*8)
+		}
+	}
+}
+
+// TestStartArch: the harness picks QEMU, CPU and console by the guest's
+// architecture, and refuses what it cannot boot (an architecture with no
+// machine, firmware on arm64) before it starts anything.
+func TestStartArch(t *testing.T) {
+	if got := QEMUBinary("arm64"); os.Getenv("CPINIT_QEMU_ARM64") == "" && got != "qemu-system-aarch64" {
+		t.Errorf("QEMUBinary(arm64) = %s", got)
+	}
+	if got := QEMUBinary(""); os.Getenv("CPINIT_QEMU") == "" && got != "qemu-system-x86_64" {
+		t.Errorf("QEMUBinary(\"\") = %s", got)
+	}
+	if ConsoleArgs("") != KernelConsoleArgs || ConsoleArgs("amd64") != KernelConsoleArgs {
+		t.Error("amd64's console arguments changed")
+	}
+	if a := ConsoleArgs("arm64"); !strings.Contains(a, "console=ttyAMA0") || strings.Contains(a, "ttyS0") || strings.Contains(a, "no_timer_check") {
+		t.Errorf("arm64 console arguments %q: want ttyAMA0, no x86 parameters", a)
+	}
+	for _, o := range []Options{{Arch: "riscv64"}, {Arch: "arm64", BIOS: "u-boot.rom"}, {Arch: "arm64", Firmware: "vars.fd"}} {
+		if vm, err := Start(o); err == nil {
+			vm.Kill()
+			t.Errorf("Start(%+v) started QEMU", o)
 		}
 	}
 }

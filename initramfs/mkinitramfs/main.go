@@ -10,12 +10,18 @@
 // (an env file in initramfs/, default kernel.env):
 //
 //	go run ./initramfs/mkinitramfs -kernel kernel-generic.env -o out/generic.cpio ./cmds/cpinit
+//
+// The programs are built for -arch (a GOARCH), by default the pinned
+// kernel's architecture, or with -modules the host's; the arm64 kernel:
+//
+//	go run ./initramfs/mkinitramfs -kernel kernel-arm64.env -o out/cpinit-arm64.cpio ./cmds/cpinit
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/cpinit/cpinit/initramfs"
@@ -38,6 +44,7 @@ func run() error {
 	var files multi
 	var kernelEnv string
 	flag.StringVar(&kernelEnv, "kernel", initramfs.CloudKernel, "pinned kernel to fetch when -modules is not given: its env file in initramfs/ (e.g. "+initramfs.GenericKernel+")")
+	flag.StringVar(&o.Arch, "arch", "", "GOARCH of the image's programs: amd64, arm64, arm or 386 (default: the pinned kernel's; with -modules, the host's, "+runtime.GOARCH+")")
 	flag.StringVar(&o.Modules, "modules", "", "the kernel's /lib/modules/<release> directory (default: the pinned kernel's)")
 	flag.StringVar(&o.List, "list", "", "module list (default: the pinned kernel's, initramfs/modules.list for kernel.env; with -modules, initramfs/modules.list)")
 	flag.StringVar(&o.Out, "o", "", "output cpio file (required)")
@@ -57,6 +64,9 @@ func run() error {
 		o.Modules = k.Modules
 		if o.List == "" {
 			o.List = k.ModuleList
+		}
+		if o.Arch == "" {
+			o.Arch = k.Arch
 		}
 	}
 	o.Files, o.Pkgs, o.Log = files, flag.Args(), os.Stderr

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
@@ -54,6 +55,12 @@ import (
 //	                                         the whole cache (make soak:
 //	                                         200)
 //	-cachecut.seed S   (CPINIT_CACHECUT_SEED) seed; default from the clock
+//	-cachecuts.arm64 N (CPINIT_ARM64_CACHECUTS) TestArm64CacheCut's cuts
+//	                                         over every boot of both
+//	                                         cycles; default 0: a round
+//	                                         of the rollback's merge
+//	                                         boot's points only (make
+//	                                         soak: 50)
 //
 // The seed is printed first; it draws the Subset choices and the userdata
 // flushes of the later rounds, so a failure reproduces from it (the cut
@@ -80,11 +87,13 @@ var (
 	flagCacheSeed     = flag.Uint64("cachecut.seed", uint64(qt.EnvInt("CPINIT_CACHECUT_SEED", 0)), "TestCacheCut, TestCacheCutF2FS: seed (0: from the clock)")
 	flagCacheCutsF2FS = flag.Int("cachecuts.f2fs", qt.EnvInt("CPINIT_CACHECUTS_F2FS", 0), "TestCacheCutF2FS: power cuts to make (0: a round of the cut points)")
 	flagCacheF2FSAll  = flag.Bool("cachecut.f2fs.all", qt.EnvInt("CPINIT_CACHECUT_F2FS_ALL", 0) == 1, "TestCacheCutF2FS: cut every boot of both cycles, not only the merge")
+	flagCacheCutsArm  = flag.Int("cachecuts.arm64", qt.EnvInt("CPINIT_ARM64_CACHECUTS", 0), "TestArm64CacheCut: cuts over every boot of both cycles (0: a round of the rollback's merge boot's points only)")
 )
 
 // ccConfig is one campaign.
 type ccConfig struct {
 	fs     string   // userdata's filesystem: "" (ext4) or "f2fs"
+	kernel string   // the pinned kernel's env file ("": the cloud kernel)
 	cycles []string // "rollback", "commit"
 	cutIn  string   // cut only the boot ("phase") of this name ("" all)
 	udOnly bool     // cut only userdata's flushes
@@ -157,6 +166,22 @@ func TestCacheCutF2FS(t *testing.T) {
 	ccCampaign(t, cfg)
 }
 
+// TestArm64CacheCut is TestCacheCut on arm64 devices (the arm64 kernel on
+// qemu-system-aarch64's virt board, cpinit built for arm64), gated by
+// CPINIT_ARM64=1. By default it cuts the rollback's merge boot only, at
+// each of its points (the store's merge-attempt, merge-done and cleanup
+// saves, userdata's first, middle and last flush: the merge's own); with
+// -cachecuts.arm64 N, N cuts over every boot of both cycles, as
+// TestCacheCut makes them.
+func TestArm64CacheCut(t *testing.T) {
+	qt.NeedArm64(t)
+	cfg := ccConfig{kernel: initramfs.Arm64Kernel, cycles: []string{"rollback"}, cutIn: "merge"}
+	if n := *flagCacheCutsArm; n > 0 {
+		cfg.cycles, cfg.cutIn, cfg.cuts = []string{"rollback", "commit"}, "", n
+	}
+	ccCampaign(t, cfg)
+}
+
 func ccCampaign(t *testing.T, cfg ccConfig) {
 	seed := *flagCacheSeed
 	if seed == 0 {
@@ -165,6 +190,9 @@ func ccCampaign(t *testing.T, cfg ccConfig) {
 	fs := cfg.fs
 	if fs == "" {
 		fs = "ext4"
+	}
+	if cfg.kernel != "" {
+		fs += " (" + cfg.kernel + ")"
 	}
 	t.Logf("cache-cut campaign on %s userdata: seed %d (replay: -cachecut.seed=%d or CPINIT_CACHECUT_SEED=%d), cycles %v, cuts in %q (\"\": every boot), userdata flushes only: %v", fs, seed, seed, seed, cfg.cycles, cfg.cutIn, cfg.udOnly)
 	start := time.Now()
@@ -209,9 +237,12 @@ func ccReference(t *testing.T, cfg ccConfig) *ccRef {
 	}
 	for _, cycle := range cfg.cycles {
 		var d *qt.ABDevice
-		if cfg.fs == "f2fs" {
+		switch {
+		case cfg.fs == "f2fs":
 			d = qt.NewTestF2FSDevice(t, 51)
-		} else {
+		case cfg.kernel != "":
+			d = qt.NewTestDeviceFor(t, 51, cfg.kernel)
+		default:
 			d = qt.NewTestDevice(t, 51)
 		}
 		if cycle == "rollback" {
@@ -576,7 +607,9 @@ func ccBoot(t *testing.T, d *qt.ABDevice, action string, cut *ccPoint) (*qt.VM, 
 	// next mount failed "bad message" (seed 3976630223851722), with or
 	// without cpinit.
 	m.SetAtomicUnit(cachedisk.AtomicUnit4K)
-	o := d.Options(slot, "no_timer_check")
+	// The harness's console arguments carry no_timer_check on x86 (an
+	// x86 parameter: qt.ConsoleArgs).
+	o := d.Options(slot, "")
 	for i, disk := range []struct{ name, image string }{{ccUserdata, d.Userdata}, {ccMetadata, d.Metadata}, {ccMisc, d.Misc}} {
 		cd, err := m.AddDisk(disk.name, disk.image, filepath.Join(sock, disk.name))
 		if err != nil {

@@ -9,17 +9,30 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 )
 
 func TestCpinitInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testCpinitInGuest(t, initramfs.CloudKernel)
+}
+
+// TestArm64CpinitInGuest is TestCpinitInGuest in an arm64 guest (cmds/cpinit's
+// test binary built for arm64, the arm64 kernel). Gated by CPINIT_ARM64=1.
+func TestArm64CpinitInGuest(t *testing.T) {
+	qt.NeedArm64(t)
+	testCpinitInGuest(t, initramfs.Arm64Kernel)
+}
+
+func testCpinitInGuest(t *testing.T, env string) {
 	out := qt.RunGuestTests(t, qt.GuestRun{
 		Pkg:     "./cmds/cpinit",
 		Args:    []string{"-test.run=^TestVM"},
 		Disks:   []string{filepath.Join(t.TempDir(), "vda.img")},
 		Timeout: 5 * time.Minute,
+		Kernel:  env,
 	})
 	for _, name := range []string{"TestVMMergeOutlastsStepBound"} {
 		if !strings.Contains(out, "--- PASS: "+name+" ") {

@@ -3,10 +3,16 @@
 // crashing; the bootloader falls back and cpinit rolls userdata back. The
 // terminal shows the console of every boot and the checksums of userdata
 // before and after, read from the disk image on the host.
+//
+// -kernel picks the pinned kernel (an env file in initramfs/); with the
+// arm64 kernel the device is an arm64 one on qemu-system-aarch64:
+//
+//	go run ./qemu-tests/demo -kernel kernel-arm64.env
 package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,11 +20,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	qemutests "github.com/cpinit/cpinit/qemu-tests"
 )
 
+var kernelEnv = flag.String("kernel", initramfs.CloudKernel, "pinned kernel to boot: its env file in initramfs/ (e.g. "+initramfs.Arm64Kernel+" for an arm64 device)")
+
 func main() {
+	flag.Parse()
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "\ndemo: FAILED: %v\n", err)
 		os.Exit(1)
@@ -101,14 +111,21 @@ func bootExpect(d *qemutests.ABDevice, expectFor func(slot int) string) (int, er
 
 func run() error {
 	say("building: pinned kernel, cpinit initramfs, two system slots, userdata, metadata, misc")
-	k, err := qemutests.FetchKernel()
+	var k qemutests.Kernel
+	var initrd string
+	var err error
+	if *kernelEnv == initramfs.CloudKernel {
+		if k, err = qemutests.FetchKernel(); err != nil {
+			return err
+		}
+		initrd, err = qemutests.CpinitInitramfs()
+	} else {
+		k, initrd, err = qemutests.CpinitInitramfsFor(*kernelEnv)
+	}
 	if err != nil {
 		return err
 	}
-	initrd, err := qemutests.CpinitInitramfs()
-	if err != nil {
-		return err
-	}
+	fmt.Printf("kernel %s (%s), initramfs %s\n", k.Release, k.Arch, initrd)
 	dir, err := os.MkdirTemp("", "cpinit-demo-")
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 	"github.com/cpinit/cpinit/qemu-tests/cachedisk"
@@ -29,11 +30,24 @@ const pkg = "./pkg/dmsnap"
 // TestVMRestoreMatchesMerge in a boot of its own with two disks.
 func TestDmsnapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testDmsnapInGuest(t, initramfs.CloudKernel)
+}
+
+// TestArm64DmsnapInGuest is TestDmsnapInGuest in an arm64 guest: the ioctl
+// client's structures as the arm64 kernel reads them, with Debian's arm64
+// dmsetup as the oracle. Gated by CPINIT_ARM64=1 (qt.NeedArm64).
+func TestArm64DmsnapInGuest(t *testing.T) {
+	qt.NeedArm64(t)
+	testDmsnapInGuest(t, initramfs.Arm64Kernel)
+}
+
+func testDmsnapInGuest(t *testing.T, env string) {
 	r := qt.GuestRun{
 		Pkg:     pkg,
 		Args:    []string{"-test.run=^TestVM", "-test.skip=^(TestVMRestoreMatchesMerge|TestVMPowerCut)$"},
 		Disks:   []string{filepath.Join(t.TempDir(), "vda.img")},
 		Timeout: 10 * time.Minute,
+		Kernel:  env,
 	}
 	out, err := qt.RunGuestTestsErr(t, r)
 	if err != nil && strings.Contains(out, "VIRTIO-STALL:") {
@@ -67,12 +81,25 @@ func TestDmsnapInGuest(t *testing.T) {
 // forever under QEMU 7.2 TCG (the hang verifyBatch's comment describes).
 func TestDmsnapRestoreMatchesMerge(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testDmsnapRestoreMatchesMerge(t, initramfs.CloudKernel)
+}
+
+// TestArm64DmsnapRestoreMatchesMerge is TestDmsnapRestoreMatchesMerge in an
+// arm64 guest: the offline restore's reading of the COW table against the
+// arm64 kernel's own merge. Gated by CPINIT_ARM64=1.
+func TestArm64DmsnapRestoreMatchesMerge(t *testing.T) {
+	qt.NeedArm64(t)
+	testDmsnapRestoreMatchesMerge(t, initramfs.Arm64Kernel)
+}
+
+func testDmsnapRestoreMatchesMerge(t *testing.T, env string) {
 	dir := t.TempDir()
 	out := qt.RunGuestTests(t, qt.GuestRun{
 		Pkg:     pkg,
 		Args:    []string{"-test.run=^TestVMRestoreMatchesMerge$"},
 		Disks:   []string{filepath.Join(dir, "vda.img"), filepath.Join(dir, "vdb.img")},
 		Timeout: 5 * time.Minute,
+		Kernel:  env,
 	})
 	for _, name := range []string{"sequential", "scattered", "overwritten", "near-full"} {
 		if !strings.Contains(out, "--- PASS: TestVMRestoreMatchesMerge/"+name+" ") {
@@ -92,6 +119,20 @@ const cutBoots = 3
 // copy of the disk goes to each subtest.
 func TestDmsnapPowerCuts(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testDmsnapPowerCuts(t, initramfs.CloudKernel)
+}
+
+// TestArm64DmsnapPowerCuts is TestDmsnapPowerCuts in an arm64 guest: the
+// arm64 kernel's merge and pkg/dmsnap's offline restore built for arm64,
+// cut at counted flushes. Gated by CPINIT_ARM64=1.
+func TestArm64DmsnapPowerCuts(t *testing.T) {
+	qt.NeedArm64(t)
+	testDmsnapPowerCuts(t, initramfs.Arm64Kernel)
+}
+
+// testDmsnapPowerCuts runs the cuts in guests booting the pinned kernel of
+// env.
+func testDmsnapPowerCuts(t *testing.T, env string) {
 	seed := uint64(time.Now().UnixNano())
 	if s, err := strconv.ParseUint(os.Getenv("CPINIT_SEED"), 10, 64); err == nil {
 		seed = s
@@ -99,17 +140,17 @@ func TestDmsnapPowerCuts(t *testing.T) {
 	t.Logf("seed %d (CPINIT_SEED=%d to replay)", seed, seed)
 	dir := t.TempDir()
 	setup := filepath.Join(dir, "setup.img")
-	if out := qt.RunGuestTests(t, powerCutRun(setup, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
+	if out := qt.RunGuestTests(t, powerCutRun(env, setup, "setup")); !strings.Contains(out, "DMSNAP-PHASE setup done") {
 		t.Fatal("setup phase did not finish")
 	}
 	for _, sub := range []struct {
 		name string
-		run  func(*testing.T, string, uint64)
+		run  func(*testing.T, string, string, uint64)
 	}{{"merge", mergePowerCuts}, {"restore", restorePowerCuts}} {
 		t.Run(sub.name, func(t *testing.T) {
 			disk := filepath.Join(t.TempDir(), "vda.img")
 			qt.CopyFile(t, setup, disk)
-			sub.run(t, disk, seed)
+			sub.run(t, env, disk, seed)
 		})
 	}
 }
@@ -134,11 +175,11 @@ func TestDmsnapPowerCuts(t *testing.T) {
 // cut may lose merged chunks whose commit had not landed but never the
 // progress a status line showed: the first line of a boot is at most the
 // last line of the boot before.
-func mergePowerCuts(t *testing.T, disk string, seed uint64) {
+func mergePowerCuts(t *testing.T, env, disk string, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	ref := filepath.Join(t.TempDir(), "ref.img")
 	qt.CopyFile(t, disk, ref)
-	r := mergeBoot(t, ref, "merge", 0, cachedisk.DropAll, 0)
+	r := mergeBoot(t, env, ref, "merge", 0, cachedisk.DropAll, 0)
 	if !r.verified {
 		t.Fatal("the reference merge did not verify")
 	}
@@ -150,7 +191,7 @@ func mergePowerCuts(t *testing.T, disk string, seed uint64) {
 	for i := 1; i <= cutBoots; i++ {
 		n := r.flushes/10 + 1 + rng.IntN(r.flushes/10)
 		mode := cachedisk.Mode(i % 2)
-		c := mergeBoot(t, disk, "merge", n, mode, rng.Uint64())
+		c := mergeBoot(t, env, disk, "merge", n, mode, rng.Uint64())
 		if !c.cut {
 			t.Fatalf("boot %d: the merge ended before flush %d with data (the reference issued %d)", i, n, r.flushes)
 		}
@@ -168,7 +209,7 @@ func mergePowerCuts(t *testing.T, disk string, seed uint64) {
 			prev = l
 		}
 	}
-	out := qt.RunGuestTests(t, powerCutRun(disk, "merge"))
+	out := qt.RunGuestTests(t, powerCutRun(env, disk, "merge"))
 	if !strings.Contains(out, "DMSNAP-PHASE merge verified") {
 		t.Fatal("the merge did not verify after the power cuts")
 	}
@@ -185,9 +226,9 @@ func mergePowerCuts(t *testing.T, disk string, seed uint64) {
 // before some copies were issued leaves. The last boot restores again
 // and checks the disk byte for byte: the restore is idempotent because it
 // only reads the COW and only writes chunks outside it.
-func restorePowerCuts(t *testing.T, disk string, seed uint64) {
+func restorePowerCuts(t *testing.T, env, disk string, seed uint64) {
 	for i, mode := range []cachedisk.Mode{cachedisk.DropAll, cachedisk.Subset} {
-		c := mergeBoot(t, disk, "restore", 1, mode, seed+uint64(i))
+		c := mergeBoot(t, env, disk, "restore", 1, mode, seed+uint64(i))
 		if !c.cut || c.verified {
 			t.Fatalf("boot %d: the restore was not cut at its flush (cut %v, verified %v)", i+1, c.cut, c.verified)
 		}
@@ -196,18 +237,19 @@ func restorePowerCuts(t *testing.T, disk string, seed uint64) {
 		}
 		t.Logf("boot %d: cut at the restore's flush (%s): %d of %d cached 4 KiB units lost", i+1, mode, c.lost, c.cached)
 	}
-	out := qt.RunGuestTests(t, powerCutRun(disk, "restore"))
+	out := qt.RunGuestTests(t, powerCutRun(env, disk, "restore"))
 	if !strings.Contains(out, "DMSNAP-PHASE restore verified") {
 		t.Fatal("the restore did not verify after the power cuts")
 	}
 }
 
-func powerCutRun(disk, phase string) qt.GuestRun {
+func powerCutRun(env, disk, phase string) qt.GuestRun {
 	return qt.GuestRun{
 		Pkg:     pkg,
 		Args:    []string{"-test.run=^TestVMPowerCut$", "-dmsnap.phase=" + phase},
 		Disks:   []string{disk},
 		Timeout: 5 * time.Minute,
+		Kernel:  env,
 	}
 }
 
@@ -221,10 +263,10 @@ type mergeResult struct {
 }
 
 // mergeBoot boots phase (merge or restore) on image served by a cachedisk
-// machine;
+// machine, in a guest booting the pinned kernel of env;
 // with cutAt > 0 it cuts the power when the disk's flush with data number
 // cutAt arrives, keeping what mode (and seed) leaves of the cache.
-func mergeBoot(t *testing.T, image, phase string, cutAt int, mode cachedisk.Mode, seed uint64) mergeResult {
+func mergeBoot(t *testing.T, env, image, phase string, cutAt int, mode cachedisk.Mode, seed uint64) mergeResult {
 	t.Helper()
 	sock, err := os.MkdirTemp("", "dmsnapvm")
 	if err != nil {
@@ -242,7 +284,7 @@ func mergeBoot(t *testing.T, image, phase string, cutAt int, mode cachedisk.Mode
 		t.Fatal(err)
 	}
 	m.CutAtDiskDirtyFlush("vda", cutAt)
-	run := powerCutRun(d.URI(), phase)
+	run := powerCutRun(env, d.URI(), phase)
 	vm, err := qt.StartGuestTests(t, run)
 	if err != nil {
 		t.Fatal(err)

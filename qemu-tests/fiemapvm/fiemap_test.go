@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cpinit/cpinit/initramfs"
 	"github.com/cpinit/cpinit/internal/testutil"
 	qt "github.com/cpinit/cpinit/qemu-tests"
 )
@@ -42,11 +43,24 @@ func makeDisk(t *testing.T, fsSize string, mkfsArgs ...string) string {
 // no root reserve, few inodes; the guest maps a COW file with dm-linear.
 func TestFiemapInGuest(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testFiemapInGuest(t, initramfs.CloudKernel)
+}
+
+// TestArm64FiemapInGuest is TestFiemapInGuest in an arm64 guest: FIEMAP's
+// extents (pkg/fiemap built for arm64) mapped with dm-linear on the arm64
+// kernel. Gated by CPINIT_ARM64=1.
+func TestArm64FiemapInGuest(t *testing.T) {
+	qt.NeedArm64(t)
+	testFiemapInGuest(t, initramfs.Arm64Kernel)
+}
+
+func testFiemapInGuest(t *testing.T, env string) {
 	disk := makeDisk(t, "16M", "-b", "1024", "-m", "0", "-N", "256")
 	out := qt.RunGuestTests(t, qt.GuestRun{
-		Pkg:   "./pkg/fiemap",
-		Args:  []string{"-test.run=^TestVMLinearMapsFile$"},
-		Disks: []string{disk},
+		Pkg:    "./pkg/fiemap",
+		Args:   []string{"-test.run=^TestVMLinearMapsFile$"},
+		Disks:  []string{disk},
+		Kernel: env,
 	})
 	if !strings.Contains(out, "--- PASS: TestVMLinearMapsFile") {
 		t.Errorf("TestVMLinearMapsFile did not pass in the guest")
@@ -60,6 +74,17 @@ func TestFiemapInGuest(t *testing.T) {
 // FIEMAP_POWERCUTS sets the number of cuts (default 4; ~7 s each under TCG).
 func TestAllocatePowerCut(t *testing.T) {
 	testutil.LookPath(t, "qemu-system-x86_64")
+	testAllocatePowerCut(t, initramfs.CloudKernel)
+}
+
+// TestArm64AllocatePowerCut is TestAllocatePowerCut in an arm64 guest
+// (pkg/fiemap built for arm64, the arm64 kernel). Gated by CPINIT_ARM64=1.
+func TestArm64AllocatePowerCut(t *testing.T) {
+	qt.NeedArm64(t)
+	testAllocatePowerCut(t, initramfs.Arm64Kernel)
+}
+
+func testAllocatePowerCut(t *testing.T, env string) {
 	cuts := 4
 	if v := os.Getenv("FIEMAP_POWERCUTS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -68,17 +93,13 @@ func TestAllocatePowerCut(t *testing.T) {
 		}
 		cuts = n
 	}
-	k, err := qt.FetchKernel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := qt.GuestInitramfs()
+	k, base, err := qt.GuestInitramfsFor(env)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "fiemap.test")
-	if err := qt.BuildTestBinary("./pkg/fiemap", bin); err != nil {
+	if err := qt.BuildTestBinaryFor("./pkg/fiemap", bin, k.Arch); err != nil {
 		t.Fatal(err)
 	}
 	loop := filepath.Join(dir, "loop.cpio")
@@ -93,6 +114,7 @@ func TestAllocatePowerCut(t *testing.T) {
 	seen := map[string]int{}
 	for i := 0; i < cuts; i++ {
 		vm := qt.StartT(t, qt.Options{
+			Arch:   k.Arch,
 			Kernel: k.Vmlinuz,
 			Initrd: []string{base, loop},
 			Append: "vmtest.disks=1",
@@ -106,9 +128,10 @@ func TestAllocatePowerCut(t *testing.T) {
 		}
 		vm.Kill()
 		out := qt.RunGuestTests(t, qt.GuestRun{
-			Pkg:   "./pkg/fiemap",
-			Args:  []string{"-test.run=^TestVMAllocateAfterCrash$"},
-			Disks: []string{disk},
+			Pkg:    "./pkg/fiemap",
+			Args:   []string{"-test.run=^TestVMAllocateAfterCrash$"},
+			Disks:  []string{disk},
+			Kernel: env,
 		})
 		m := found.FindStringSubmatch(out)
 		if m == nil {
