@@ -57,8 +57,11 @@ kernel: deps
 initramfs: kernel
 	$(GO) run ./initramfs/mkinitramfs -o out/cpinit.cpio ./cmds/cpinit
 
+# make demo ARCH=arm64 runs it on an arm64 device (qemu-system-aarch64);
+# ARCH is a GOARCH with a pinned kernel (initramfs/kernel-$(ARCH).env),
+# default the host's (amd64: initramfs/kernel.env).
 demo: kernel
-	$(GO) run ./qemu-tests/demo
+	$(GO) run ./qemu-tests/demo $(if $(filter-out amd64,$(ARCH)),-kernel kernel-$(ARCH).env)
 
 # Unit tests, root-only host tests (loop-mounted ext4) and the QEMU suite
 # (qemu-tests/, which also runs the in-guest tests of pkg/dmsnap).
