@@ -57,6 +57,10 @@ const (
 	// booted by qemu-system-aarch64 (-M virt); its modules are
 	// modules-arm64.list.
 	Arm64Kernel = "kernel-arm64.env"
+	// Arm32Kernel is Debian's 32-bit ARM (armhf) armmp kernel of the same
+	// version, booted by qemu-system-arm (-M virt -cpu cortex-a15); its
+	// modules are modules-armhf.list.
+	Arm32Kernel = "kernel-armhf.env"
 )
 
 // goArch maps a Debian architecture (dpkg --print-architecture, the suffix

@@ -319,3 +319,58 @@ func sortedCopy(s []string) []string {
 	}
 	return c
 }
+
+// TestResolveArm32Kernel: the 32-bit ARM armmp kernel (kernel-armhf.env)
+// resolves its module list into ARM ELF modules, and kmodule loads ext4
+// after jbd2, mbcache and crc16 (a module on armmp, built into the cloud
+// kernels) and dm-snapshot after dm-mod and dm-bufio (no DAX module here).
+// It fetches 43 MB, so it runs with CPINIT_ARM32=1 (make test-arm32), as the
+// 32-bit ARM VM tests do.
+func TestResolveArm32Kernel(t *testing.T) {
+	if os.Getenv("CPINIT_ARM32") != "1" {
+		t.Skip("32-bit ARM kernel: runs with CPINIT_ARM32=1 (make test-arm32, make soak); make test does not fetch that kernel")
+	}
+	k, err := FetchPinnedKernel(Arm32Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Arch != "arm" || !strings.HasSuffix(k.Release, "-armmp") {
+		t.Fatalf("kernel-armhf.env gave %+v, want a 32-bit ARM kernel", k)
+	}
+	names, err := ReadList(k.ModuleList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := Resolve(k.Modules, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		if m.Machine != elf.EM_ARM {
+			t.Errorf("module %s is for %v, want EM_ARM", m.RelPath, m.Machine)
+		}
+	}
+	root := t.TempDir()
+	modDir := filepath.Join(root, "lib", "modules", k.Release)
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(modDir, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for mod, want := range map[string][]string{
+		"ext4":        {"jbd2", "mbcache", "crc16", "ext4"},
+		"dm-snapshot": {"dm_mod", "dm_bufio", "dm_snapshot"},
+		"virtio_pci":  {"virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci"},
+	} {
+		var loaded []string
+		opts := kmodule.ProbeOpts{RootDir: root, KVer: k.Release, IgnoreProcMods: true,
+			DryRunCB: func(p string) { loaded = append(loaded, CanonicalName(p)) }}
+		if err := kmodule.ProbeOptions(mod, "", opts); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(sortedCopy(loaded), sortedCopy(want)) || loaded[len(loaded)-1] != want[len(want)-1] {
+			t.Errorf("kmodule loads %s as %v, want %v with %s last", mod, loaded, want, want[len(want)-1])
+		}
+	}
+}

@@ -47,6 +47,18 @@ func TestArm64BootSwitchRoot(t *testing.T) {
 	testBootSwitchRoot(t, k, initrd)
 }
 
+// TestArm32BootSwitchRoot is TestBootSwitchRoot on a 32-bit ARM device:
+// the armmp kernel on qemu-system-arm's virt board, cpinit built with
+// GOARCH=arm GOARM=7. Gated by CPINIT_ARM32=1 (make test-arm32).
+func TestArm32BootSwitchRoot(t *testing.T) {
+	NeedArm32(t)
+	k, initrd, err := CpinitInitramfsFor(initramfs.Arm32Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testBootSwitchRoot(t, k, initrd)
+}
+
 func testBootSwitchRoot(t *testing.T, k Kernel, initrd string) {
 	dir := t.TempDir()
 

@@ -195,3 +195,27 @@ func TestArm64Lifecycle(t *testing.T) {
 		})
 	}
 }
+
+// TestArm32Lifecycle is TestArm64Lifecycle on a 32-bit ARM device (issue
+// 18 point 5): the armmp kernel (initramfs/kernel-armhf.env) on
+// qemu-system-arm's virt board, cpinit and the slots' programs built with
+// GOARCH=arm GOARM=7, where int is 32 bits. Gated by CPINIT_ARM32=1
+// (NeedArm32): make test-arm32.
+func TestArm32Lifecycle(t *testing.T) {
+	NeedArm32(t)
+	for _, c := range []struct {
+		name string
+		seed uint64
+		run  func(*testing.T, *ABDevice)
+	}{
+		{"commit", 1, testUpdateCommits},
+		{"rollback", 2, testUpdateFailsRollsBack},
+		{"abort", 3, testAbortFromBootMenu},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			start := time.Now()
+			c.run(t, NewTestDeviceFor(t, c.seed, initramfs.Arm32Kernel))
+			t.Logf("arm %s: %v", c.name, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}

@@ -65,6 +65,32 @@ func needArm64Tools(t testing.TB) Kernel {
 	return k
 }
 
+// EnvArm32 opts into the 32-bit ARM VM tests: CPINIT_ARM32=1, which `make
+// test-arm32` and `make soak` set.
+const EnvArm32 = "CPINIT_ARM32"
+
+// NeedArm32 gates the 32-bit ARM VM tests (qemu-system-arm -M virt under
+// TCG, the armmp kernel initramfs.Arm32Kernel) as NeedArm64 gates the
+// arm64 ones, and returns that kernel.
+func NeedArm32(t testing.TB) Kernel {
+	t.Helper()
+	if os.Getenv(EnvArm32) != "1" {
+		t.Skipf("32-bit ARM VM test: runs with %s=1 (make test-arm32, make soak); make test leaves it out for time", EnvArm32)
+	}
+	return needArm32Tools(t)
+}
+
+func needArm32Tools(t testing.TB) Kernel {
+	t.Helper()
+	testutil.LookPath(t, QEMUBinary("arm"))
+	testutil.LookPath(t, "mkfs.ext4")
+	k, err := initramfs.FetchPinnedKernel(initramfs.Arm32Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // CpinitImage is the product initramfs (CpinitInitramfs) for t.
 func CpinitImage(t testing.TB) string {
 	t.Helper()
@@ -95,8 +121,11 @@ func NewTestDevice(t testing.TB, seed uint64) *ABDevice {
 	case "arm64":
 		needArm64Tools(t)
 		return NewTestDeviceFor(t, seed, initramfs.Arm64Kernel)
+	case "arm":
+		needArm32Tools(t)
+		return NewTestDeviceFor(t, seed, initramfs.Arm32Kernel)
 	default:
-		t.Fatalf("%s=%q: amd64 or arm64", EnvArch, a)
+		t.Fatalf("%s=%q: amd64, arm64 or arm", EnvArch, a)
 		return nil
 	}
 }

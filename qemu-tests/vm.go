@@ -43,8 +43,9 @@ type Options struct {
 	Log io.Writer
 	// Arch is the guest's architecture, the GOARCH of its kernel
 	// (initramfs.Kernel.Arch): "" or "amd64" boots qemu-system-x86_64's
-	// q35 PC, "arm64" qemu-system-aarch64's virt board (Kernel, Initrd,
-	// Append and Disks only: no Firmware or BIOS).
+	// q35 PC, "arm64" qemu-system-aarch64's virt board and "arm"
+	// qemu-system-arm's (Kernel, Initrd, Append and Disks only: no
+	// Firmware or BIOS).
 	Arch string
 }
 
@@ -66,11 +67,17 @@ type VM struct {
 // qemuBinary is the QEMU for arch: qemu-system-x86_64 (CPINIT_QEMU
 // overrides it) or qemu-system-aarch64 (CPINIT_QEMU_ARM64).
 func qemuBinary(arch string) string {
-	if arch == "arm64" {
+	switch arch {
+	case "arm64":
 		if q := os.Getenv("CPINIT_QEMU_ARM64"); q != "" {
 			return q
 		}
 		return "qemu-system-aarch64"
+	case "arm":
+		if q := os.Getenv("CPINIT_QEMU_ARM"); q != "" {
+			return q
+		}
+		return "qemu-system-arm"
 	}
 	if q := os.Getenv("CPINIT_QEMU"); q != "" {
 		return q
@@ -96,8 +103,13 @@ func accelArgs(arch string) []string {
 	if os.Getenv("CPINIT_QEMU_ACCEL") == "kvm" {
 		return []string{"-accel", "kvm", "-cpu", "host"}
 	}
-	if arch == "arm64" {
+	switch arch {
+	case "arm64":
 		return []string{"-accel", "tcg", "-cpu", "max,pauth-impdef=on"}
+	case "arm":
+		// An ARMv7-A core with VFPv4 and NEON (what GOARM=7 and Debian's
+		// armhf need); the armmp kernel boots on it on the virt board.
+		return []string{"-accel", "tcg", "-cpu", "cortex-a15"}
 	}
 	return []string{"-accel", "tcg", "-cpu", "qemu64"}
 }
@@ -124,9 +136,10 @@ const KernelConsoleArgs = "console=ttyS0 panic=-1 loglevel=4 no_timer_check cryp
 // (Documentation/admin-guide/kernel-parameters.rst).
 const KernelConsoleArgsArm64 = "console=ttyAMA0 panic=-1 loglevel=4 cryptomgr.notests"
 
-// ConsoleArgs is KernelConsoleArgs for arch ("" or "amd64", "arm64").
+// ConsoleArgs is KernelConsoleArgs for arch ("" or "amd64", "arm64",
+// "arm": both ARM virt boards have the PL011, built into armmp too).
 func ConsoleArgs(arch string) string {
-	if arch == "arm64" {
+	if arch == "arm64" || arch == "arm" {
 		return KernelConsoleArgsArm64
 	}
 	return KernelConsoleArgs
@@ -143,18 +156,24 @@ func Start(o Options) (*VM, error) {
 		if o.BIOS != "" {
 			machine = "pc"
 		}
-	case "arm64":
+	case "arm64", "arm":
 		// QEMU's generic Arm board (docs/system/arm/virt.rst): a PL011
 		// UART, PSCI (so the guest's power off and reboot end QEMU under
 		// -no-reboot), a generic ECAM PCIe host the kernel drives with
 		// its built-in pci-host-generic, and no firmware needed for
 		// -kernel/-initrd (QEMU's own boot loader passes the DTB).
 		if o.Firmware != "" || o.BIOS != "" {
-			return nil, fmt.Errorf("qemu-tests: arm64 guests boot -kernel only (Firmware %q, BIOS %q given)", o.Firmware, o.BIOS)
+			return nil, fmt.Errorf("qemu-tests: %s guests boot -kernel only (Firmware %q, BIOS %q given)", o.Arch, o.Firmware, o.BIOS)
 		}
 		machine = "virt"
+		if o.Arch == "arm" {
+			// highmem=off: on an LPAE core QEMU puts the PCIe ECAM and
+			// MMIO window above 4 GiB (docs/system/arm/virt.rst,
+			// "highmem"), which the non-LPAE armmp kernel cannot address.
+			machine = "virt,highmem=off"
+		}
 	default:
-		return nil, fmt.Errorf("qemu-tests: no QEMU machine for architecture %q (amd64 or arm64)", o.Arch)
+		return nil, fmt.Errorf("qemu-tests: no QEMU machine for architecture %q (amd64, arm64 or arm)", o.Arch)
 	}
 	qemu := qemuBinary(o.Arch)
 	args := []string{
