@@ -176,9 +176,9 @@ func testAbortFromBootMenu(t *testing.T, d *ABDevice) {
 // the same independent reader. commit: begin, a trial boot, commit.
 // rollback: begin, crashes until the bootloader falls back, the kernel's
 // merge. abort: cpinit.abort=1 on the update's slot, the offline restore.
-// Gated by CPINIT_ARM64=1 (NeedArm64): make test-arm64.
+// Gated by CPINIT_ARM64=core or 1 (NeedArm64Core): make test runs it.
 func TestArm64Lifecycle(t *testing.T) {
-	NeedArm64(t)
+	NeedArm64Core(t)
 	for _, c := range []struct {
 		name string
 		seed uint64
