@@ -230,35 +230,11 @@ func TestResolveArm64Kernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range mods {
-		if m.Machine != elf.EM_AARCH64 {
-			t.Errorf("module %s is for %v, want EM_AARCH64", m.RelPath, m.Machine)
-		}
-	}
-
-	root := t.TempDir()
-	modDir := filepath.Join(root, "lib", "modules", k.Release)
-	if err := os.MkdirAll(modDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(modDir, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for mod, want := range map[string][]string{
+	checkResolved(t, k, mods, elf.EM_AARCH64, map[string][]string{
 		"dm-snapshot": {"dax", "dm_mod", "dm_bufio", "dm_snapshot"},
 		"virtio_blk":  {"virtio", "virtio_ring", "virtio_blk"},
 		"virtio_pci":  {"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci"},
-	} {
-		var loaded []string
-		opts := kmodule.ProbeOpts{RootDir: root, KVer: k.Release, IgnoreProcMods: true,
-			DryRunCB: func(p string) { loaded = append(loaded, CanonicalName(p)) }}
-		if err := kmodule.ProbeOptions(mod, "", opts); err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(sortedCopy(loaded), sortedCopy(want)) || loaded[len(loaded)-1] != want[len(want)-1] {
-			t.Errorf("kmodule loads %s as %v, want %v with %s last", mod, loaded, want, want[len(want)-1])
-		}
-	}
+	})
 
 	amd64 := pinnedKernel(t)
 	for _, c := range []struct {
@@ -345,9 +321,22 @@ func TestResolveArm32Kernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkResolved(t, k, mods, elf.EM_ARM, map[string][]string{
+		"ext4":        {"jbd2", "mbcache", "crc16", "ext4"},
+		"dm-snapshot": {"dm_mod", "dm_bufio", "dm_snapshot"},
+		"virtio_pci":  {"virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci"},
+	})
+}
+
+// checkResolved checks a foreign kernel's resolved modules: each is an ELF
+// file for machine, and kmodule, reading the modules.dep Build writes for
+// them, loads each module of want with its dependencies, want's set with
+// the module itself last.
+func checkResolved(t *testing.T, k Kernel, mods []Module, machine elf.Machine, want map[string][]string) {
+	t.Helper()
 	for _, m := range mods {
-		if m.Machine != elf.EM_ARM {
-			t.Errorf("module %s is for %v, want EM_ARM", m.RelPath, m.Machine)
+		if m.Machine != machine {
+			t.Errorf("module %s is for %v, want %v", m.RelPath, m.Machine, machine)
 		}
 	}
 	root := t.TempDir()
@@ -358,11 +347,7 @@ func TestResolveArm32Kernel(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(modDir, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for mod, want := range map[string][]string{
-		"ext4":        {"jbd2", "mbcache", "crc16", "ext4"},
-		"dm-snapshot": {"dm_mod", "dm_bufio", "dm_snapshot"},
-		"virtio_pci":  {"virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci"},
-	} {
+	for mod, want := range want {
 		var loaded []string
 		opts := kmodule.ProbeOpts{RootDir: root, KVer: k.Release, IgnoreProcMods: true,
 			DryRunCB: func(p string) { loaded = append(loaded, CanonicalName(p)) }}

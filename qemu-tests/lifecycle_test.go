@@ -179,6 +179,12 @@ func testAbortFromBootMenu(t *testing.T, d *ABDevice) {
 // Gated by CPINIT_ARM64=core or 1 (NeedArm64Core): make test runs it.
 func TestArm64Lifecycle(t *testing.T) {
 	NeedArm64Core(t)
+	testLifecycleOn(t, initramfs.Arm64Kernel, "arm64")
+}
+
+// testLifecycleOn runs the three lifecycle tests with their seeds and
+// checks on a device booting the pinned kernel of env.
+func testLifecycleOn(t *testing.T, env, label string) {
 	for _, c := range []struct {
 		name string
 		seed uint64
@@ -190,8 +196,8 @@ func TestArm64Lifecycle(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			start := time.Now()
-			c.run(t, NewTestDeviceFor(t, c.seed, initramfs.Arm64Kernel))
-			t.Logf("arm64 %s: %v", c.name, time.Since(start).Round(time.Millisecond))
+			c.run(t, NewTestDeviceFor(t, c.seed, env))
+			t.Logf("%s %s: %v", label, c.name, time.Since(start).Round(time.Millisecond))
 		})
 	}
 }
@@ -203,19 +209,5 @@ func TestArm64Lifecycle(t *testing.T) {
 // (NeedArm32): make test-arm32.
 func TestArm32Lifecycle(t *testing.T) {
 	NeedArm32(t)
-	for _, c := range []struct {
-		name string
-		seed uint64
-		run  func(*testing.T, *ABDevice)
-	}{
-		{"commit", 1, testUpdateCommits},
-		{"rollback", 2, testUpdateFailsRollsBack},
-		{"abort", 3, testAbortFromBootMenu},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			start := time.Now()
-			c.run(t, NewTestDeviceFor(t, c.seed, initramfs.Arm32Kernel))
-			t.Logf("arm %s: %v", c.name, time.Since(start).Round(time.Millisecond))
-		})
-	}
+	testLifecycleOn(t, initramfs.Arm32Kernel, "arm")
 }

@@ -68,9 +68,16 @@ func NeedArm64Core(t testing.TB) Kernel {
 // and the kernel.
 func needArm64Tools(t testing.TB) Kernel {
 	t.Helper()
-	testutil.LookPath(t, QEMUBinary("arm64"))
+	return needKernelTools(t, "arm64", initramfs.Arm64Kernel)
+}
+
+// needKernelTools looks up the QEMU that boots arch and mkfs.ext4, and
+// fetches the pinned kernel of env.
+func needKernelTools(t testing.TB, arch, env string) Kernel {
+	t.Helper()
+	testutil.LookPath(t, QEMUBinary(arch))
 	testutil.LookPath(t, "mkfs.ext4")
-	k, err := initramfs.FetchPinnedKernel(initramfs.Arm64Kernel)
+	k, err := initramfs.FetchPinnedKernel(env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,13 +101,7 @@ func NeedArm32(t testing.TB) Kernel {
 
 func needArm32Tools(t testing.TB) Kernel {
 	t.Helper()
-	testutil.LookPath(t, QEMUBinary("arm"))
-	testutil.LookPath(t, "mkfs.ext4")
-	k, err := initramfs.FetchPinnedKernel(initramfs.Arm32Kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return needKernelTools(t, "arm", initramfs.Arm32Kernel)
 }
 
 // CpinitImage is the product initramfs (CpinitInitramfs) for t.
