@@ -57,6 +57,13 @@ commands:
                      Run it in recovery mode: boot with cpinit.recovery=1,
                      which starts the system with userdata unmounted.
 
+  bootloader [--size N] [--reserve N] [--tries N] VERB [SLOT [good|bad]]
+                     the bootloader's A/B state through cpinit, as RAUC's
+                     custom bootloader backend asks for it (docs/rauc.md):
+                     get-primary, get-current, get-state SLOT, set-primary
+                     SLOT (the other slot: begin, with these flags),
+                     set-state SLOT good|bad (in the update's trial:
+                     commit, rollback)
   Every command but params and extents takes --metadata, --misc, --userdata,
   --data and --cmdline to override what the kernel command line says.
   Commands that change the metadata store or misc (all but params, extents
@@ -119,6 +126,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdRecover(args[1:], stdout)
 	case "watch":
 		return cmdWatch(args[1:], stdout)
+	case "bootloader":
+		return cmdBootloader(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

@@ -153,6 +153,18 @@ func (sc *sysCtx) close() { sc.storeF.Close() }
 // extra registers) and opens the system they name. synopsis is the usage
 // line shown on bad arguments.
 func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*sysCtx, error) {
+	return openCmdArgs(name, synopsis, args, extra, func(rest []string) error {
+		if len(rest) != 0 {
+			return usageErr(synopsis)
+		}
+		return nil
+	})
+}
+
+// openCmdArgs is openCmd for a command with arguments after its flags:
+// positional checks them (a usage error is returned before anything is
+// opened).
+func openCmdArgs(name, synopsis string, args []string, extra func(*flag.FlagSet), positional func(rest []string) error) (*sysCtx, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var cf commonFlags
@@ -161,8 +173,11 @@ func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+	if err := fs.Parse(args); err != nil {
 		return nil, usageErr(synopsis)
+	}
+	if err := positional(fs.Args()); err != nil {
+		return nil, err
 	}
 	return cf.open()
 }
@@ -283,20 +298,41 @@ func checkCOWFits(want, free, reserve uint64) error {
 	return nil
 }
 
+// beginOpts are begin's own flags, which `cpinit bootloader` passes on to
+// the begin it runs for set-primary.
+type beginOpts struct {
+	size, slot, reserve string
+	tries               uint
+}
+
+// register adds begin's flags to fs; withSlot: --slot too (the bootloader
+// command names the slot itself).
+func (o *beginOpts) register(fs *flag.FlagSet, withSlot bool) {
+	fs.StringVar(&o.size, "size", "", "COW file size, e.g. 2G, or a percentage of the free space above the reserve, e.g. 50% (default: cpinit.cow_size=, else 50%)")
+	if withSlot {
+		fs.StringVar(&o.slot, "slot", "", "slot the update will boot (default: the other slot, with misc)")
+	}
+	fs.UintVar(&o.tries, "tries", 0, "trial boots without an A/B counter (native counter; default 3)")
+	fs.StringVar(&o.reserve, "reserve", "128M", "free space to leave in userdata after allocating")
+}
+
 func cmdBegin(args []string, stdout io.Writer) error {
-	var size, slot, reserveS *string
-	var tries *uint
+	var o beginOpts
 	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N]", args, func(fs *flag.FlagSet) {
-		size = fs.String("size", "", "COW file size, e.g. 2G, or a percentage of the free space above the reserve, e.g. 50% (default: cpinit.cow_size=, else 50%)")
-		slot = fs.String("slot", "", "slot the update will boot (default: the other slot, with misc)")
-		tries = fs.Uint("tries", 0, "trial boots without an A/B counter (native counter; default 3)")
-		reserveS = fs.String("reserve", "128M", "free space to leave in userdata after allocating")
+		o.register(fs, true)
 	})
 	if err != nil {
 		return err
 	}
 	defer sc.close()
-	reserve, err := parseSize(*reserveS)
+	return sc.begin(o, stdout)
+}
+
+// begin arms a checkpoint for the update's slot o.slot (default the other
+// slot): cmdBegin, and `cpinit bootloader set-primary` under the same lock.
+func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
+	size, slot, tries := &o.size, &o.slot, &o.tries
+	reserve, err := parseSize(o.reserve)
 	if err != nil {
 		return fmt.Errorf("--reserve: %w", err)
 	}

@@ -22,6 +22,13 @@ type SlotInfo struct {
 	// without its "_"; a scheme that names its slots otherwise, RAUC's
 	// "A"/"B" or Mender's partition numbers, maps them).
 	Name string
+	// BootName is the bootloader's own name for the slot where its scheme
+	// names slots otherwise than cpinit: RAUC's bootname ("A"), a Mender
+	// partition number ("2"), a bootcount slot value ("0:2"); "" where the
+	// bootloader uses cpinit's names (Android misc, systemd-boot). An
+	// update agent that talks to the bootloader through cpinit (RAUC's
+	// custom backend: `cpinit bootloader`) sees these names.
+	BootName string
 	// Bootable: the bootloader may still pick the slot.
 	Bootable bool
 	// Successful: the bootloader's record says the slot booted well and

@@ -251,7 +251,7 @@ func (s *GrubRaucState) Slots() []SlotInfo {
 		if good {
 			tries = 1
 		}
-		out[i] = SlotInfo{Name: sl.Name, Bootable: good, Successful: good, TracksSuccess: false, Tries: tries}
+		out[i] = SlotInfo{Name: sl.Name, BootName: sl.Bootname, Bootable: good, Successful: good, TracksSuccess: false, Tries: tries}
 	}
 	return out
 }

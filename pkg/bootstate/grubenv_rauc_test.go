@@ -64,8 +64,8 @@ func TestGrubRaucStateThroughInterface(t *testing.T) {
 		t.Fatalf("scheme %q", s.Scheme())
 	}
 	want := []SlotInfo{
-		{Name: "a", Bootable: true, Successful: true, TracksSuccess: false, Tries: 1},
-		{Name: "b", Bootable: false, Successful: false, TracksSuccess: false, Tries: 0},
+		{Name: "a", BootName: "A", Bootable: true, Successful: true, TracksSuccess: false, Tries: 1},
+		{Name: "b", BootName: "B", Bootable: false, Successful: false, TracksSuccess: false, Tries: 0},
 	}
 	if got := s.Slots(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("A good, B bad: %+v, want %+v", got, want)

@@ -309,7 +309,7 @@ func (s *RAUCUBootState) Slots() []SlotInfo {
 		if s.inOrder(sl.Value) {
 			tries = int(min(s.left(sl.Value), 1<<30))
 		}
-		out[i] = SlotInfo{Name: strings.TrimPrefix(sl.Slot, "_"), Bootable: tries > 0, Tries: tries}
+		out[i] = SlotInfo{Name: strings.TrimPrefix(sl.Slot, "_"), BootName: sl.Value, Bootable: tries > 0, Tries: tries}
 	}
 	return out
 }
@@ -521,7 +521,7 @@ func (s *BootcountUBootState) Slots() []SlotInfo {
 	trial, limit, count := s.trial(), s.ulong("bootlimit"), s.ulong("bootcount")
 	out := make([]SlotInfo, len(s.slots))
 	for i, sl := range s.slots {
-		si := SlotInfo{Name: strings.TrimPrefix(sl.Slot, "_"), TracksSuccess: true, Tries: -1}
+		si := SlotInfo{Name: strings.TrimPrefix(sl.Slot, "_"), BootName: sl.Value, TracksSuccess: true, Tries: -1}
 		switch {
 		case i == c && !trial:
 			si.Bootable, si.Successful = true, true

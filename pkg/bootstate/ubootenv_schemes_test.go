@@ -70,7 +70,7 @@ func TestRAUCUBootFallback(t *testing.T) {
 	if s.Scheme() != UBootSchemeRAUC {
 		t.Fatal(s.Scheme())
 	}
-	want := []SlotInfo{{Name: "a", Bootable: true, Tries: 3}, {Name: "b", Bootable: true, Tries: 3}}
+	want := []SlotInfo{{Name: "a", BootName: "A", Bootable: true, Tries: 3}, {Name: "b", BootName: "B", Bootable: true, Tries: 3}}
 	if got := s.Slots(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("%+v", got)
 	}
@@ -160,7 +160,7 @@ func TestMenderUBootFallback(t *testing.T) {
 	if s.Scheme() != UBootSchemeMender {
 		t.Fatal(s.Scheme())
 	}
-	want := []SlotInfo{{Name: "a", Bootable: true, Successful: true, TracksSuccess: true, Tries: -1}, {Name: "b", TracksSuccess: true, Tries: -1}}
+	want := []SlotInfo{{Name: "a", BootName: "2", Bootable: true, Successful: true, TracksSuccess: true, Tries: -1}, {Name: "b", BootName: "3", TracksSuccess: true, Tries: -1}}
 	if got := s.Slots(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("%+v", got)
 	}
@@ -169,7 +169,7 @@ func TestMenderUBootFallback(t *testing.T) {
 	}
 	// ArtifactInstall's fw_setenv -s.
 	wantVars(t, s.Env(), "mender_boot_part", "3", "mender_boot_part_hex", "3", "upgrade_available", "1", "bootcount", "0")
-	want = []SlotInfo{{Name: "a", Bootable: true, TracksSuccess: true, Tries: -1}, {Name: "b", Bootable: true, TracksSuccess: true, Tries: 1}}
+	want = []SlotInfo{{Name: "a", BootName: "2", Bootable: true, TracksSuccess: true, Tries: -1}, {Name: "b", BootName: "3", Bootable: true, TracksSuccess: true, Tries: 1}}
 	if got := s.Slots(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("on trial: %+v", got)
 	}
