@@ -1,0 +1,138 @@
+package dist
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/cpinit/cpinit/internal/testutil"
+)
+
+// The RAUC integration (dist/rauc, docs/rauc.md). The QEMU test that runs
+// the real rauc with it is qemu-tests/agentvm.
+
+// raucInstalled is what dist/rauc/install.sh installs, relative to DESTDIR.
+var raucInstalled = map[string]os.FileMode{
+	"usr/libexec/cpinit/cpinit-rauc-backend":                            0o755,
+	"usr/share/dbus-1/system.d/de.pengutronix.rauc.conf":                0o644,
+	"usr/share/dbus-1/system-services/de.pengutronix.rauc.service":      0o644,
+	"usr/lib/systemd/system/rauc.service":                               0o644,
+	"usr/lib/systemd/system/rauc-mark-good.service":                     0o644,
+	"etc/systemd/system/multi-user.target.wants/rauc-mark-good.service": 0,
+}
+
+// TestRAUCInstallTree installs dist/rauc into an empty DESTDIR and checks
+// the tree: every file, its mode, the enabling link, nothing else.
+func TestRAUCInstallTree(t *testing.T) {
+	testutil.LookPath(t, "install")
+	dest := t.TempDir()
+	if out, err := exec.Command("sh", "rauc/install.sh", dest).CombinedOutput(); err != nil {
+		t.Fatalf("rauc/install.sh %s: %v\n%s", dest, err, out)
+	}
+	var got []string
+	err := filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dest, p)
+		got = append(got, rel)
+		mode, ok := raucInstalled[rel]
+		switch {
+		case !ok:
+			t.Errorf("install.sh installed %s, which is not listed", rel)
+		case mode == 0:
+			if fi.Mode()&os.ModeSymlink == 0 {
+				t.Errorf("%s: want the enabling symlink, got mode %v", rel, fi.Mode())
+			} else if l, _ := os.Readlink(p); l != "/usr/lib/systemd/system/rauc-mark-good.service" {
+				t.Errorf("%s -> %s", rel, l)
+			}
+		case fi.Mode().Perm() != mode:
+			t.Errorf("%s: mode %v, want %v", rel, fi.Mode().Perm(), mode)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if len(got) != len(raucInstalled) {
+		t.Errorf("installed %d files, want %d: %v", len(got), len(raucInstalled), got)
+	}
+}
+
+// TestRAUCUnitsVerify checks rauc.service and rauc-mark-good.service with
+// systemd-analyze verify, installed as install.sh installs them: any
+// warning fails.
+func TestRAUCUnitsVerify(t *testing.T) {
+	analyze, _ := needSystemd(t)
+	root := unitRoot(t)
+	if out, err := exec.Command("sh", "rauc/install.sh", root).CombinedOutput(); err != nil {
+		t.Fatalf("rauc/install.sh: %v\n%s", err, out)
+	}
+	writeFile(t, filepath.Join(root, "usr/bin/rauc"), nil, 0o755)
+	if out, err := verify(t, analyze, root, "rauc.service", "rauc-mark-good.service"); err != nil || out != "" {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestRAUCBackendScript: the backend passes RAUC's arguments to `cpinit
+// bootloader` unchanged, after begin's options from /etc/cpinit/rauc.conf,
+// and is a valid sh script.
+func TestRAUCBackendScript(t *testing.T) {
+	if out, err := exec.Command("sh", "-n", "rauc/cpinit-rauc-backend").CombinedOutput(); err != nil {
+		t.Fatalf("sh -n: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile("rauc/cpinit-rauc-backend")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `exec /usr/bin/cpinit bootloader $CPINIT_BEGIN_ARGS "$@"`) {
+		t.Fatal("the backend no longer execs cpinit bootloader with RAUC's arguments")
+	}
+	// Run it with a stand-in cpinit that prints its arguments, through a
+	// copy whose paths point into a temporary directory.
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "cpinit")
+	writeFile(t, fake, []byte("#!/bin/sh\nfor a; do printf '<%s>' \"$a\"; done\n"), 0o755)
+	conf := filepath.Join(dir, "rauc.conf")
+	writeFile(t, conf, []byte("CPINIT_BEGIN_ARGS=\"--size 30% --reserve 256M\"\n"), 0o644)
+	s := strings.NewReplacer("/usr/bin/cpinit", fake, "/etc/cpinit/rauc.conf", conf).Replace(string(b))
+	script := filepath.Join(dir, "backend")
+	writeFile(t, script, []byte(s), 0o755)
+	out, err := exec.Command(script, "set-state", "B", "good").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "<bootloader><--size><30%><--reserve><256M><set-state><B><good>"; string(out) != want {
+		t.Fatalf("backend ran %s, want %s", out, want)
+	}
+}
+
+// TestDocQuotesRAUCFiles: docs/rauc.md quotes the integrator's files as
+// they are (the same markers as docs/systemd.md).
+func TestDocQuotesRAUCFiles(t *testing.T) {
+	doc, err := os.ReadFile("../docs/rauc.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile("(?s)<!-- file: dist/([^ ]+) -->\n```[a-z]*\n(.*?)```\n")
+	quoted := map[string]string{}
+	for _, m := range re.FindAllStringSubmatch(string(doc), -1) {
+		quoted[m[1]] = m[2]
+	}
+	for _, src := range []string{"rauc/system.conf.example", "rauc/cpinit-rauc-backend", "rauc/rauc-mark-good.service"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q, ok := quoted[src]; !ok {
+			t.Errorf("docs/rauc.md does not quote dist/%s", src)
+		} else if q != string(b) {
+			t.Errorf("docs/rauc.md quotes dist/%s differently from the file; copy the file into the doc", src)
+		}
+	}
+}
