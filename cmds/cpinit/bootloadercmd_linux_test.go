@@ -102,3 +102,25 @@ func TestBootloaderRAUCInstall(t *testing.T) {
 		t.Fatalf("after the cancel, misc slot b %+v: want it never picked", b)
 	}
 }
+
+// TestBeginNoActivate: begin --no-activate arms the checkpoint for the
+// bootloader's counter and leaves misc byte for byte as it was (the agent
+// makes the slot active itself); a cancel then undoes it.
+func TestBeginNoActivate(t *testing.T) {
+	s := newHostSystem(t, true)
+	misc := readFile(t, s.misc)
+	var out bytes.Buffer
+	if err := runCLI(s.args("begin", "_a", true, "--size", "16M", "--reserve", "1M", "--no-activate"), &out); err != nil {
+		t.Fatalf("begin --no-activate: %v", err)
+	}
+	if !bytes.Contains(out.Bytes(), []byte("until the update agent makes it active")) {
+		t.Errorf("begin --no-activate said %q", out.String())
+	}
+	r := s.record()
+	if r.State != bootstate.StateCheckpointing || r.Active || r.TargetSlot != "_b" || r.Counter != bootstate.CounterAndroid {
+		t.Fatalf("record %+v, want armed for _b with the android counter", r)
+	}
+	if !bytes.Equal(readFile(t, s.misc), misc) {
+		t.Fatal("begin --no-activate changed misc")
+	}
+}

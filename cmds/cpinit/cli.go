@@ -26,9 +26,12 @@ commands:
   status [--json]    checkpoint state, slot, tries, COW usage, whether a
                      rollback is still possible, the running or last
                      rollback's progress
-  begin [--size N] [--slot S] [--tries N] [--reserve N]
+  begin [--size N] [--slot S] [--tries N] [--reserve N] [--no-activate]
                      allocate and pin the COW file, record its extents and
-                     arm the checkpoint for the update's first boot
+                     arm the checkpoint for the update's first boot; the
+                     slot is made active in the bootloader, unless
+                     --no-activate (the update agent does it after writing
+                     the slot: docs/swupdate.md, docs/mender.md)
   commit [--if-trial]
                      keep the update: mark the slot good, drop the snapshot
                      online, delete the COW file. --if-trial (for the

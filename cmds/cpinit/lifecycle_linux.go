@@ -303,11 +303,18 @@ func checkCOWFits(want, free, reserve uint64) error {
 type beginOpts struct {
 	size, slot, reserve string
 	tries               uint
+	// noActivate: arm the checkpoint, leave the bootloader to the update
+	// agent, which makes the slot active itself once it has written it
+	// (SWUpdate's bootenv, Mender's ArtifactInstall).
+	noActivate bool
 }
 
 // register adds begin's flags to fs; withSlot: --slot too (the bootloader
 // command names the slot itself).
 func (o *beginOpts) register(fs *flag.FlagSet, withSlot bool) {
+	if withSlot {
+		fs.BoolVar(&o.noActivate, "no-activate", false, "arm the checkpoint but leave the bootloader's state alone: the update agent makes the slot active after writing it")
+	}
 	fs.StringVar(&o.size, "size", "", "COW file size, e.g. 2G, or a percentage of the free space above the reserve, e.g. 50% (default: cpinit.cow_size=, else 50%)")
 	if withSlot {
 		fs.StringVar(&o.slot, "slot", "", "slot the update will boot (default: the other slot, with misc)")
@@ -318,7 +325,7 @@ func (o *beginOpts) register(fs *flag.FlagSet, withSlot bool) {
 
 func cmdBegin(args []string, stdout io.Writer) error {
 	var o beginOpts
-	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N]", args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N] [--no-activate]", args, func(fs *flag.FlagSet) {
 		o.register(fs, true)
 	})
 	if err != nil {
@@ -469,7 +476,7 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 	}); err != nil {
 		return err
 	}
-	if counter.Bootloader() {
+	if counter.Bootloader() && !o.noActivate {
 		if err := do("misc", fmt.Sprintf("making slot %s active in %s", target, bootDesc(sc.bl)), func() error {
 			u.restoreMisc, err = sc.changeMisc(func(s bootstate.ABState) error {
 				// The running slot is the fallback: it must stay bootable.
@@ -502,8 +509,12 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 	if err := do("armed", "arming the checkpoint", func() error { return nil }); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "checkpoint armed: COW %s, %d MiB in %d extents, chunk %g KiB, target slot %q (%s counter); reboot to start the trial\n",
-		DefaultCOWPath, want>>20, len(em.Segments), float64(chunk)/2, target, counter)
+	next := "reboot to start the trial"
+	if counter.Bootloader() && o.noActivate {
+		next = fmt.Sprintf("slot %s stays as it is in %s until the update agent makes it active", target, bootDesc(sc.bl))
+	}
+	fmt.Fprintf(stdout, "checkpoint armed: COW %s, %d MiB in %d extents, chunk %g KiB, target slot %q (%s counter); %s\n",
+		DefaultCOWPath, want>>20, len(em.Segments), float64(chunk)/2, target, counter, next)
 	return nil
 }
 
