@@ -27,7 +27,12 @@ GO ?= go
 #                    32-bit ARM test binaries of the pure packages with them
 #   qemu-system-arm  qemu-system-aarch64: make test-arm64 boots the arm64
 #                    kernel (initramfs/kernel-arm64.env) on its virt board (TCG)
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm
+#   debootstrap      installs the real Debian bookworm system (systemd, rauc,
+#                    swupdate, mender-client) of the Debian slot:
+#                    qemu-tests/fetch-debian-root.sh, qemu-tests/debianimage.go
+#   squashfs-tools   mksquashfs/unsquashfs on the host, for the squashfs images
+#                    (RAUC bundles) the Debian slot's tests make and read
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m

@@ -146,7 +146,7 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 		if p.Root == nil {
 			return initramfsInit(p.Init)
 		}
-		if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
+		if _, err := statInRoot(newRoot, p.Init); err != nil {
 			return handover{}, fmt.Errorf("recovery mode: next init %s in cpinit.root=%s: %w", p.Init, p.Root, err)
 		}
 		return handover{p.Init, true}, nil
@@ -166,7 +166,7 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 		}
 		return handover{}, unmountForPowerOff(dataDir)
 	}
-	if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
+	if _, err := statInRoot(newRoot, p.Init); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			log.Printf("next init %s not found in cpinit.root=%s", p.Init, p.Root)
 			return handover{}, unmountForPowerOff(dataDir)
@@ -241,6 +241,33 @@ func (d readOnlyDev) WriteAt([]byte, int64) (int, error) {
 	return 0, &os.PathError{Op: "write", Path: d.f.Name(), Err: errors.ErrUnsupported}
 }
 func (d readOnlyDev) Sync() error { return nil }
+
+// statInRoot stats path as the next init will see it after switch_root
+// to root: symbolic links on the way resolve inside root, absolute ones
+// too. Debian's /sbin/init is the absolute link /lib/systemd/systemd
+// (package systemd-sysv); os.Stat of /newroot/sbin/init would follow it to
+// /lib/systemd/systemd in the initramfs and call a real system's init
+// missing. openat2(2) with RESOLVE_IN_ROOT resolves "/" and ".." at root,
+// as chroot(2) does. It came in Linux 5.6; on an older kernel (ENOSYS)
+// links are followed in the initramfs as before.
+func statInRoot(root, path string) (os.FileInfo, error) {
+	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: root, Err: err}
+	}
+	defer unix.Close(dir)
+	full := filepath.Join(root, path)
+	fd, err := unix.Openat2(dir, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if errors.Is(err, unix.ENOSYS) {
+		return os.Stat(full)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2 RESOLVE_IN_ROOT", Path: full, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), full)
+	defer f.Close()
+	return f.Stat()
+}
 
 // initramfsInit is the handover without cpinit.root=: init if it exists in
 // the initramfs and is not cpinit itself (cpinit.init=/init would run this
