@@ -32,7 +32,9 @@ GO ?= go
 #                    qemu-tests/fetch-debian-root.sh, qemu-tests/debianimage.go
 #   squashfs-tools   mksquashfs/unsquashfs on the host, for the squashfs images
 #                    (RAUC bundles) the Debian slot's tests make and read
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools
+#   openssl          the test key and certificate the update bundles are
+#                    signed with (qemu-tests/agentvm)
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools openssl
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
