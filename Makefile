@@ -34,7 +34,9 @@ GO ?= go
 #                    (RAUC bundles) the Debian slot's tests make and read
 #   openssl          the test key and certificate the update bundles are
 #                    signed with (qemu-tests/agentvm)
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools openssl
+#   fdisk            sfdisk, for the GPT disk whose partitions 2 and 3 are
+#                    the slots of the Mender and SWUpdate tests
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools openssl fdisk
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m

@@ -115,24 +115,31 @@ func TestRAUCBackendScript(t *testing.T) {
 // TestDocQuotesRAUCFiles: docs/rauc.md quotes the integrator's files as
 // they are (the same markers as docs/systemd.md).
 func TestDocQuotesRAUCFiles(t *testing.T) {
-	doc, err := os.ReadFile("../docs/rauc.md")
+	docQuotes(t, "../docs/rauc.md", "rauc/system.conf.example", "rauc/cpinit-rauc-backend", "rauc/rauc-mark-good.service")
+}
+
+// docQuotes checks that doc quotes each of files (paths under dist/) in
+// the fenced block after a "<!-- file: dist/… -->" marker, exactly.
+func docQuotes(t *testing.T, doc string, files ...string) {
+	t.Helper()
+	b, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile("(?s)<!-- file: dist/([^ ]+) -->\n```[a-z]*\n(.*?)```\n")
 	quoted := map[string]string{}
-	for _, m := range re.FindAllStringSubmatch(string(doc), -1) {
+	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
 		quoted[m[1]] = m[2]
 	}
-	for _, src := range []string{"rauc/system.conf.example", "rauc/cpinit-rauc-backend", "rauc/rauc-mark-good.service"} {
-		b, err := os.ReadFile(src)
+	for _, src := range files {
+		f, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if q, ok := quoted[src]; !ok {
-			t.Errorf("docs/rauc.md does not quote dist/%s", src)
-		} else if q != string(b) {
-			t.Errorf("docs/rauc.md quotes dist/%s differently from the file; copy the file into the doc", src)
+			t.Errorf("%s does not quote dist/%s", doc, src)
+		} else if q != string(f) {
+			t.Errorf("%s quotes dist/%s differently from the file; copy the file into the doc", doc, src)
 		}
 	}
 }
