@@ -31,7 +31,8 @@ commands:
                      arm the checkpoint for the update's first boot; the
                      slot is made active in the bootloader, unless
                      --no-activate (the update agent does it after writing
-                     the slot: docs/mender.md)
+                     the slot: docs/swupdate.md,
+                     docs/mender.md)
   commit [--if-trial]
                      keep the update: mark the slot good, drop the snapshot
                      online, delete the COW file. --if-trial (for the

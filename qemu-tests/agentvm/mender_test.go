@@ -106,16 +106,12 @@ func menderSlot(t *testing.T, version string) func(root string) error {
 }
 
 // gateAndCommitUnit wires the test's health check into
-// boot-complete.target (its [Install] RequiredBy=), disables the image's
+// boot-complete.target (gateHealth), disables the image's
 // cpinit-commit.service, so that the commit the test sees is the agent's,
 // and enables the agent's commit unit in the test target, which stands in
 // for multi-user.target.
 func gateAndCommitUnit(root, commitUnit string) error {
-	req := filepath.Join(root, "etc/systemd/system/boot-complete.target.requires")
-	if err := os.MkdirAll(req, 0o755); err != nil {
-		return err
-	}
-	if err := os.Symlink("/etc/systemd/system/cpinit-agent-health.service", filepath.Join(req, "cpinit-agent-health.service")); err != nil {
+	if err := gateHealth(root); err != nil {
 		return err
 	}
 	if err := os.Remove(filepath.Join(root, "etc/systemd/system/basic.target.wants/cpinit-commit.service")); err != nil {
@@ -123,6 +119,16 @@ func gateAndCommitUnit(root, commitUnit string) error {
 	}
 	return os.Symlink("/usr/lib/systemd/system/"+commitUnit,
 		filepath.Join(root, "etc/systemd/system", qt.DebianTestTarget+".wants", commitUnit))
+}
+
+// gateHealth makes boot-complete.target require the test's health check,
+// as systemctl enable does from its [Install] RequiredBy=.
+func gateHealth(root string) error {
+	req := filepath.Join(root, "etc/systemd/system/boot-complete.target.requires")
+	if err := os.MkdirAll(req, 0o755); err != nil {
+		return err
+	}
+	return os.Symlink("/etc/systemd/system/cpinit-agent-health.service", filepath.Join(req, "cpinit-agent-health.service"))
 }
 
 // menderEnvVars are meta-mender's defaults (env_mender.h) for a device
