@@ -348,7 +348,7 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 		return err
 	}
 	if r.State != bootstate.StateFresh {
-		return fmt.Errorf("refusing to begin: a checkpoint already exists (state %s); commit or roll it back first", r.State)
+		return fmt.Errorf("refusing to begin: %s", beginBlocker(r))
 	}
 	if r.COWPath != "" {
 		return fmt.Errorf("refusing to begin: the COW file %s of an earlier checkpoint awaits cleanup; reboot first", r.COWPath)
@@ -815,7 +815,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "rollback already pending: reboot to run it")
 		return nil
 	case r.State != bootstate.StateCheckpointing:
-		return fmt.Errorf("refusing to roll back: no checkpoint (state %s)", r.State)
+		return fmt.Errorf("refusing to roll back: %s", noRollbackWhy(r))
 	}
 	// Make the old slot active first, then record the rollback. A power cut
 	// in between then boots the old slot on a checkpointing record, which
@@ -857,6 +857,38 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "checkpoint cancelled before the update booted: nothing to roll back")
 	}
 	return nil
+}
+
+// beginBlocker says why a begin cannot start on record r (not fresh), and
+// what to do: an agent that calls begin twice, or installs during the
+// update's trial, reads it.
+func beginBlocker(r *bootstate.Record) string {
+	switch {
+	case r.State == bootstate.StateCheckpointing && !r.Active:
+		return fmt.Sprintf("a checkpoint already exists, armed for slot %s by an earlier begin (the update has not booted yet): reboot into the update, or drop the checkpoint with `cpinit rollback`", r.TargetSlot)
+	case r.State == bootstate.StateCheckpointing:
+		return fmt.Sprintf("a checkpoint already exists: the trial of slot %s is running, and the other slot is its fallback; commit or roll it back first (`cpinit commit`, `cpinit rollback`)", r.TargetSlot)
+	case r.State == bootstate.StateRollbackPending:
+		return fmt.Sprintf("a checkpoint already exists: its rollback is pending (%s); reboot to run it first", r.Reason)
+	case r.State == bootstate.StateCommitted:
+		return fmt.Sprintf("the last checkpoint (%s) is still being cleaned up: its COW file %s is deleted at the next boot; reboot first", r.Reason, r.COWPath)
+	}
+	return fmt.Sprintf("a checkpoint already exists (state %s); commit or roll it back first", r.State)
+}
+
+// noRollbackWhy says why there is nothing to roll back on record r (no
+// checkpoint): a rollback after a commit, after a rollback, or before any
+// begin.
+func noRollbackWhy(r *bootstate.Record) string {
+	switch {
+	case r.Reason == bootstate.ReasonCommit || r.Reason == bootstate.ReasonCleaned:
+		return "no checkpoint: the update was committed; userdata is the update's and nothing older is kept"
+	case r.Reason == bootstate.ReasonMerged:
+		return "no checkpoint: the last rollback is done, userdata was restored"
+	case r.Reason == bootstate.ReasonOverflow:
+		return "no checkpoint: the last one overflowed and was committed; nothing older is kept"
+	}
+	return fmt.Sprintf("no checkpoint (state %s): nothing older is kept", r.State)
 }
 
 // kernelRelease is uname -r of the running kernel ("" if uname fails,
