@@ -41,7 +41,7 @@ DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio s
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo test unit vmtest deps kernel initramfs clean bench soak cross test-arm64 test-arm32
+.PHONY: all demo test unit vmtest deps kernel initramfs clean bench soak cross test-arm64 test-arm32 test-agents
 
 all: test
 
@@ -83,7 +83,16 @@ demo: kernel
 SOAK_ONLY := TestCacheCutF2FS$$|TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootUpdateCrashFallsBack$$|TestSystemdBootRollbackCommand$$|TestUBootUpdateCommits$$|TestUBootRollbackCommand$$
 test: kernel cross
 	$(GO) vet ./...
-	CPINIT_ARM64=core $(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
+	CPINIT_ARM64=core CPINIT_DEBIAN=core $(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
+
+# The update agents (issue 19): the real rauc, swupdate and mender of
+# Debian bookworm in a debootstrapped Debian slot, each through an update
+# that commits and one that rolls back (qemu-tests/agentvm), and the Debian
+# slot's own smoke test. make test runs only RAUC's rollback
+# (CPINIT_DEBIAN=core), for time; make soak runs this target.
+AGENT_PKGS := ./qemu-tests/agentvm ./qemu-tests
+test-agents: kernel
+	CPINIT_DEBIAN=1 $(GO) test -p 1 -timeout 60m -v -run 'TestDebianSlotBoots$$|TestRAUC|TestMender|TestSWUpdate' $(AGENT_PKGS)
 
 # The other architectures (issue 18): everything builds and vets for arm64,
 # 32-bit ARM (GOARM=7) and 386; the pure packages' tests (byte layouts of
@@ -157,6 +166,7 @@ soak: kernel
 		$(GO) test -p 1 -timeout 4h -v -run 'TestCacheCut$$|TestCacheCutF2FS$$|TestPowerCut$$|$(SOAK_ONLY)|$(ARM64_TESTS)' $(ARM64_PKGS) ./qemu-tests/bootloadervm
 	CPINIT_ARCH=arm64 $(GO) test -p 1 -timeout 1h -v -run '$(ARM64_DEVICE_TESTS)' ./qemu-tests
 	$(MAKE) test-arm32
+	$(MAKE) test-agents
 
 # pkg/dmsnap's checkpoint benchmark: one QEMU boot prints write cost through
 # snapshot-origin and merge throughput, as ratios to the raw device and dd

@@ -55,6 +55,7 @@ ExecStart=/usr/libexec/cpinit-test/debian-smoke
 // CLI and findmnt, writes a file to /data, then powers off; systemd's
 // shutdown leaves userdata clean (e2fsck -fn) with the file in it.
 func TestDebianSlotBoots(t *testing.T) {
+	NeedDebianSlots(t, false)
 	t.Parallel()
 	EnsureDebianRoot(t)
 	d := NewTestDevice(t, 21)

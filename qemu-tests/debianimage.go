@@ -97,6 +97,29 @@ func fetchDebianRoot() (string, error) {
 	return "", fmt.Errorf("%s printed no DEBIAN_ROOT=:\n%s", script, out)
 }
 
+// EnvDebianSlots selects the tests that boot Debian slots (the update
+// agents' in qemu-tests/agentvm, the distribution initramfs'): each is a
+// minute or more of TCG, and the first one of a run pays for debootstrap.
+// CPINIT_DEBIAN=1 runs all of them (make test-agents, make soak); core,
+// the few make test runs (it must stay within 20 minutes on 2 cores).
+const EnvDebianSlots = "CPINIT_DEBIAN"
+
+// NeedDebianSlots gates a Debian slot test: core says whether make test
+// runs it (CPINIT_DEBIAN=core). Unselected, it skips and says so, under
+// CI too: the tests are selected, not missing (as NeedArm64's). Selected,
+// it is EnsureDebianRoot.
+func NeedDebianSlots(t testing.TB, core bool) string {
+	t.Helper()
+	switch v := os.Getenv(EnvDebianSlots); {
+	case v == "1", v == "core" && core:
+	case core:
+		t.Skipf("Debian slot test: runs with %s=core (make test) or 1 (make test-agents, make soak)", EnvDebianSlots)
+	default:
+		t.Skipf("Debian slot test: runs with %s=1 (make test-agents, make soak); make test runs only the core ones, for time", EnvDebianSlots)
+	}
+	return EnsureDebianRoot(t)
+}
+
 // EnsureDebianRoot gates the Debian slot tests and returns the tree: it
 // needs root (debootstrap, and copying the tree keeps its files' owners
 // for the image) and, unless the tree is in the cache, debootstrap.

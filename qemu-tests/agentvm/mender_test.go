@@ -207,6 +207,7 @@ func menderTrial(t *testing.T, e *envDevice, health string) *qt.VM {
 // (ArtifactCommit_Enter) and clears upgrade_available: no COW left, the
 // update's changes kept, U-Boot keeps booting partition 3.
 func TestMenderUpdateCommits(t *testing.T) {
+	qt.NeedDebianSlots(t, false)
 	e := newMenderDevice(t, 1903)
 	menderInstall(t, e)
 	vm := menderTrial(t, e, "ok")
@@ -238,6 +239,7 @@ func TestMenderUpdateCommits(t *testing.T) {
 // Mender switches U-Boot back to partition 2. The next boot restores
 // userdata, exactly as the update's first boot found it.
 func TestMenderUpdateRollsBack(t *testing.T) {
+	qt.NeedDebianSlots(t, false)
 	e := newMenderDevice(t, 1904)
 	menderInstall(t, e)
 	before := qt.UserdataManifestT(t, e.ABDevice)

@@ -351,6 +351,7 @@ func (d *raucDevice) trial(t *testing.T, health string) *qt.VM {
 // marks b successful, the COW file is gone, userdata keeps exactly the
 // update's changes.
 func TestRAUCUpdateCommits(t *testing.T) {
+	qt.NeedDebianSlots(t, false)
 	d := newRAUCDevice(t, 1901)
 	d.install(t)
 	vm := d.trial(t, "ok")
@@ -391,6 +392,7 @@ func TestRAUCUpdateCommits(t *testing.T) {
 // backend; the next boot is slot a, PID 1 restores userdata, which is then
 // exactly as before the update.
 func TestRAUCUpdateRollsBack(t *testing.T) {
+	qt.NeedDebianSlots(t, true)
 	d := newRAUCDevice(t, 1902)
 	d.install(t)
 	// The checkpoint is userdata as the update's first boot finds it.

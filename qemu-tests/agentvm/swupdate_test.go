@@ -219,6 +219,7 @@ func swupdateInstall(t *testing.T, e *envDevice) {
 // health check passes and cpinit-commit.service commits: upgrade_available,
 // bootcount and ustate back to 0, no COW left, the update's changes kept.
 func TestSWUpdateUpdateCommits(t *testing.T) {
+	qt.NeedDebianSlots(t, false)
 	e := newSWUpdateDevice(t, 1905)
 	swupdateInstall(t, e)
 	vm, slot := e.boot(t, "agenttest.action=trial agenttest.health=ok")
@@ -249,6 +250,7 @@ func TestSWUpdateUpdateCommits(t *testing.T) {
 // U-Boot back to partition 2, ustate 3 (failed); the next boot restores
 // userdata, exactly as the update's first boot found it.
 func TestSWUpdateUpdateRollsBack(t *testing.T) {
+	qt.NeedDebianSlots(t, false)
 	e := newSWUpdateDevice(t, 1906)
 	swupdateInstall(t, e)
 	before := qt.UserdataManifestT(t, e.ABDevice)
