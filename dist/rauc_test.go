@@ -17,6 +17,7 @@ import (
 
 // raucInstalled is what dist/rauc/install.sh installs, relative to DESTDIR.
 var raucInstalled = map[string]os.FileMode{
+	"usr/libexec/cpinit/cpinit-rauc-preinstall":                         0o755,
 	"usr/libexec/cpinit/cpinit-rauc-backend":                            0o755,
 	"usr/share/dbus-1/system.d/de.pengutronix.rauc.conf":                0o644,
 	"usr/share/dbus-1/system-services/de.pengutronix.rauc.service":      0o644,
@@ -83,8 +84,10 @@ func TestRAUCUnitsVerify(t *testing.T) {
 // bootloader` unchanged, after begin's options from /etc/cpinit/rauc.conf,
 // and is a valid sh script.
 func TestRAUCBackendScript(t *testing.T) {
-	if out, err := exec.Command("sh", "-n", "rauc/cpinit-rauc-backend").CombinedOutput(); err != nil {
-		t.Fatalf("sh -n: %v\n%s", err, out)
+	for _, s := range []string{"rauc/cpinit-rauc-backend", "rauc/cpinit-rauc-preinstall", "rauc/install.sh"} {
+		if out, err := exec.Command("sh", "-n", s).CombinedOutput(); err != nil {
+			t.Fatalf("sh -n %s: %v\n%s", s, err, out)
+		}
 	}
 	b, err := os.ReadFile("rauc/cpinit-rauc-backend")
 	if err != nil {
@@ -115,7 +118,8 @@ func TestRAUCBackendScript(t *testing.T) {
 // TestDocQuotesRAUCFiles: docs/rauc.md quotes the integrator's files as
 // they are (the same markers as docs/systemd.md).
 func TestDocQuotesRAUCFiles(t *testing.T) {
-	docQuotes(t, "../docs/rauc.md", "rauc/system.conf.example", "rauc/cpinit-rauc-backend", "rauc/rauc-mark-good.service")
+	docQuotes(t, "../docs/rauc.md", "rauc/system.conf.example", "rauc/cpinit-rauc-backend", "rauc/rauc-mark-good.service",
+		"rauc/system.conf.native-example", "rauc/cpinit-rauc-preinstall")
 }
 
 // docQuotes checks that doc quotes each of files (paths under dist/) in
