@@ -5,14 +5,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
 // cmdBootloader runs one request of RAUC's custom bootloader backend
 // protocol (bootloadercmd.go). The get verbs only read the bootloader's
-// state; the set verbs run under the store lock, as every command that
-// writes misc does, with the record they decided on.
+// state, without the store lock (as status); the set verbs run under it,
+// as every command that writes misc does, with the record they decided on.
 func cmdBootloader(args []string, stdout io.Writer) error {
 	var o beginOpts
 	var req blRequest
@@ -27,6 +28,13 @@ func cmdBootloader(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer sc.close()
+	if strings.HasPrefix(req.verb, "set-") {
+		// Held from before the bootloader's state and the record are read
+		// until the command exits, as for begin, commit and rollback.
+		if err := sc.lockStore(); err != nil {
+			return err
+		}
+	}
 	bl := sc.bootloader()
 	if bl == nil {
 		return fmt.Errorf("bootloader %s: no A/B bootloader state is configured (cpinit.bootloader= or cpinit.misc=, docs/params.md): %w", req.verb, bootstate.ErrNoSlotSwitch)

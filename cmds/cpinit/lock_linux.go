@@ -72,6 +72,9 @@ const (
 var commandLock = map[string]lockMode{
 	"status": lockNever,
 	"watch":  lockToAct,
+	// Its get verbs only read (RAUC asks them for `rauc status`); its set
+	// verbs take the lock before they read the record (cmdBootloader).
+	"bootloader": lockToAct,
 }
 
 // lockFlags is the lock part of commonFlags.

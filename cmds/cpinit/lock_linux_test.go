@@ -276,8 +276,11 @@ func TestStoreLockHeld(t *testing.T) {
 		append([]string{"rollback"}, s.args()...),
 		append([]string{"merge"}, s.args()...),
 		append([]string{"recover", "keep-current", "--yes"}, s.recoverArgs()...),
+		append(append([]string{"bootloader", "--lock-wait", "300ms"}, s.args()...), "set-state", "b", "bad"),
 	} {
-		args = append(args, "--lock-wait", "300ms")
+		if args[0] != "bootloader" { // its flags come before the verb
+			args = append(args, "--lock-wait", "300ms")
+		}
 		p := startProc(t, nil, bin, args...)
 		code := p.exit(t)
 		msg := p.stderr.String()
@@ -296,6 +299,25 @@ func TestStoreLockHeld(t *testing.T) {
 	p := startProc(t, nil, bin, append([]string{"status", "--json", "--window", "0"}, s.args()...)...)
 	if code := p.exit(t); code != exitOK || !strings.Contains(p.stdout.String(), `"state": "checkpointing"`) {
 		t.Errorf("cpinit status while the lock is held: exit %d, stdout %q, stderr %q; want 0 and the state", code, p.stdout, p.stderr)
+	}
+	// The bootloader's get verbs only read, like status: `rauc status`
+	// answers while a merge holds the store.
+	misc := loopDevice(t, "misc", 64<<10)
+	bc, err := bootstate.NewBootControl(2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(misc, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bootstate.WriteBootControl(f, misc, bc); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	p = startProc(t, nil, bin, append(append([]string{"bootloader", "--misc", misc, "--lock-wait", "300ms"}, s.args()...), "get-primary")...)
+	if code := p.exit(t); code != exitOK || p.stdout.String() != "b\n" {
+		t.Errorf("cpinit bootloader get-primary while the lock is held: exit %d, stdout %q, stderr %q; want 0 and b", code, p.stdout, p.stderr)
 	}
 }
 
