@@ -121,6 +121,7 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	if len(absent) > 0 {
 		log.Printf("kernel modules with nothing to drive on this machine (their init said ENODEV): %v", absent)
 	}
+	dm := listDM(dmMods)
 
 	ctx, cancel := context.WithTimeoutCause(context.Background(), p.RootWait,
 		fmt.Errorf("device did not appear within cpinit.rootwait=%s", p.RootWait))
@@ -138,11 +139,10 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 		dataDir = filepath.Join(newRoot, p.DataDir)
 	}
 
+	if err := bootStep(ctx, p, cmdline, dataDir, dm); err != nil {
+		return handover{}, err
+	}
 	if p.Recovery {
-		log.Printf("recovery mode (cpinit.recovery=1): userdata is neither mapped nor mounted and the metadata store is not written; " +
-			"inspect with `cpinit status`, resolve with `cpinit merge` or `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
-		recoveryGuard(ctx, p, dmMods)
-		log.Printf("state=recovery userdata=(not mounted) action=none")
 		if p.Root == nil {
 			return initramfsInit(p.Init)
 		}
@@ -150,14 +150,6 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 			return handover{}, fmt.Errorf("recovery mode: next init %s in cpinit.root=%s: %w", p.Init, p.Root, err)
 		}
 		return handover{p.Init, true}, nil
-	}
-
-	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
-	if err != nil {
-		return handover{}, fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
-	}
-	if err := mapAndMount(ctx, p, cmdline, dev, dataDir, dmMods); err != nil {
-		return handover{}, err
 	}
 	if p.Root == nil {
 		h, err := initramfsInit(p.Init)
@@ -176,6 +168,55 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 	return handover{p.Init, true}, nil
 }
 
+// bootStep is this boot's own work, the same in cpinit's initramfs (PID 1,
+// boot) and in a distribution's (`cpinit boot-step`, runBootStep): in
+// recovery mode guard userdata and mount nothing; otherwise wait for
+// userdata, take this boot's step of the checkpoint state machine and
+// mount userdata at dataDir (mapAndMount). An *errRebootNow means that
+// userdata is not mounted and the machine must reboot.
+func bootStep(ctx context.Context, p Params, cmdline, dataDir string, dm dmLoader) error {
+	if p.Recovery {
+		log.Printf("recovery mode (cpinit.recovery=1): userdata is neither mapped nor mounted and the metadata store is not written; " +
+			"inspect with `cpinit status`, resolve with `cpinit merge` or `cpinit recover keep-current` (see cpinit help), then boot without cpinit.recovery")
+		recoveryGuard(ctx, p, dm)
+		log.Printf("state=recovery userdata=(not mounted) action=none")
+		return nil
+	}
+	dev, err := devspec.WaitResolve(ctx, p.Userdata, pollInterval)
+	if err != nil {
+		return fmt.Errorf("userdata device (cpinit.userdata=%s): %w", p.Userdata, err)
+	}
+	return mapAndMount(ctx, p, cmdline, dev, dataDir, dm)
+}
+
+// dmLoader is how a boot loads device-mapper when it first needs it: a
+// boot with no checkpoint mounts the partition and never does.
+type dmLoader struct {
+	// load loads the modules (nil: nothing to load: built in, or the
+	// image has none).
+	load func() error
+	// hint says what to do when the kernel turns out to lack
+	// device-mapper snapshots, for the boot's error.
+	hint string
+}
+
+// listDM loads the device-mapper modules of cpinit's own module list, with
+// u-root's kmodule (PID 1 has no modprobe).
+func listDM(mods []string) dmLoader {
+	l := dmLoader{hint: fmt.Sprintf("ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in %s (initramfs/modules.list), or build them into the kernel",
+		pid1.ModuleListPath)}
+	if len(mods) > 0 {
+		l.load = func() error {
+			if _, err := pid1.LoadModules(mods); err != nil {
+				return err
+			}
+			log.Printf("loaded device-mapper modules: %v", mods)
+			return nil
+		}
+	}
+	return l
+}
+
 // recoveryGuard makes userdata read-only (BLKROSET) in recovery mode while
 // the metadata store records a checkpoint, or cannot be read: every write to
 // the partition would bypass the snapshot, and a later rollback would merge
@@ -186,7 +227,7 @@ func boot(onFatal *pid1.StopAction) (handover, error) {
 // loads the device-mapper modules then, so that `cpinit merge` works from
 // the recovery system. Best effort: recovery mode must start whatever else
 // is wrong, so failures are logged, loudly.
-func recoveryGuard(ctx context.Context, p Params, dmMods []string) {
+func recoveryGuard(ctx context.Context, p Params, dm dmLoader) {
 	if p.Metadata == nil {
 		log.Printf("recovery mode: no cpinit.metadata=: checkpoints are off, userdata stays writable")
 		return
@@ -214,8 +255,8 @@ func recoveryGuard(ctx context.Context, p Params, dmMods []string) {
 		log.Printf("recovery mode: userdata %s is READ-ONLY: %s; writes to it would bypass the snapshot and corrupt the rollback. "+
 			"Finish the rollback with `cpinit merge`, or give it up with `cpinit recover keep-current --yes`, then reboot", dev, why)
 	}
-	if len(dmMods) > 0 {
-		if _, err := pid1.LoadModules(dmMods); err != nil {
+	if dm.load != nil {
+		if err := dm.load(); err != nil {
 			log.Errorf("warning: recovery mode: loading the device-mapper modules for `cpinit merge`: %v", err)
 		}
 	}
@@ -316,7 +357,7 @@ func unmountForPowerOff(dataDir string) error {
 // mapAndMount takes this boot's step of the checkpoint state machine and
 // mounts userdata accordingly: plainly, through a snapshot-origin, or after a
 // rollback merge. It prints the one machine-readable line of the boot.
-func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dmMods []string) error {
+func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm dmLoader) error {
 	ud, err := findUserdata(dev)
 	if err != nil {
 		return fmt.Errorf("userdata device %s: %w", dev, err)
@@ -331,7 +372,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		progress:  consoleProgress(log.Printf),
 		publish:   rollbackStatePath,
 		publishBy: rollbackByBoot,
-		dmModules: dmMods,
+		loadDM:    dm.load,
 		lazyDM:    true,
 
 		restoreOffline: p.Merge == mergeRestore,
@@ -414,8 +455,7 @@ func mapAndMount(ctx context.Context, p Params, cmdline, dev, dataDir string, dm
 		switch a.Kind {
 		case bootstate.CreateSnapshot, bootstate.ReattachSnapshot, bootstate.VerifyExtents, bootstate.StartOrResumeMerge:
 			if errors.Is(err, dmsnap.ErrNoSnapshotTarget) || errors.Is(err, dmsnap.ErrNoDeviceMapper) {
-				err = fmt.Errorf("%w\nthis kernel lacks device-mapper snapshots: ship dm-mod, dm-bufio and dm-snapshot in the initramfs and list them in %s (initramfs/modules.list), or build them into the kernel",
-					err, pid1.ModuleListPath)
+				err = fmt.Errorf("%w\nthis kernel lacks device-mapper snapshots: %s", err, dm.hint)
 			}
 			if env.mounted == "" {
 				return fmt.Errorf("%w\nuserdata was not mounted and the checkpoint is kept: fix the cause above and reboot "+

@@ -80,10 +80,11 @@ type bootEnv struct {
 	bl         bootstate.Bootloader
 	bootedSlot string
 
-	// dmModules are loaded on the first use of device-mapper when lazyDM
-	// (PID 1): a fresh boot needs no dm and does not pay for loading it.
-	dmModules []string
-	lazyDM    bool
+	// loadDM loads device-mapper on its first use when lazyDM (the boot:
+	// PID 1 or boot-step): a fresh boot needs no dm and does not pay for
+	// loading it. nil: nothing to load.
+	loadDM func() error
+	lazyDM bool
 
 	dm      *dmsnap.Client // opened on first use: a fresh boot needs no dm
 	mounted string         // the device mounted at dataDir, once mounted
@@ -96,11 +97,9 @@ func (e *bootEnv) client() (*dmsnap.Client, error) {
 		return e.dm, nil
 	}
 	var loadErr error
-	if e.lazyDM && len(e.dmModules) > 0 {
-		if _, loadErr = pid1.LoadModules(e.dmModules); loadErr == nil {
-			e.logf("loaded device-mapper modules: %v", e.dmModules)
-		}
-		e.dmModules = nil
+	if e.lazyDM && e.loadDM != nil {
+		loadErr = e.loadDM()
+		e.loadDM = nil
 	}
 	c, err := dmsnap.Open()
 	if err != nil {
