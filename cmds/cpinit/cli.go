@@ -14,7 +14,8 @@ import (
 var usage = `usage: cpinit COMMAND [ARGS]
 
 cpinit checkpoints userdata across A/B updates. As PID 1 in an initramfs it
-maps and mounts userdata; otherwise it is this command line tool.
+maps and mounts userdata (boot-step does it in another initramfs);
+otherwise it is this command line tool.
 
 commands:
   params [CMDLINE]   parse cpinit.* kernel parameters (default: /proc/cmdline)
@@ -68,14 +69,22 @@ commands:
                      SLOT (the other slot: begin, with these flags),
                      set-state SLOT good|bad (in the update's trial:
                      commit, rollback)
-  Every command but params and extents takes --metadata, --misc, --userdata,
-  --data and --cmdline to override what the kernel command line says.
-  Commands that change the metadata store or misc (all but params, extents
-  and status) run one at a time: each waits up to --lock-wait (30s) for
-  another cpinit process to finish with the store, then fails.
+  boot-step --root DIR [--cmdline CMDLINE]
+                     PID 1's boot step, run by a distribution's initramfs
+                     once it has mounted the root at DIR (initramfs-tools,
+                     dracut: docs/initramfs-tools.md, docs/dracut.md):
+                     create, reattach or merge the snapshot as the cpinit.*
+                     parameters say and mount userdata at DIR+datadir; exit
+                     0 go on, 3 reboot now, 4 power off, 1 stop the boot
+  Every command but params, extents and boot-step takes --metadata, --misc,
+  --userdata, --data and --cmdline to override what the kernel command line
+  says. Commands that change the metadata store or misc (all but params,
+  extents and status) run one at a time: each waits up to --lock-wait (30s)
+  for another cpinit process to finish with the store, then fails.
   help               this text
 
-exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage.
+exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage;
+boot-step also 3 (reboot) and 4 (power off).
 `
 
 var errUsage = errors.New("bad usage (see cpinit help)")
@@ -94,11 +103,14 @@ const (
 
 // exitStatus maps runCLI's error to the process exit status.
 func exitStatus(err error) int {
+	var bs *bootStepExit
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, errUsage):
 		return exitUsage
+	case errors.As(err, &bs):
+		return bs.status
 	}
 	return exitError
 }
@@ -132,6 +144,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdWatch(args[1:], stdout)
 	case "bootloader":
 		return cmdBootloader(args[1:], stdout)
+	case "boot-step":
+		return cmdBootStep(args[1:])
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

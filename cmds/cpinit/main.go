@@ -10,10 +10,13 @@
 // (cpinit.on_fatal=).
 //
 // Run as any other PID it is the command line tool for the running system
-// and recovery mode.
+// and recovery mode, and, as `cpinit boot-step`, the same boot step run
+// by a distribution's initramfs (initramfs-tools, dracut) before it
+// switches to the root it mounted.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -23,7 +26,12 @@ func main() {
 		pid1Main() // never returns
 	}
 	if err := runCLI(os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "cpinit: %v\n", err)
+		// boot-step has logged why it stops the boot on the console and
+		// the kernel log already.
+		var bs *bootStepExit
+		if !errors.As(err, &bs) {
+			fmt.Fprintf(os.Stderr, "cpinit: %v\n", err)
+		}
 		os.Exit(exitStatus(err))
 	}
 }

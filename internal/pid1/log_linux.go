@@ -39,6 +39,18 @@ func (l *Logger) Reopen() {
 	}
 }
 
+// OpenKmsg adds /dev/kmsg and keeps the inherited stdout as the console:
+// for cpinit run by another init (`cpinit boot-step` in a distribution's
+// initramfs), whose stdout the init has already pointed at the console or
+// the journal. If /dev/kmsg does not open, lines go to stdout only.
+func (l *Logger) OpenKmsg() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		l.kmsg = f
+	}
+}
+
 // Console returns the writer that reaches the console.
 func (l *Logger) Console() io.Writer {
 	l.mu.Lock()
