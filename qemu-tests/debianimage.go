@@ -70,15 +70,20 @@ func DebianRoot() (string, error) {
 	debianRoot.Lock()
 	defer debianRoot.Unlock()
 	if !debianRoot.done {
-		debianRoot.path, debianRoot.err = fetchDebianRoot()
+		debianRoot.path, debianRoot.err = fetchDebianRoot("")
 		debianRoot.done = true
 	}
 	return debianRoot.path, debianRoot.err
 }
 
-func fetchDebianRoot() (string, error) {
+// fetchDebianRoot runs fetch-debian-root.sh for the package list named
+// (a file in qemu-tests; "": its default, debian-root.list).
+func fetchDebianRoot(list string) (string, error) {
 	script := filepath.Join(RepoRoot(), "qemu-tests", "fetch-debian-root.sh")
 	cmd := exec.Command(script)
+	if list != "" {
+		cmd.Args = append(cmd.Args, filepath.Join(RepoRoot(), "qemu-tests", list))
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -127,6 +132,12 @@ func NeedDebianSlots(t testing.TB, core bool) string {
 // installs debootstrap (Makefile DEB_PACKAGES) and runs as root.
 func EnsureDebianRoot(t testing.TB) string {
 	t.Helper()
+	return ensureDebianTree(t, DebianRoot)
+}
+
+// ensureDebianTree is EnsureDebianRoot for the tree fetch returns.
+func ensureDebianTree(t testing.TB, fetch func() (string, error)) string {
+	t.Helper()
 	skip := func(why string) {
 		t.Helper()
 		if testutil.InCI() {
@@ -139,7 +150,7 @@ func EnsureDebianRoot(t testing.TB) string {
 	}
 	testutil.LookPath(t, "mkfs.ext4")
 	testutil.LookPath(t, "chroot")
-	root, err := DebianRoot()
+	root, err := fetch()
 	if errors.Is(err, ErrDebianRootUnavailable) {
 		skip(err.Error())
 	}

@@ -6,8 +6,12 @@
 # debian-archive-keyring and each .deb against the signed index), into the
 # git-ignored cache, and print where the tree is:
 #
-#   qemu-tests/fetch-debian-root.sh
+#   qemu-tests/fetch-debian-root.sh [LIST]
 #   DEBIAN_ROOT=/abs/.cache/debian-root/amd64-<list hash>/root
+#
+# LIST is another package list instead of debian-root.list (e.g.
+# debian-initramfs.list, the tree qemu-tests/distroinitvm builds its
+# initramfs images in); each list has its own tree, named by its hash.
 #
 # Needs root (debootstrap chroots into the tree, runs the maintainer
 # scripts and sets file owners) and debootstrap (Debian package
@@ -34,7 +38,7 @@ top=$(cd "$here/.." && pwd)
 arch=${GUEST_ARCH:-amd64}
 suite=bookworm
 mirror=${KERNEL_MIRROR:-http://deb.debian.org/debian}
-list=$here/debian-root.list
+list=${1:-$here/debian-root.list}
 cache=${CPINIT_CACHE:-$top/.cache}
 
 say() { echo "fetch-debian-root: $*" >&2; }
