@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cpinit/cpinit/internal/pid1"
+	"github.com/cpinit/cpinit/pkg/bootstate"
 )
 
 // TestBootStepStatus: boot-step's exit status is what the calling script
@@ -115,6 +116,29 @@ func TestBootStepUsage(t *testing.T) {
 	} {
 		if err := runCLI(args, io.Discard); exitStatus(err) != exitUsage {
 			t.Errorf("cpinit %s: %v (status %d), want a usage error", strings.Join(args, " "), err, exitStatus(err))
+		}
+	}
+}
+
+// TestDistroDocsCmdline: the kernel command lines of docs/initramfs-tools.md
+// and docs/dracut.md parse, name no parameter boot-step ignores, and give
+// the booted slot.
+func TestDistroDocsCmdline(t *testing.T) {
+	for _, doc := range []string{"../../docs/initramfs-tools.md", "../../docs/dracut.md"} {
+		lines := fencedBlocks(t, doc, "cmdline")
+		if len(lines) == 0 {
+			t.Errorf("%s has no cmdline block", doc)
+		}
+		for _, l := range lines {
+			if _, _, err := ParseParams(l); err != nil {
+				t.Errorf("%s: %q: %v", doc, l, err)
+			}
+			if w := bootStepIgnored(l); len(w) != 0 {
+				t.Errorf("%s: %q: %q", doc, l, w)
+			}
+			if s := bootstate.SlotFromCmdline(l); s == "" {
+				t.Errorf("%s: %q names no slot", doc, l)
+			}
 		}
 	}
 }
