@@ -399,16 +399,21 @@ func wantNoSystem(t *testing.T, vm *qt.VM) {
 // mounted, as cpinit.on_fatal= says, through the flavor's script: under
 // halt (exit status 1) the distribution's own failure path, initramfs-tools'
 // panic or dracut's emergency mode (both reboot here: the kernel's
-// panic=-1, rd.emergency=reboot); under reboot (exit status 3) the script
-// reboots at once. The metadata store is never read: it stays blank.
-func testFatal(t *testing.T, f *flavor, failure string) {
+// panic=-1, rd.emergency=reboot); if withReboot, also under reboot (exit
+// status 3), where the script reboots at once. The metadata store is
+// never read: it stays blank.
+func testFatal(t *testing.T, f *flavor, failure string, withReboot bool) {
 	d := newDistroDevice(t, f, 1960)
-	for _, c := range []struct {
+	cases := []struct {
 		onFatal, status, then string
 	}{
 		{"halt", "1", failure},
 		{"reboot", "3", `reboot: Restarting system`},
-	} {
+	}
+	if !withReboot {
+		cases = cases[:1]
+	}
+	for _, c := range cases {
 		timed(t, "slot a, cpinit.on_fatal="+c.onFatal, func() {
 			vm, _ := d.boot(t, "cpinit.userdata=LABEL=nosuch cpinit.rootwait=1 cpinit.on_fatal="+c.onFatal)
 			vm.ExpectT(t, `cpinit: FATAL: userdata device \(cpinit\.userdata=LABEL=nosuch\): `, qt.SlotBootTimeout)
@@ -503,16 +508,25 @@ func TestDracutRollbackCommand(t *testing.T) {
 	testRollbackCommand(t, dracut, 1952, true)
 }
 
+// TestDracutShellCommit: testCommit through dracut's shell-based image
+// and cpinit's pre-pivot hook.
+func TestDracutShellCommit(t *testing.T) {
+	t.Parallel()
+	testCommit(t, dracutShell, 1971)
+}
+
 // TestInitramfsToolsFatal: testFatal through initramfs-tools, whose panic
-// reboots under the kernel's panic=-1.
+// reboots under the kernel's panic=-1, and under cpinit.on_fatal=reboot.
 func TestInitramfsToolsFatal(t *testing.T) {
 	t.Parallel()
-	testFatal(t, initramfsTools, `Rebooting automatically due to panic= boot argument`)
+	testFatal(t, initramfsTools, `Rebooting automatically due to panic= boot argument`, true)
 }
 
 // TestDracutFatal: testFatal through dracut: cpinit-boot-step.service
-// fails, so initrd-fs.target, whose OnFailure= is emergency.target.
+// fails, so initrd-fs.target, whose OnFailure= is emergency.target, and
+// initrd-switch-root.service. Its exit status 3 (reboot) is
+// TestDracutRollbackCommand's boot of slot b.
 func TestDracutFatal(t *testing.T) {
 	t.Parallel()
-	testFatal(t, dracut, `Dependency failed for .*Initrd File Systems`)
+	testFatal(t, dracut, `Dependency failed for .*Initrd File Systems`, false)
 }

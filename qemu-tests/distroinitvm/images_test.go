@@ -115,6 +115,24 @@ var dracut = &flavor{
 	cmdline: "rd.shell=0 rd.emergency=reboot",
 }
 
+// dracutShell is dracut's shell-based image: the same defaults with the
+// systemd module omitted (--omit systemd), as in a system without
+// systemd, which also leaves out every module that depends on it
+// (systemd-initrd, dracut-systemd). Its /init is dracut's shell script,
+// and cpinit's module installs its pre-pivot hook instead of the unit.
+var dracutShell = &flavor{
+	name:    "dracut-shell",
+	rootMnt: "/sysroot",
+	build: func(tree, release string) (string, error) {
+		out := "/boot/initrd-dracut-shell.img-" + release
+		if _, err := qt.RunInTree(tree, "dracut", "--force", "--omit", "systemd", "--kver", release, out); err != nil {
+			return "", err
+		}
+		return filepath.Join(tree, out), nil
+	},
+	cmdline: "rd.shell=0 rd.emergency=reboot",
+}
+
 // image builds f's initramfs once per process and returns it.
 func (f *flavor) image(t *testing.T) string {
 	t.Helper()
