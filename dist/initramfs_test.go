@@ -154,7 +154,9 @@ func scriptRun(t *testing.T, script string, status int, sourced map[string]strin
 // TestDistInitramfsScriptsActOnStatus: each script runs `cpinit boot-step`
 // on its root and does what the exit status says (docs/cli.md): 0 go on,
 // 3 reboot, 4 power off, anything else the distribution's failure path
-// (initramfs-tools' panic, the unit's failure, dracut's die).
+// (initramfs-tools' panic, the unit's failure, dracut's die). The
+// stand-in reboot and poweroff return, as a failed one would: the boot
+// must not go on to the root's init then either.
 func TestDistInitramfsScriptsActOnStatus(t *testing.T) {
 	panicFn := map[string]string{"/scripts/functions": "panic() { echo \"<panic $*>\"; exit 1; }\n"}
 	dieFn := map[string]string{"/lib/dracut-lib.sh": "die() { echo \"<die $*>\"; exit 1; }\n"}
@@ -166,8 +168,8 @@ func TestDistInitramfsScriptsActOnStatus(t *testing.T) {
 		exit    int
 	}{
 		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 0, "", 0},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 3, "<reboot -f>", 0},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 4, "<poweroff -f>", 0},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 3, "<reboot -f>\n<panic cpinit: reboot -f failed: userdata is not mounted>", 1},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 4, "<poweroff -f>\n<panic cpinit: poweroff -f failed: userdata is not mounted>", 1},
 		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 1, "<panic cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted>", 1},
 		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 2, "<panic cpinit: the boot step failed (exit status 2, the reason is above): userdata is not mounted>", 1},
 		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 0, "", 0},
@@ -175,8 +177,8 @@ func TestDistInitramfsScriptsActOnStatus(t *testing.T) {
 		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 4, "<systemctl --no-block poweroff>", 4},
 		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 1, "", 1},
 		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 0, "", 0},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 3, "<reboot -f>", 0},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 4, "<poweroff -f>", 0},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 3, "<reboot -f>\n<die cpinit: reboot -f failed: userdata is not mounted>", 1},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 4, "<poweroff -f>\n<die cpinit: poweroff -f failed: userdata is not mounted>", 1},
 		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 1, "<die cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted>", 1},
 	} {
 		out, code := scriptRun(t, c.script, c.status, c.sourced)

@@ -12,11 +12,14 @@ case $_cpinit_rc in
 0) ;;
 3)
     # -f: reboot(2) at once, after a sync, as dracut's own shutdown does.
-    # cpinit has flushed what it wrote and mounted nothing.
+    # cpinit has flushed what it wrote and mounted nothing. Should it
+    # return, the boot must still not switch to the root.
     reboot -f
+    die "cpinit: reboot -f failed: userdata is not mounted"
     ;;
 4)
     poweroff -f
+    die "cpinit: poweroff -f failed: userdata is not mounted"
     ;;
 *)
     die "cpinit: the boot step failed (exit status $_cpinit_rc, the reason is above): userdata is not mounted"
