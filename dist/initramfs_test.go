@@ -115,18 +115,30 @@ func TestInitramfsToolsPrereqs(t *testing.T) {
 
 // scriptRun runs a copy of script whose paths point into a temporary
 // directory: a stand-in /usr/bin/cpinit that prints its arguments and
-// exits with status; stand-ins for what the script calls afterwards
+// exits with the first of statuses, the second time with the second, and
+// so on (then 0); stand-ins for what the script calls afterwards
 // (reboot, poweroff, systemctl; initramfs-tools' panic and dracut's die,
 // from the sourced file given), each printing its name and arguments. It
 // returns what the script printed and its exit status.
-func scriptRun(t *testing.T, script string, status int, sourced map[string]string) (string, int) {
+func scriptRun(t *testing.T, script string, statuses []int, sourced map[string]string) (string, int) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	for _, name := range []string{"reboot", "poweroff", "systemctl"} {
 		writeFile(t, filepath.Join(bin, name), []byte("#!/bin/sh\necho \"<"+name+" $*>\"\n"), 0o755)
 	}
-	writeFile(t, filepath.Join(dir, "cpinit"), []byte("#!/bin/sh\necho \"<cpinit $*>\"\nexit "+strconv.Itoa(status)+"\n"), 0o755)
+	var codes []string
+	for _, st := range statuses {
+		codes = append(codes, strconv.Itoa(st))
+	}
+	writeFile(t, filepath.Join(dir, "statuses"), []byte(strings.Join(codes, "\n")+"\n"), 0o644)
+	// Each run takes the first line of statuses and drops it.
+	writeFile(t, filepath.Join(dir, "cpinit"), []byte(`#!/bin/sh
+echo "<cpinit $*>"
+st=$(sed -n 1p "$(dirname "$0")/statuses")
+sed -i 1d "$(dirname "$0")/statuses"
+exit "${st:-0}"
+`), 0o755)
 	b, err := os.ReadFile(script)
 	if err != nil {
 		t.Fatal(err)
@@ -159,39 +171,37 @@ func scriptRun(t *testing.T, script string, status int, sourced map[string]strin
 // must not go on to the root's init then either.
 func TestDistInitramfsScriptsActOnStatus(t *testing.T) {
 	panicFn := map[string]string{"/scripts/functions": "panic() { echo \"<panic $*>\"; exit 1; }\n"}
+	// initramfs-tools' panic returns when the person at the console leaves
+	// its shell (scripts/functions).
+	panicReturns := map[string]string{"/scripts/functions": "panic() { echo \"<panic $*>\"; }\n"}
 	dieFn := map[string]string{"/lib/dracut-lib.sh": "die() { echo \"<die $*>\"; exit 1; }\n"}
 	for _, c := range []struct {
-		script  string
-		sourced map[string]string
-		status  int
-		want    string // what the script does after cpinit, "" for nothing
-		exit    int
+		script   string
+		sourced  map[string]string
+		statuses []int // cpinit's, run after run
+		want     string
+		exit     int
 	}{
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 0, "", 0},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 3, "<reboot -f>\n<panic cpinit: reboot -f failed: userdata is not mounted>", 1},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 4, "<poweroff -f>\n<panic cpinit: poweroff -f failed: userdata is not mounted>", 1},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 1, "<panic cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted>", 1},
-		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, 2, "<panic cpinit: the boot step failed (exit status 2, the reason is above): userdata is not mounted>", 1},
-		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 0, "", 0},
-		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 3, "<systemctl --no-block reboot>", 3},
-		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 4, "<systemctl --no-block poweroff>", 4},
-		{"dracut/90cpinit/cpinit-boot-step.sh", nil, 1, "", 1},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 0, "", 0},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 3, "<reboot -f>\n<die cpinit: reboot -f failed: userdata is not mounted>", 1},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 4, "<poweroff -f>\n<die cpinit: poweroff -f failed: userdata is not mounted>", 1},
-		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, 1, "<die cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted>", 1},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, []int{0}, "<cpinit boot-step --root /root>\n", 0},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, []int{3}, "<cpinit boot-step --root /root>\n<reboot -f>\n<panic cpinit: reboot -f failed: userdata is not mounted>\n", 1},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, []int{4}, "<cpinit boot-step --root /root>\n<poweroff -f>\n<panic cpinit: poweroff -f failed: userdata is not mounted>\n", 1},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, []int{1}, "<cpinit boot-step --root /root>\n<panic cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted; leave this shell to run it again>\n", 1},
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicFn, []int{2}, "<cpinit boot-step --root /root>\n<panic cpinit: the boot step failed (exit status 2, the reason is above): userdata is not mounted; leave this shell to run it again>\n", 1},
+		// Leaving the panic shell runs the boot step again: the boot
+		// goes on only once userdata is mounted.
+		{"initramfs-tools/scripts/local-bottom/cpinit", panicReturns, []int{1, 1, 0}, "<cpinit boot-step --root /root>\n<panic cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted; leave this shell to run it again>\n<cpinit boot-step --root /root>\n<panic cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted; leave this shell to run it again>\n<cpinit boot-step --root /root>\n", 0},
+		{"dracut/90cpinit/cpinit-boot-step.sh", nil, []int{0}, "<cpinit boot-step --root /sysroot>\n", 0},
+		{"dracut/90cpinit/cpinit-boot-step.sh", nil, []int{3}, "<cpinit boot-step --root /sysroot>\n<systemctl --no-block reboot>\n", 3},
+		{"dracut/90cpinit/cpinit-boot-step.sh", nil, []int{4}, "<cpinit boot-step --root /sysroot>\n<systemctl --no-block poweroff>\n", 4},
+		{"dracut/90cpinit/cpinit-boot-step.sh", nil, []int{1}, "<cpinit boot-step --root /sysroot>\n", 1},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, []int{0}, "<cpinit boot-step --root /sysroot>\n", 0},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, []int{3}, "<cpinit boot-step --root /sysroot>\n<reboot -f>\n<die cpinit: reboot -f failed: userdata is not mounted>\n", 1},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, []int{4}, "<cpinit boot-step --root /sysroot>\n<poweroff -f>\n<die cpinit: poweroff -f failed: userdata is not mounted>\n", 1},
+		{"dracut/90cpinit/cpinit-pre-pivot.sh", dieFn, []int{1}, "<cpinit boot-step --root /sysroot>\n<die cpinit: the boot step failed (exit status 1, the reason is above): userdata is not mounted>\n", 1},
 	} {
-		out, code := scriptRun(t, c.script, c.status, c.sourced)
-		root := "/root"
-		if strings.HasPrefix(c.script, "dracut/") {
-			root = "/sysroot"
-		}
-		want := "<cpinit boot-step --root " + root + ">\n"
-		if c.want != "" {
-			want += c.want + "\n"
-		}
-		if out != want || code != c.exit {
-			t.Errorf("%s with cpinit exiting %d: printed %q, exit %d; want %q, exit %d", c.script, c.status, out, code, want, c.exit)
+		out, code := scriptRun(t, c.script, c.statuses, c.sourced)
+		if out != c.want || code != c.exit {
+			t.Errorf("%s with cpinit exiting %v: printed %q, exit %d; want %q, exit %d", c.script, c.statuses, out, code, c.want, c.exit)
 		}
 	}
 }
