@@ -98,7 +98,7 @@ test-agents: kernel
 # real mkinitramfs (initramfs-tools) and dracut of Debian bookworm with
 # dist/initramfs-tools and dist/dracut, booted with Debian slots through
 # commits, rollbacks and a fatal boot step (qemu-tests/distroinitvm;
-# about 4 minutes on 2 quiet cores, two boots at a time). Debian-slot
+# about 5 minutes on 2 quiet cores, two boots at a time). Debian-slot
 # tests, selected by CPINIT_DEBIAN=1 like the agents'; make test runs
 # none of them (their build tree would cost it another debootstrap), make
 # soak runs this target.
