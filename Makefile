@@ -83,13 +83,15 @@ demo: kernel
 SOAK_ONLY := TestCacheCutF2FS$$|TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootUpdateCrashFallsBack$$|TestSystemdBootRollbackCommand$$|TestUBootUpdateCommits$$|TestUBootRollbackCommand$$
 test: kernel cross
 	$(GO) vet ./...
-	CPINIT_ARM64=core CPINIT_DEBIAN=core $(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
+	CPINIT_ARM64=core $(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
 
 # The update agents (issue 19): the real rauc, swupdate and mender of
 # Debian bookworm in a debootstrapped Debian slot, each through an update
 # that commits and one that rolls back (qemu-tests/agentvm), and the Debian
-# slot's own smoke test. make test runs only RAUC's rollback
-# (CPINIT_DEBIAN=core), for time; make soak runs this target.
+# slot's own smoke test. make soak runs this target; make test runs none
+# of them: with RAUC's rollback in it (CPINIT_DEBIAN=core: a debootstrap
+# and three Debian boots, about 3 minutes) a fresh clone's make test took
+# 23m48s on 2026-12-06, past its 20 minutes.
 AGENT_PKGS := ./qemu-tests/agentvm ./qemu-tests
 test-agents: kernel
 	CPINIT_DEBIAN=1 $(GO) test -p 1 -timeout 60m -v -run 'TestDebianSlotBoots$$|TestRAUC|TestMender|TestSWUpdate' $(AGENT_PKGS)
