@@ -123,7 +123,8 @@ func TestDocQuotesRAUCFiles(t *testing.T) {
 }
 
 // docQuotes checks that doc quotes each of files (paths under dist/) in
-// the fenced block after a "<!-- file: dist/… -->" marker, exactly.
+// the fenced block after a "<!-- file: dist/… -->" marker, exactly, and
+// quotes no other file that way.
 func docQuotes(t *testing.T, doc string, files ...string) {
 	t.Helper()
 	b, err := os.ReadFile(doc)
@@ -145,5 +146,9 @@ func docQuotes(t *testing.T, doc string, files ...string) {
 		} else if q != string(f) {
 			t.Errorf("%s quotes dist/%s differently from the file; copy the file into the doc", doc, src)
 		}
+		delete(quoted, src)
+	}
+	for src := range quoted {
+		t.Errorf("%s quotes dist/%s, which is not one of its files", doc, src)
 	}
 }
