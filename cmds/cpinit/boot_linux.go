@@ -59,7 +59,7 @@ func pid1Main() {
 	}
 	if !next.switchRoot {
 		// The early hook: no cpinit.root, so the initramfs stays the root
-		// and its own init (e.g. the base image's, kept as /init.base by
+		// and its own init (e.g. the base image's, kept as /inito by
 		// initramfs.Build) carries on as PID 1 with userdata mounted.
 		log.Printf("exec %s in the initramfs (no cpinit.root=)", next.init)
 		err = unix.Exec(next.init, []string{next.init}, os.Environ())
@@ -323,7 +323,7 @@ func initramfsInit(init string) (handover, error) {
 		return handover{}, err
 	}
 	if self, err := os.Stat("/proc/self/exe"); err == nil && os.SameFile(st, self) {
-		return handover{}, fmt.Errorf("cpinit.init=%s is cpinit itself: name the init that runs after it (initramfs.Build keeps a base image's /init as /init.base)", init)
+		return handover{}, fmt.Errorf("cpinit.init=%s is cpinit itself: name the init that runs after it (initramfs.Build keeps a base image's /init as /inito)", init)
 	}
 	return handover{init: init}, nil
 }

@@ -56,6 +56,15 @@ func Resolve(s Spec) (string, error) {
 		for _, d := range m {
 			names = append(names, d.DevicePath())
 		}
+		if s.Kind == PartUUID {
+			if sig, part, ok := ParseMBRPartUUID(s.Value); ok {
+				mbr, err := mbrPartitions(sig, part)
+				if err != nil {
+					return "", fmt.Errorf("%s: %w", s, err)
+				}
+				names = append(names, mbr...)
+			}
+		}
 		return one(s, names)
 	}
 	return "", fmt.Errorf("device specification %s: unknown kind %q", s, s.Kind)
@@ -127,4 +136,61 @@ func WaitResolve(ctx context.Context, s Spec, poll time.Duration) (string, error
 		case <-time.After(poll):
 		}
 	}
+}
+
+// mbrPartitions returns the partition numbered part of every whole disk
+// whose DOS partition table has the disk signature sig (see mbr.go). The
+// partition is found by the number the kernel gives it
+// (/sys/class/block/DISK/PART/partition), so logical partitions count as
+// the kernel counts them, and a name's "p" (loop0p1, mmcblk0p1, vda1) needs
+// no guessing.
+func mbrPartitions(sig uint32, part int) ([]string, error) {
+	disks, err := os.ReadDir("/sys/class/block")
+	if err != nil {
+		return nil, err
+	}
+	var found []string
+	for _, d := range disks {
+		name := d.Name()
+		if strings.HasPrefix(name, "dm-") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/sys/class/block", name, "partition")); err == nil {
+			continue // a partition: only whole disks carry a table
+		}
+		sector, err := readSector(filepath.Join("/dev", name))
+		if err != nil {
+			continue // empty (loop without backing file), gone or unreadable
+		}
+		if got, ok := MBRDiskSignature(sector); !ok || got != sig {
+			continue
+		}
+		children, err := os.ReadDir(filepath.Join("/sys/class/block", name))
+		if err != nil {
+			continue
+		}
+		for _, c := range children {
+			b, err := os.ReadFile(filepath.Join("/sys/class/block", name, c.Name(), "partition"))
+			if err != nil {
+				continue
+			}
+			if strings.TrimSpace(string(b)) == fmt.Sprint(part) {
+				found = append(found, filepath.Join("/dev", c.Name()))
+			}
+		}
+	}
+	return found, nil
+}
+
+func readSector(dev string) ([]byte, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, mbrSectorSize)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, &os.PathError{Op: "read", Path: dev, Err: err}
+	}
+	return b, nil
 }
