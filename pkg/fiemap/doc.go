@@ -1,7 +1,7 @@
 // Package fiemap finds where a file's bytes live on its block device, so
 // cpinit can use a preallocated file inside userdata as the COW store of a
 // dm-snapshot through a table of dm `linear` targets (see
-// ../../shared/DESIGN.md). A wrong map means writing over other data, so every
+// docs/architecture.md). A wrong map means writing over other data, so every
 // step refuses rather than guesses.
 //
 //   - MapFile reads the extents with FS_IOC_FIEMAP (FIEMAP_FLAG_SYNC, paged
