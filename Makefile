@@ -82,6 +82,7 @@ demo: kernel
 # f2fsvm runs the f2fs lifecycle uncut).
 SOAK_ONLY := TestCacheCutF2FS$$|TestGRUBUpdateCommits$$|TestGRUBRollbackCommand$$|TestSystemdBootUpdateCommits$$|TestSystemdBootUpdateCrashFallsBack$$|TestSystemdBootRollbackCommand$$|TestUBootUpdateCommits$$|TestUBootRollbackCommand$$
 test: kernel cross
+	@$(GO) mod tidy -diff || { echo "make test: go.mod or go.sum is not tidy: run go mod tidy and commit the result"; exit 1; }
 	$(GO) vet ./...
 	CPINIT_ARM64=core $(GO) test -timeout $(TEST_TIMEOUT) -skip '$(SOAK_ONLY)' ./...
 
