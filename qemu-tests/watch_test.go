@@ -1,6 +1,7 @@
 package qemutests
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -28,6 +29,28 @@ func TestWatchCommitsBeforeOverflow(t *testing.T) {
 	vm.ExpectT(t, `COW used: +\d+\.\d of 24\.0 MiB \(\d+\.\d%\), active`, SlotBootTimeout)
 	m0 := vm.ExpectT(t, `COW fill rate: +\d+\.\d\d MiB/s over \d+ s \(watch\), (full in \S+|not filling)`, SlotBootTimeout)
 	t.Logf("status: %s", m0[0])
+	// And in JSON: the fill level for monitoring, from the live
+	// snapshot's dm status line.
+	js := vm.ExpectT(t, `sysinit: status-json=(\{[^\r\n]*\})\r?\n`, SlotBootTimeout)[1]
+	var st struct {
+		State          string   `json:"state"`
+		COWUsedPercent *float64 `json:"cow_used_percent"`
+		Snapshot       *struct {
+			State       string  `json:"state"`
+			UsedBytes   uint64  `json:"used_bytes"`
+			TotalBytes  uint64  `json:"total_bytes"`
+			UsedPercent float64 `json:"used_percent"`
+		} `json:"snapshot"`
+	}
+	if err := json.Unmarshal([]byte(js), &st); err != nil {
+		t.Fatalf("status --json in the trial: %v: %s", err, js)
+	}
+	if p := st.COWUsedPercent; st.Snapshot == nil || st.Snapshot.State != "active" || p == nil || *p <= 0 || *p >= 100 ||
+		*p != st.Snapshot.UsedPercent || *p != 100*float64(st.Snapshot.UsedBytes)/float64(st.Snapshot.TotalBytes) || st.Snapshot.TotalBytes != 24<<20 {
+		t.Errorf("status --json in the trial: want cow_used_percent in (0, 100), equal to the active snapshot's used/total of 24 MiB: %s", js)
+	} else {
+		t.Logf("cow_used_percent %.1f", *p)
+	}
 	m := vm.ExpectT(t, `cpinit watch: WARNING: COW (\d+\.\d)% used .*userdata \d+\.\d MiB free`, SlotBootTimeout)
 	t.Logf("warned at %s%%", m[1])
 	m = vm.ExpectT(t, `cpinit watch: committing the update \(policy commit; the rollback is given up to keep the data\): (COW .*)`, SlotBootTimeout)

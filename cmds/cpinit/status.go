@@ -1,6 +1,12 @@
 package main
 
-import "github.com/cpinit/cpinit/pkg/dmsnap"
+import (
+	"fmt"
+	"strings"
+
+	"github.com/cpinit/cpinit/pkg/bootstate"
+	"github.com/cpinit/cpinit/pkg/dmsnap"
+)
 
 // StatusSchema is the version of `cpinit status --json`. Fields are only
 // ever added within a version; a rename or a change of meaning bumps it.
@@ -8,7 +14,9 @@ const StatusSchema = 1
 
 // Status is what `cpinit status --json` prints.
 type Status struct {
-	Schema     int    `json:"schema"`
+	Schema int `json:"schema"`
+	// Version is cpinit's (cpinitVersion), the binary that printed this.
+	Version    string `json:"version,omitempty"`
 	State      string `json:"state"`            // fresh, checkpointing, committed, rollback-pending; unreadable (no valid record)
 	Phase      string `json:"phase,omitempty"`  // checkpointing: armed or active
 	Reason     string `json:"reason,omitempty"` // why the state was entered
@@ -16,13 +24,19 @@ type Status struct {
 	Bootloader string `json:"bootloader,omitempty"` // checkpointing: do commit and rollback tell the bootloader (bootloader* values)
 	TargetSlot string `json:"target_slot,omitempty"`
 	BootedSlot string `json:"booted_slot,omitempty"`
-	TriesLeft  int    `json:"tries_left,omitempty"` // native counter only
-	Attempts   int    `json:"attempts"`             // trial boots counted
+	// TriesLeft is the trial's tries left whenever they are known, 0
+	// included: cpinit's own count (native counter), else, during a
+	// trial, the bootloader's for the target slot. nil: not applicable.
+	TriesLeft  *int   `json:"tries_left,omitempty"`
+	Attempts   int    `json:"attempts"` // trial boots counted
 	COWPath    string `json:"cow_path,omitempty"`
 	COWBytes   uint64 `json:"cow_bytes,omitempty"`
 	ChunkBytes uint64 `json:"chunk_bytes,omitempty"`
 	// Snapshot is the live dm-snapshot, when one is mapped.
 	Snapshot *SnapshotUsage `json:"snapshot,omitempty"`
+	// COWUsedPercent is how full the live snapshot's COW is, for
+	// monitoring (cowUsedPercent); nil when no snapshot is mapped.
+	COWUsedPercent *float64 `json:"cow_used_percent,omitempty"`
 	// Merge is the progress of a running rollback merge.
 	Merge *SnapshotUsage `json:"merge,omitempty"`
 	// Fill is how fast the live snapshot's COW fills, when known.
@@ -35,7 +49,12 @@ type Status struct {
 	// Store describes each copy of the metadata store when no valid record
 	// could be chosen (state "unreadable").
 	Store []string `json:"store,omitempty"`
-	Note  string   `json:"note,omitempty"`
+	// StoreCopies is each copy of the metadata store as status read it,
+	// whatever the state; StoreDegraded is set when a record was read
+	// (nil in state unreadable): true when only one copy holds it.
+	StoreCopies   []StoreCopy `json:"store_copies,omitempty"`
+	StoreDegraded *bool       `json:"store_degraded,omitempty"`
+	Note          string      `json:"note,omitempty"`
 	// Boot is the bootloader's own A/B state, as cpinit reads it, when a
 	// bootloader is configured (cpinit.bootloader=, cpinit.misc=).
 	Boot *BootView `json:"boot,omitempty"`
@@ -61,6 +80,80 @@ type BootSlot struct {
 	// Tries left; absent where the scheme does not count them for this
 	// slot (a successful Android slot, a blessed entry).
 	Tries *int `json:"tries,omitempty"`
+	// Priority is the slot's priority where the scheme keeps one (Android
+	// misc's 0..15, 0 unbootable); absent elsewhere.
+	Priority *int `json:"priority,omitempty"`
+}
+
+// StoreCopy is one copy of the metadata store (bootstate.CopyStatus).
+type StoreCopy struct {
+	Copy       string `json:"copy"`                 // A or B
+	State      string `json:"state"`                // valid, blank, invalid
+	Generation uint64 `json:"generation,omitempty"` // valid copies only
+	InUse      bool   `json:"in_use"`               // status read the record from this copy
+	Error      string `json:"error,omitempty"`      // invalid: why
+}
+
+// Values of StoreCopy.State.
+const (
+	copyValid   = "valid"
+	copyBlank   = "blank"
+	copyInvalid = "invalid"
+)
+
+// storeCopies describes the copies Load saw; inUse is the index of the copy
+// the record came from, -1 if none.
+func storeCopies(cs [2]bootstate.CopyStatus, inUse int) []StoreCopy {
+	out := make([]StoreCopy, len(cs))
+	for i, c := range cs {
+		sc := StoreCopy{Copy: string(rune('A' + i)), State: copyValid, Generation: c.Generation, InUse: i == inUse}
+		switch {
+		case c.Blank:
+			sc.State, sc.Generation = copyBlank, 0
+		case c.Err != nil:
+			sc.State, sc.Generation, sc.Error = copyInvalid, 0, c.Err.Error()
+		}
+		out[i] = sc
+	}
+	return out
+}
+
+// inUseCopy is the index of the copy Load's record came from: the valid
+// copy of the record's generation (A when both hold it).
+func inUseCopy(cs [2]bootstate.CopyStatus, gen uint64) int {
+	for i, c := range cs {
+		if !c.Blank && c.Err == nil && c.Generation == gen {
+			return i
+		}
+	}
+	return -1
+}
+
+// storeWarning is status's line about a degraded store, "" if it is not.
+// What repairs it is Store.Save: it writes both copies, the one that does
+// not hold the newest record first.
+func storeWarning(st *Status) string {
+	if st.StoreDegraded == nil || !*st.StoreDegraded {
+		return ""
+	}
+	using := "?"
+	var bad []string
+	for _, c := range st.StoreCopies {
+		switch {
+		case c.InUse:
+			using = "copy " + c.Copy
+		case c.State == copyInvalid:
+			bad = append(bad, fmt.Sprintf("copy %s is invalid (%s)", c.Copy, c.Error))
+		case c.State == copyBlank:
+			bad = append(bad, fmt.Sprintf("copy %s is blank", c.Copy))
+		default:
+			bad = append(bad, fmt.Sprintf("copy %s holds an older record (generation %d: a write was cut short)", c.Copy, c.Generation))
+		}
+	}
+	return fmt.Sprintf("WARNING: only one copy of the metadata store holds the record: %s; using %s. "+
+		"The next change of the record (begin, commit, rollback, recover keep-current, or a boot that acts on a checkpoint) rewrites both copies; "+
+		"until then a fault in %s loses the record. If a copy goes bad again after a write, check the store's device (kernel log: I/O errors)",
+		strings.Join(bad, ", "), using, using)
 }
 
 // SnapshotUsage is a dm-snapshot's COW usage (snapshot.rst status line).
@@ -81,6 +174,25 @@ func snapshotUsage(s *dmsnap.SnapshotStatus) *SnapshotUsage {
 		u.UsedPercent = 100 * float64(s.Allocated) / float64(s.Total)
 	}
 	return u
+}
+
+// cowUsedPercent is Status.COWUsedPercent for the live snapshot u: its
+// used_percent while active; 100 once the kernel dropped it (invalid) or
+// it overflowed, as its COW takes no more writes (and the kernel reports
+// no usage then); nil when none is mapped or its usage is unknown.
+func cowUsedPercent(u *SnapshotUsage) *float64 {
+	var p float64
+	switch {
+	case u == nil:
+		return nil
+	case u.State == snapActive:
+		p = u.UsedPercent
+	case u.State == snapStateName(dmsnap.SnapInvalid) || u.State == snapStateName(dmsnap.SnapOverflow):
+		p = 100
+	default:
+		return nil
+	}
+	return &p
 }
 
 // FillRate is the COW's recent fill rate and, at that rate, the time until

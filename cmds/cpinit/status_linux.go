@@ -16,16 +16,28 @@ import (
 )
 
 func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
-	r, err := sc.load()
+	r, info, err := sc.store.Load()
 	var se *bootstate.StoreError
+	if errors.Is(err, bootstate.ErrNoRecord) {
+		// Blank (or a first write cut short): the fresh record, as sc.load
+		// has it; nothing was ever durable, so nothing is degraded either.
+		fresh := bootstate.NewFreshRecord()
+		r, info = &fresh, bootstate.LoadInfo{}
+		if errors.As(err, &se) {
+			info.Copies = se.Copies
+		}
+		err = nil
+	}
 	if errors.As(err, &se) {
 		// Unreadable or ambiguous: this is what recovery mode comes to
 		// look at, so show it rather than fail.
 		st := &Status{
-			Schema:     StatusSchema,
-			State:      "unreadable",
-			BootedSlot: sc.bootedSlot(),
-			Store:      []string{"A: " + se.Copies[0].String(), "B: " + se.Copies[1].String()},
+			Schema:      StatusSchema,
+			Version:     cpinitVersion(),
+			State:       "unreadable",
+			BootedSlot:  sc.bootedSlot(),
+			Store:       []string{"A: " + se.Copies[0].String(), "B: " + se.Copies[1].String()},
+			StoreCopies: storeCopies(se.Copies, -1),
 			Note: fmt.Sprintf("metadata store %s: %v; boot stops for recovery until an operator runs `%s --yes` "+
 				"(keeps the current userdata, gives up any rollback; see `cpinit recover`)", sc.storeDev, se.Err, bootstate.CmdKeepCurrent),
 		}
@@ -35,13 +47,17 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	degraded := info.Degraded
 	st := &Status{
-		Schema:     StatusSchema,
-		State:      r.State.String(),
-		TargetSlot: r.TargetSlot,
-		BootedSlot: sc.bootedSlot(),
-		Attempts:   int(r.Attempts),
-		COWPath:    r.COWPath,
+		Schema:        StatusSchema,
+		Version:       cpinitVersion(),
+		State:         r.State.String(),
+		TargetSlot:    r.TargetSlot,
+		BootedSlot:    sc.bootedSlot(),
+		Attempts:      int(r.Attempts),
+		COWPath:       r.COWPath,
+		StoreCopies:   storeCopies(info.Copies, inUseCopy(info.Copies, r.Generation)),
+		StoreDegraded: &degraded,
 	}
 	if r.Reason != bootstate.ReasonNone {
 		st.Reason = r.Reason.String()
@@ -51,7 +67,8 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 		st.COWBytes = r.Map.Sectors() * 512
 		st.ChunkBytes = uint64(r.Map.ChunkSector) * 512
 		if r.Counter == bootstate.CounterNative {
-			st.TriesLeft = int(r.TriesLeft)
+			n := int(r.TriesLeft)
+			st.TriesLeft = &n
 		}
 	}
 	if r.State == bootstate.StateCheckpointing {
@@ -80,7 +97,11 @@ func collectStatus(sc *sysCtx, window time.Duration) (*Status, error) {
 			c.Close()
 		}
 	}
+	st.COWUsedPercent = cowUsedPercent(st.Snapshot)
 	st.Boot = bootView(sc.bl)
+	if r.State == bootstate.StateCheckpointing && r.Counter != bootstate.CounterNative && r.Counter == counterOf(sc.bl) {
+		st.TriesLeft = bootTries(st.Boot, r.TargetSlot)
+	}
 	if st.Snapshot != nil && st.Snapshot.State == snapActive && r.State == bootstate.StateCheckpointing {
 		st.Fill = sc.fillRate(&r.Map, window)
 	}
@@ -153,8 +174,12 @@ func printStatus(stdout io.Writer, st *Status) {
 	fmt.Fprintln(stdout)
 	if st.State != "fresh" {
 		fmt.Fprintf(stdout, "slot:              booted %q, update %q (%s counter, %d trial boots", st.BootedSlot, st.TargetSlot, st.Counter, st.Attempts)
-		if st.Counter == bootstate.CounterNative.String() {
-			fmt.Fprintf(stdout, ", %d tries left", st.TriesLeft)
+		if st.TriesLeft != nil {
+			by := ""
+			if st.Counter != bootstate.CounterNative.String() {
+				by = " in the bootloader"
+			}
+			fmt.Fprintf(stdout, ", %d tries left%s", *st.TriesLeft, by)
 		}
 		fmt.Fprintln(stdout, ")")
 		fmt.Fprintf(stdout, "COW file:          %s, %.0f MiB, chunk %d KiB\n", st.COWPath, float64(st.COWBytes)/mib, st.ChunkBytes/1024)
@@ -199,6 +224,9 @@ func printStatus(stdout io.Writer, st *Status) {
 			if s.Tries != nil {
 				parts = append(parts, fmt.Sprintf("%d tries left", *s.Tries))
 			}
+			if s.Priority != nil {
+				parts = append(parts, fmt.Sprintf("priority %d", *s.Priority))
+			}
 			fmt.Fprintf(stdout, "  slot %-13s %s\n", s.Name+":", strings.Join(parts, ", "))
 		}
 	}
@@ -224,10 +252,14 @@ func printStatus(stdout io.Writer, st *Status) {
 	for _, c := range st.Store {
 		fmt.Fprintf(stdout, "store copy %s\n", c)
 	}
+	if w := storeWarning(st); w != "" {
+		fmt.Fprintf(stdout, "metadata store:    %s\n", w)
+	}
 	fmt.Fprintf(stdout, "rollback possible: %v\n", st.RollbackPossible)
 	if st.Note != "" {
 		fmt.Fprintf(stdout, "note:              %s\n", st.Note)
 	}
+	fmt.Fprintf(stdout, "cpinit version:    %s\n", st.Version)
 }
 
 // rollbackLine is status's line about the running or the last rollback.
@@ -412,7 +444,7 @@ func bootView(bl bootstate.Bootloader) *BootView {
 		return v
 	}
 	v.Scheme, v.Next = s.Scheme(), s.Next()
-	for _, si := range s.Slots() {
+	for i, si := range s.Slots() {
 		b := BootSlot{Name: si.Name, Bootable: si.Bootable}
 		if si.TracksSuccess {
 			ok := si.Successful
@@ -422,7 +454,27 @@ func bootView(bl bootstate.Bootloader) *BootView {
 			n := si.Tries
 			b.Tries = &n
 		}
+		if as, ok := s.(*bootstate.AndroidState); ok && i < len(as.BC.Slots) {
+			// Slots lists bootloader_control's slots in order.
+			p := int(as.BC.Slots[i].Priority)
+			b.Priority = &p
+		}
 		v.Slots = append(v.Slots, b)
 	}
 	return v
+}
+
+// bootTries is the bootloader's tries left for slot, nil if it does not
+// count them (or its state could not be read).
+func bootTries(v *BootView, slot string) *int {
+	if v == nil || slot == "" {
+		return nil
+	}
+	for _, s := range v.Slots {
+		if bootstate.SameSlot(s.Name, slot) && s.Tries != nil {
+			n := *s.Tries
+			return &n
+		}
+	}
+	return nil
 }

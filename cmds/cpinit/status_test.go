@@ -262,7 +262,7 @@ func TestStatusJSONValidates(t *testing.T) {
 			Fill:     &FillRate{WindowSeconds: 1, Source: "sampled"},
 		},
 		{
-			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "native", Bootloader: bootloaderNotTold, TriesLeft: 2,
+			Schema: StatusSchema, State: "checkpointing", Phase: "active", Counter: "native", Bootloader: bootloaderNotTold, TriesLeft: new(0),
 			TargetSlot: "_b", BootedSlot: "_b", Attempts: 1, COWPath: DefaultCOWPath,
 			Snapshot: snapshotUsage(&dmsnap.SnapshotStatus{State: dmsnap.SnapInvalid}),
 			Note:     "the COW overflowed",

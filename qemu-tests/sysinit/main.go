@@ -57,7 +57,9 @@
 //	                                 "sysinit: manifest=DIGEST" of /data
 //	                                 (internal/manifest) at the end; with
 //	                                 sysinit.statusmid=1 it runs `cpinit
-//	                                 status` a quarter of the way in.
+//	                                 status` a quarter of the way in, then
+//	                                 `cpinit status --json`, printed on
+//	                                 one line "sysinit: status-json=…".
 //	                                 With sysinit.unpin=1 it first does
 //	                                 what a rogue update could: clears the
 //	                                 COW file's immutable flag, deletes it
@@ -85,6 +87,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -200,7 +204,10 @@ func run() error {
 		pace, _ := strconv.ParseFloat(p["pace"], 64)
 		var midway func()
 		if p["statusmid"] == "1" {
-			midway = func() { cpinit("status") }
+			midway = func() {
+				cpinit("status")
+				statusJSON()
+			}
 		}
 		if err := workload(p["seed"], p["mib"], pace, midway); err != nil {
 			return fmt.Errorf("workload: %w", err)
@@ -321,6 +328,21 @@ func cpinit(args ...string) error {
 	cmd := exec.Command(cpinitBin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 	return cmd.Run()
+}
+
+// statusJSON prints `cpinit status --json` on one line, so that other
+// writers to the console (cpinit watch) cannot split it.
+func statusJSON() {
+	out, err := exec.Command(cpinitBin, "status", "--json").Output()
+	var b bytes.Buffer
+	if err == nil {
+		err = json.Compact(&b, out)
+	}
+	if err != nil {
+		fmt.Printf("sysinit: status --json failed: %v\n", err)
+		return
+	}
+	fmt.Printf("sysinit: status-json=%s\n", b.Bytes())
 }
 
 func status() {
