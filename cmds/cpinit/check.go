@@ -266,7 +266,7 @@ func decideDM(f dmFacts) CheckResult {
 		return fail(checkDM, fmt.Sprintf("the kernel lacks dm-snapshot: %s, and there is no module %s in %s (modules.builtin, modules.dep, the module files)",
 			why, strings.Join(absent, ", "), f.ModDir), dmFix)
 	}
-	return pass(checkDM, fmt.Sprintf("%s, not loaded now; the modules are there: %s (cpinit loads them when a checkpoint needs them, from the initramfs, which must carry them too)",
+	return pass(checkDM, fmt.Sprintf("%s; the modules are there: %s (cpinit loads them when a checkpoint needs them, from the initramfs, which must carry them too)",
 		why, strings.Join(found, ", ")))
 }
 
