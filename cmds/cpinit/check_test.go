@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -243,5 +244,64 @@ FAILED: 1 of 4 checks
 	var back CheckReport
 	if err := json.Unmarshal(b, &back); err != nil || back.OK || len(back.Checks) != 4 || back.Checks[2].Fix != "build it" {
 		t.Errorf("JSON %s: %+v %v", b, back, err)
+	}
+}
+
+// TestDocsCheck keeps docs/cli.md's `cpinit check` examples true: the JSON
+// decodes into CheckReport with no unknown field, each ok agrees with its
+// status and the report's with its checks, and its text form ends as the
+// doc says; the text example is what printCheck prints for its lines.
+func TestDocsCheck(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := fencedBlocks(t, "../../docs/cli.md", "check-json")
+	texts := fencedBlocks(t, "../../docs/cli.md", "check")
+	if len(js) != 1 || len(texts) != 1 {
+		t.Fatalf("docs/cli.md: %d check-json and %d check blocks, want 1 each", len(js), len(texts))
+	}
+	dec := json.NewDecoder(strings.NewReader(js[0]))
+	dec.DisallowUnknownFields()
+	var r CheckReport
+	if err := dec.Decode(&r); err != nil {
+		t.Fatalf("check-json example: %v", err)
+	}
+	var again CheckReport
+	for _, c := range r.Checks {
+		if c.OK != (c.Status != checkFail) {
+			t.Errorf("%s: ok %v with status %s", c.Name, c.OK, c.Status)
+		}
+		again.add(c)
+	}
+	if again.OK != r.OK {
+		t.Errorf("report ok %v, its checks say %v", r.OK, again.OK)
+	}
+	var out bytes.Buffer
+	printCheck(&out, &r)
+	last := out.String()[strings.LastIndex(strings.TrimSuffix(out.String(), "\n"), "\n")+1:]
+	if !strings.Contains(string(doc), "ends with `"+strings.TrimSpace(last)+"`") {
+		t.Errorf("docs/cli.md does not say the text form ends with %q", strings.TrimSpace(last))
+	}
+
+	// The text example: its check lines, printed again.
+	line := regexp.MustCompile(`^(PASS|WARN|SKIP|FAIL)  (\S+) +(.*)$`)
+	var tr CheckReport
+	lines := strings.Split(strings.TrimSuffix(texts[0], "\n"), "\n")
+	for i, l := range lines {
+		if m := line.FindStringSubmatch(l); m != nil {
+			c := CheckResult{Name: m[2], Status: m[1], Detail: m[3]}
+			if i+1 < len(lines) {
+				if _, fix, ok := strings.Cut(lines[i+1], "fix: "); ok && !line.MatchString(lines[i+1]) {
+					c.Fix = fix
+				}
+			}
+			tr.add(c)
+		}
+	}
+	out.Reset()
+	printCheck(&out, &tr)
+	if out.String() != texts[0] {
+		t.Errorf("check example is not printCheck's output:\n%s\nprintCheck:\n%s", texts[0], out.String())
 	}
 }
