@@ -24,6 +24,12 @@ commands:
                      print the dm table (dmsetup format) that maps FILE's
                      blocks on its device, after checking the extents are
                      safe to map; --json adds extents, flags and fingerprint
+  check [--json] [--size N] [--reserve N]
+                     preflight before the first update, writing nothing:
+                     dm-snapshot, userdata's filesystem and room for the
+                     COW, the metadata store, the bootloader's state, the
+                     parameters and devices; one PASS/WARN/SKIP/FAIL line
+                     each with the fix, exit 1 if any fails
   status [--json]    checkpoint state, slot, tries, COW usage, whether a
                      rollback is still possible, the running or last
                      rollback's progress
@@ -146,6 +152,8 @@ func runCLI(args []string, stdout io.Writer) error {
 		return cmdBootloader(args[1:], stdout)
 	case "boot-step":
 		return cmdBootStep(args[1:])
+	case "check":
+		return cmdCheck(args[1:], stdout)
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

@@ -29,3 +29,15 @@ func Allocate(path string, size uint64, opts AllocOptions) (*Map, error) {
 
 // Release is only implemented on Linux.
 func Release(path string) error { return unsupported("release", path) }
+
+// DirSupport is what CheckDir found; see the Linux build.
+type DirSupport struct {
+	FSType          string
+	Device          Device
+	BlockSize, Free uint64
+	Unit            uint64
+	ReadOnly        bool
+}
+
+// CheckDir is only implemented on Linux.
+func CheckDir(dir string) (DirSupport, error) { return DirSupport{}, unsupported("check", dir) }
