@@ -119,6 +119,13 @@ func usagef(format string, a ...any) error {
 	return &taggedError{fmt.Errorf(format, a...), errUsage}
 }
 
+// usageErr is a usage error that says no more than the usage line runCLI
+// adds to it; kept for code written before usagef, which says what is
+// wrong and is to be preferred.
+func usageErr(synopsis string) error {
+	return usagef("bad arguments or flags for %s", strings.Fields(synopsis)[0])
+}
+
 // refusef is a refusal (exit status 1, code refused): the message starts
 // with "refusing to ...", says why and what to do.
 func refusef(format string, a ...any) error {
