@@ -198,6 +198,13 @@ type BuildOptions struct {
 	// arm or 386; default runtime.GOARCH, the host's. It must be the
 	// kernel's: Build refuses modules of another ELF machine.
 	Arch string
+	// Version is stamped into cpinit (cmds/cpinit's version variable,
+	// which `cpinit version` and `status --json` report) when Pkgs builds
+	// it; "" stamps nothing, and cpinit reports its build information
+	// ("unknown" inside u-root's busybox). mkinitramfs stamps RepoVersion.
+	// It is part of the cache key when set: the tests leave it empty so
+	// that a commit that changes no source hits the cache (see cache.go).
+	Version string
 	// Cache is a directory of built images to reuse (see cache.go): an
 	// image whose inputs were all built before is copied from it instead
 	// of built again. The tests use it ("" builds every time, as
@@ -361,6 +368,14 @@ func runURoot(o BuildOptions, out string) (string, error) {
 	}
 	for _, f := range o.Files {
 		args = append(args, "-files", f)
+	}
+	if o.Version != "" {
+		ld, err := versionLDFlags(o.Version)
+		if err != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("initramfs %s: %w", o.Out, err)
+		}
+		args = append(args, "-go-extra-args="+ld)
 	}
 	args = append(args, o.Pkgs...)
 	// u-root builds the commands with the go command and the GOOS/GOARCH
@@ -530,4 +545,44 @@ func checkBase(path string) (string, error) {
 		return "", fmt.Errorf("base initramfs %s has no /init to hand over to", path)
 	}
 	return abs, nil
+}
+
+// versionVar is the variable `cpinit version` reports (cmds/cpinit
+// version.go), by its import path: -X names the package by path, and u-root's
+// busybox keeps each command's import path when it rewrites the command
+// into a package of the busybox (gobusybox pkg/bb: the command's files
+// are written under its PkgPath), where main.version would name the
+// busybox's own main and be ignored.
+const versionVar = "github.com/cpinit/cpinit/cmds/cpinit.version"
+
+// versionLDFlags is the go build argument that stamps version, for u-root's
+// -go-extra-args. It repeats the -ldflags u-root passes itself (gobusybox
+// pkg/golang compiler.go: "-s -w -buildid=", for a reproducible, stripped
+// binary): the go command keeps only the last -ldflags that matches a
+// package, and u-root puts the extra arguments after its own.
+func versionLDFlags(version string) (string, error) {
+	for _, r := range version {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".-_+~", r)) {
+			return "", fmt.Errorf("version %q: want letters, digits and . - _ + ~ only (it goes into -ldflags)", version)
+		}
+	}
+	return "-ldflags=-s -w -buildid= -X " + versionVar + "=" + version, nil
+}
+
+// RepoVersion is `git describe --tags --always --dirty` of the repository
+// at root, the version mkinitramfs stamps; "" when git is not installed or
+// root is not a git checkout (an unpacked source archive): the image is
+// then built unstamped.
+func RepoVersion(root string) string {
+	cmd := exec.Command("git", "describe", "--tags", "--always", "--dirty")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	v := strings.TrimSpace(string(out))
+	if _, err := versionLDFlags(v); err != nil {
+		return ""
+	}
+	return v
 }

@@ -5,8 +5,10 @@ import (
 	"compress/gzip"
 	"debug/elf"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -299,5 +301,62 @@ func TestBuildArm64(t *testing.T) {
 	}
 	if s, _ := readAll(dep); !strings.Contains(s, "kernel/drivers/md/dm-mod.ko: kernel/drivers/dax/dax.ko\n") {
 		t.Errorf("modules.dep does not load dax before dm-mod:\n%s", s)
+	}
+}
+
+// TestVersionLDFlags: the -go-extra-args value keeps u-root's own -ldflags
+// (the last -ldflags wins) and refuses a version that would split them.
+func TestVersionLDFlags(t *testing.T) {
+	got, err := versionLDFlags("v1.2.0-3-gdeadbee-dirty")
+	if want := "-ldflags=-s -w -buildid= -X github.com/cpinit/cpinit/cmds/cpinit.version=v1.2.0-3-gdeadbee-dirty"; err != nil || got != want {
+		t.Errorf("versionLDFlags = %q, %v; want %q", got, err, want)
+	}
+	for _, v := range []string{"v1 2", "v'1", `v"1`, "v1\n", "a=b"} {
+		if _, err := versionLDFlags(v); err == nil {
+			t.Errorf("versionLDFlags(%q) accepted", v)
+		}
+	}
+	if v := RepoVersion(t.TempDir()); v != "" {
+		t.Errorf("RepoVersion of a directory that is no git checkout: %q, want \"\"", v)
+	}
+}
+
+// TestBuildStampsVersion: a Version goes through u-root's busybox build
+// into cpinit: the image's cpinit reports it.
+func TestBuildStampsVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an initramfs image (~40 s of CPU unless cached); not in -short")
+	}
+	k := pinnedKernel(t)
+	if k.Arch != "" && k.Arch != runtime.GOARCH {
+		t.Skipf("the pinned kernel is %s: the image's busybox cannot run on this %s host", k.Arch, runtime.GOARCH)
+	}
+	out := filepath.Join(t.TempDir(), "stamped.cpio")
+	const version = "v0.0.0-test-stamp"
+	if err := Build(BuildOptions{Modules: k.Modules, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Version: version, Cache: SharedCache()}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, ok := recordsByName(t, img)["bbin/bb"]
+	if !ok {
+		t.Fatal("no bbin/bb in the image")
+	}
+	b, err := readAll(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "bb")
+	if err := os.WriteFile(bin, []byte(b), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	got, err := exec.Command(bin, "cpinit", "version").Output()
+	if err != nil {
+		t.Fatalf("bb cpinit version: %v", err)
+	}
+	if want := "cpinit " + version + "\n"; string(got) != want {
+		t.Errorf("the image's cpinit version: %q, want %q", got, want)
 	}
 }

@@ -35,10 +35,15 @@ import (
 // image), the Go toolchain (`go env GOVERSION`), go.mod and go.sum (the
 // u-root version among them), the source files of every non-standard
 // package the commands are built from (`go list -deps` in the build's
-// environment, so the files of the build's GOOS/GOARCH), InitCmd, and each
+// environment, so the files of the build's GOOS/GOARCH), InitCmd, each
 // -files entry (its guest path, the contents of the host file or directory
 // and of the shared libraries u-root adds for it, on the host's
-// architecture).
+// architecture), and the Version stamped into cpinit when one is. The
+// cached builds (the tests') stamp none: a version from git describe
+// names every commit differently, so it would rebuild every image (45 s of
+// CPU each) at every commit, while the sources that go into the image,
+// which the key covers (uncommitted changes included, which is all -dirty
+// says), are the same. Their cpinit reports its build information.
 const cacheFormat = "cpinit initramfs cache 3"
 
 // buildEnv is the environment of the u-root build and of the key's go list
@@ -63,6 +68,10 @@ func cacheKey(root string, o BuildOptions) (string, error) {
 		return "", err
 	}
 	fmt.Fprintf(h, "go=%s\x00", bytes.TrimSpace(out))
+	if o.Version != "" {
+		// Absent when empty: unstamped images keep the key they had.
+		fmt.Fprintf(h, "version=%s\x00", o.Version)
+	}
 	for _, name := range []string{"go.mod", "go.sum"} {
 		if err := hashPath(h, filepath.Join(root, name)); err != nil && !os.IsNotExist(err) {
 			return "", err

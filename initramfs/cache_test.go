@@ -77,6 +77,8 @@ func TestCacheKey(t *testing.T) {
 		{"Arch", func() { o.Arch = otherArch(runtime.GOARCH) }, func() { o.Arch = runtime.GOARCH }},
 		{"a -files file's contents", func() { write(file, "#!/bin/sh\n:\n") }, func() { write(file, "#!/bin/sh\n") }},
 		{"a -files guest path", func() { o.Files = []string{file + ":bin/tool2"} }, func() { o.Files = []string{file + ":bin/tool"} }},
+		// Unstamped ("") keeps the key it had; a stamped version is in it.
+		{"Version", func() { o.Version = "v1.0-3-gabc" }, func() { o.Version = "" }},
 	}
 	for _, c := range changes {
 		c.change()

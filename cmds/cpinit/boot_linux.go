@@ -578,11 +578,12 @@ func checkStoreDevice(store *bootstate.Store, dev io.ReaderAt, path string) erro
 	default:
 		return nil
 	}
-	return fmt.Errorf("%s holds %s, not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; "+
+	// Tagged ErrStoreForeign for the CLI's JSON error code (unreadable-store).
+	return &taggedError{fmt.Errorf("%s holds %s, not a cpinit metadata store: refusing to read, format or write it, and to touch userdata; "+
 		"fix cpinit.metadata= on the kernel command line (the bootloader configuration) to name the metadata partition. "+
 		"If %s really is meant to be the metadata store and nothing on it is needed, wipe its first %d MiB deliberately "+
 		"(`dd if=/dev/zero of=%s bs=1M count=%d conv=fsync`); cpinit then initialises it",
-		path, sig, path, bootstate.StoreSize>>20, path, bootstate.StoreSize>>20)
+		path, sig, path, bootstate.StoreSize>>20, path, bootstate.StoreSize>>20), bootstate.ErrStoreForeign}
 }
 
 // openStore opens the metadata store for a command that may write it and

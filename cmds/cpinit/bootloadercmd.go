@@ -59,25 +59,29 @@ const bootloaderSynopsis = "bootloader [--size N] [--reserve N] [--tries N] get-
 // parseBootloaderArgs checks the verb and its arguments (after the flags),
 // before anything is opened: a bad request is a usage error.
 func parseBootloaderArgs(args []string) (blRequest, error) {
+	const verbs = "get-primary, get-current, set-primary SLOT, get-state SLOT or set-state SLOT good|bad"
 	if len(args) == 0 {
-		return blRequest{}, usageErr(bootloaderSynopsis)
+		return blRequest{}, usagef("no verb: want %s", verbs)
 	}
 	r := blRequest{verb: args[0]}
 	want := map[string]int{"get-primary": 0, "get-current": 0, "set-primary": 1, "get-state": 1, "set-state": 2}
 	n, ok := want[r.verb]
-	if !ok || len(args)-1 != n {
-		return blRequest{}, usageErr(bootloaderSynopsis)
+	switch {
+	case !ok:
+		return blRequest{}, usagef("unknown verb %q: want %s", r.verb, verbs)
+	case len(args)-1 != n:
+		return blRequest{}, usagef("%s takes %d arguments, got %d: want %s", r.verb, n, len(args)-1, verbs)
 	}
 	if n >= 1 {
 		r.slot = args[1]
 		if r.slot == "" {
-			return blRequest{}, usageErr(bootloaderSynopsis)
+			return blRequest{}, usagef("%s: the slot is empty", r.verb)
 		}
 	}
 	if n == 2 {
 		r.state = args[2]
 		if r.state != "good" && r.state != "bad" {
-			return blRequest{}, fmt.Errorf("set-state %s %q: the state is good or bad: %w", r.slot, r.state, errUsage)
+			return blRequest{}, usagef("set-state %s %q: the state is good or bad", r.slot, r.state)
 		}
 	}
 	return r, nil
@@ -129,7 +133,7 @@ func decideBootloaderOp(req blRequest, slot string, r *bootstate.Record, booted 
 	case "set-primary":
 		switch {
 		case pending && isTarget:
-			return 0, "", fmt.Errorf("refusing to make slot %s primary: the rollback of its update is pending (%s); reboot to run it, then install again", slot, r.Reason)
+			return 0, "", refusef("refusing to make slot %s primary: the rollback of its update is pending (%s); reboot to run it, then install again", slot, r.Reason)
 		case pending:
 			return opNothing, fmt.Sprintf("slot %s is primary already: the rollback to it is pending; reboot to run it", slot), nil
 		case (armed || trial) && isTarget:
@@ -152,11 +156,11 @@ func decideBootloaderOp(req blRequest, slot string, r *bootstate.Record, booted 
 		case good && trial && isTarget && isBooted:
 			return opCommit, "", nil
 		case good && armed && isTarget:
-			return 0, "", fmt.Errorf("refusing to mark slot %s good: its update has not booted yet (the checkpoint is armed); it is marked good from its own trial boot", slot)
+			return 0, "", refusef("refusing to mark slot %s good: its update has not booted yet (the checkpoint is armed); it is marked good from its own trial boot", slot)
 		case good && trial && isTarget:
-			return 0, "", fmt.Errorf("refusing to mark slot %s good from slot %q: only the update's trial boot can commit it", slot, booted)
+			return 0, "", refusef("refusing to mark slot %s good from slot %q: only the update's trial boot can commit it", slot, booted)
 		case good && pending && isTarget:
-			return 0, "", fmt.Errorf("refusing to mark slot %s good: the rollback of its update is pending (%s); it runs at the next boot", slot, r.Reason)
+			return 0, "", refusef("refusing to mark slot %s good: the rollback of its update is pending (%s); it runs at the next boot", slot, r.Reason)
 		case good:
 			return opMarkGood, "", nil
 		case armed && isTarget:
@@ -171,9 +175,9 @@ func decideBootloaderOp(req blRequest, slot string, r *bootstate.Record, booted 
 		case pending && isTarget:
 			return opNothing, fmt.Sprintf("slot %s is bad already: the rollback of its update is pending; reboot to run it", slot), nil
 		case armed || trial || pending:
-			return 0, "", fmt.Errorf("refusing to mark slot %s bad: it is the fallback of the update to slot %s, which the rollback boots (state %s)", slot, r.TargetSlot, r.State)
+			return 0, "", refusef("refusing to mark slot %s bad: it is the fallback of the update to slot %s, which the rollback boots (state %s)", slot, r.TargetSlot, r.State)
 		}
 		return opSetUnbootable, "", nil
 	}
-	return 0, "", fmt.Errorf("bootloader %s: %w", req.verb, errUsage)
+	return 0, "", usagef("bootloader %s: not a set verb", req.verb)
 }

@@ -17,12 +17,14 @@ import (
 func cmdBootloader(args []string, stdout io.Writer) error {
 	var o beginOpts
 	var req blRequest
-	sc, err := openCmdArgs("bootloader", bootloaderSynopsis, args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("bootloader", args, func(fs *flag.FlagSet) {
 		o.register(fs, false)
 	}, func(rest []string) error {
 		var err error
-		req, err = parseBootloaderArgs(rest)
-		return err
+		if req, err = parseBootloaderArgs(rest); err != nil {
+			return err
+		}
+		return o.check()
 	})
 	if err != nil {
 		return err

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,12 +24,17 @@ import (
 // hook with DIR=/sysroot (dist/dracut). Its exit status says what the
 // script does next (bootStepStatus).
 func cmdBootStep(args []string) error {
-	fs := flag.NewFlagSet("boot-step", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	root := fs.String("root", "", "the root the initramfs has mounted")
+	fs := newFlags("boot-step")
+	root := fs.String("root", "", "the root the initramfs has mounted (required)")
 	cmdline := fs.String("cmdline", "", "the kernel command line (default: /proc/cmdline)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *root == "" {
-		return usageErr("boot-step --root DIR [--cmdline CMDLINE]")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs.Args()); err != nil {
+		return err
+	}
+	if *root == "" {
+		return usagef("--root DIR is required: the directory where the initramfs mounted the root")
 	}
 	if *cmdline == "" {
 		b, err := readCmdline()

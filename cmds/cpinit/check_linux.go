@@ -10,7 +10,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -28,25 +27,36 @@ import (
 const checkSynopsis = "check [--json] [--size N] [--reserve N]"
 
 func cmdCheck(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("check")
 	var cf commonFlags
 	cf.register(fs)
-	var o beginOpts
-	o.register(fs, false)
-	asJSON := fs.Bool("json", false, "machine-readable output")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return usageErr(checkSynopsis)
+	// begin's --size and --reserve, for the COW begin would allocate
+	// (check has no use for begin's other flags).
+	o := beginOpts{}
+	fs.StringVar(&o.size, "size", "", "the COW size begin would be given (its --size), e.g. 2G or 50% (default: cpinit.cow_size=, else 50%)")
+	fs.StringVar(&o.reserve, "reserve", "128M", "the free space begin would leave in userdata (its --reserve)")
+	asJSON := fs.Bool("json", false, "print the checks as one JSON object ({ok, checks: [{name, status, ok, detail, fix}]})")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := noArgs(fs.Args()); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	if err := cf.check(); err != nil {
+		return err
 	}
 	reserve, err := parseSize(o.reserve)
 	if err != nil {
-		return fmt.Errorf("--reserve: %w: %w", err, errUsage)
+		return usagef("--reserve %q: %v", o.reserve, err)
 	}
 	var size *cowSize
 	if o.size != "" {
 		s, err := parseCOWSize(o.size)
 		if err != nil {
-			return fmt.Errorf("--size: %w: %w", err, errUsage)
+			return usagef("--size %q: %v", o.size, err)
 		}
 		size = &s
 	}
@@ -70,31 +80,26 @@ func cmdCheck(args []string, stdout io.Writer) error {
 func runChecks(cf commonFlags, size *cowSize, reserve uint64) *CheckReport {
 	r := &CheckReport{}
 
-	// The parameters, with the flags as they override them (commonFlags.open):
-	// a flag is the same parameter given last, which wins.
-	cmdline, source := cf.cmdline, "the kernel parameters of --cmdline"
-	if cmdline == "" {
-		b, err := readCmdline()
-		if err != nil {
-			r.add(fail(checkParams, err.Error(), "run cpinit check on the target with /proc mounted, or pass --cmdline"))
-		}
-		cmdline, source = b, "the kernel parameters in /proc/cmdline"
+	// The parameters, with the flags put over them as every other
+	// command puts them (commonFlags.params).
+	source := "the kernel parameters in /proc/cmdline"
+	if cf.cmdline != "" {
+		source = "the kernel parameters of --cmdline"
 	}
-	full := cmdline
 	var flags []string
-	for _, o := range []struct{ flag, key, val string }{
-		{"--userdata", "cpinit.userdata", cf.userdata}, {"--metadata", "cpinit.metadata", cf.metadata}, {"--misc", "cpinit.misc", cf.misc},
-	} {
-		if o.val != "" {
-			full += " " + o.key + "=" + o.val
-			flags = append(flags, o.flag)
+	for _, f := range []struct{ flag, val string }{{"--userdata", cf.userdata}, {"--metadata", cf.metadata}, {"--misc", cf.misc}} {
+		if f.val != "" {
+			flags = append(flags, f.flag)
 		}
 	}
 	if len(flags) > 0 {
 		source += " with " + strings.Join(flags, ", ")
 	}
-	p, warnings, perr := ParseParams(full)
-	if len(r.Checks) == 0 {
+	p, cmdline, warnings, perr := cf.params()
+	if cmdline == "" && perr != nil {
+		// The command line itself could not be read.
+		r.add(fail(checkParams, perr.Error(), "run cpinit check on the target with /proc mounted, or pass --cmdline"))
+	} else {
 		r.add(decideParams(source, perr, warnings))
 	}
 	dataDir := p.DataDir
@@ -150,7 +155,7 @@ func runChecks(cf commonFlags, size *cowSize, reserve uint64) *CheckReport {
 		cf := cowFacts{DataDir: dataDir, Free: ff.Support.Free, Reserve: reserve, Unit: ff.Support.Unit, Size: p.COWSize, SizeFrom: "cpinit.cow_size="}
 		if size != nil {
 			cf.Size, cf.SizeFrom = *size, "--size"
-		} else if !strings.Contains(full, "cpinit.cow_size=") {
+		} else if p.COWSize == DefaultParams().COWSize {
 			cf.SizeFrom = "the default"
 		}
 		r.add(decideCOWSize(cf))

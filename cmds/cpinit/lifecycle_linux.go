@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -75,24 +76,26 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.data, "data", "", "where userdata is mounted (default cpinit.datadir=, /data)")
 }
 
-func (c *commonFlags) open() (*sysCtx, error) {
-	cmdline := c.cmdline
+// params reads the kernel command line (--cmdline, else /proc/cmdline) and
+// puts the device flags over its parameters: what every command, and
+// check, takes the system to be. warnings are ParseParams's.
+func (c *commonFlags) params() (p Params, cmdline string, warnings []string, err error) {
+	cmdline = c.cmdline
 	if cmdline == "" {
-		var err error
 		if cmdline, err = readCmdline(); err != nil {
-			return nil, err
+			return Params{}, "", nil, err
 		}
 	}
-	p, _, perr := ParseParams(cmdline)
+	p, warnings, perr := ParseParams(cmdline)
 	if c.userdata != "" {
 		s, err := devspec.Parse(c.userdata)
 		if err != nil {
-			return nil, fmt.Errorf("--userdata: %w", err)
+			return Params{}, cmdline, warnings, fmt.Errorf("--userdata: %w", err)
 		}
 		p.Userdata, perr = s, nil
 	}
 	if perr != nil {
-		return nil, perr
+		return Params{}, cmdline, warnings, perr
 	}
 	for _, o := range []struct {
 		flag string
@@ -101,10 +104,18 @@ func (c *commonFlags) open() (*sysCtx, error) {
 		if o.flag != "" {
 			s, err := devspec.Parse(o.flag)
 			if err != nil {
-				return nil, err
+				return Params{}, cmdline, warnings, err
 			}
 			*o.dst = &s
 		}
+	}
+	return p, cmdline, warnings, nil
+}
+
+func (c *commonFlags) open() (*sysCtx, error) {
+	p, cmdline, _, err := c.params()
+	if err != nil {
+		return nil, err
 	}
 	sc := &sysCtx{p: p, cmdline: cmdline, dataDir: p.DataDir}
 	if c.data != "" {
@@ -113,7 +124,6 @@ func (c *commonFlags) open() (*sysCtx, error) {
 	if p.Metadata == nil {
 		return nil, errNoMetadata
 	}
-	var err error
 	if sc.storeDev, err = devspec.Resolve(*p.Metadata); err != nil {
 		return nil, fmt.Errorf("metadata store %s: %w", p.Metadata, err)
 	}
@@ -150,41 +160,49 @@ func (c *commonFlags) open() (*sysCtx, error) {
 func (sc *sysCtx) close() { sc.storeF.Close() }
 
 // openCmd parses a lifecycle command's flags (the common ones, plus what
-// extra registers) and opens the system they name. synopsis is the usage
-// line shown on bad arguments.
-func openCmd(name, synopsis string, args []string, extra func(*flag.FlagSet)) (*sysCtx, error) {
-	return openCmdArgs(name, synopsis, args, extra, func(rest []string) error {
-		if len(rest) != 0 {
-			return usageErr(synopsis)
-		}
-		return nil
-	})
-}
-
-// openCmdArgs is openCmd for a command with arguments after its flags:
-// positional checks them (a usage error is returned before anything is
-// opened).
-func openCmdArgs(name, synopsis string, args []string, extra func(*flag.FlagSet), positional func(rest []string) error) (*sysCtx, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+// extra registers), checks them and the arguments after them with check
+// (nil: no arguments allowed), and only then opens the system they name:
+// a usage error, and -h, are returned before anything is read or opened.
+func openCmd(name string, args []string, extra func(*flag.FlagSet), check func(rest []string) error) (*sysCtx, error) {
+	fs := newFlags(name)
 	var cf commonFlags
 	cf.register(fs)
 	cf.lock.register(fs, name)
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, usageErr(synopsis)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
 	}
-	if err := positional(fs.Args()); err != nil {
+	if check == nil {
+		check = noArgs
+	}
+	if err := check(fs.Args()); err != nil {
+		return nil, err
+	}
+	if err := cf.check(); err != nil {
 		return nil, err
 	}
 	return cf.open()
 }
 
+// check checks the device specs given as flags, before open reads the
+// kernel command line.
+func (c *commonFlags) check() error {
+	for _, f := range []struct{ name, val string }{{"metadata", c.metadata}, {"misc", c.misc}, {"userdata", c.userdata}} {
+		if f.val == "" {
+			continue
+		}
+		if _, err := devspec.Parse(f.val); err != nil {
+			return usagef("--%s: %v", f.name, err)
+		}
+	}
+	return nil
+}
+
 // openCmdRecord is openCmd followed by loading the record.
-func openCmdRecord(name, synopsis string, args []string) (*sysCtx, *bootstate.Record, error) {
-	sc, err := openCmd(name, synopsis, args, nil)
+func openCmdRecord(name string, args []string) (*sysCtx, *bootstate.Record, error) {
+	sc, err := openCmd(name, args, nil, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -291,7 +309,7 @@ func (sc *sysCtx) checkpoint(m *bootstate.ExtentMap) (*dmsnap.Checkpoint, *dmsna
 // file; refusing here leaves the store and userdata untouched.
 func checkCOWFits(want, free, reserve uint64) error {
 	if want+reserve > free {
-		return fmt.Errorf("refusing to begin: a %d MiB COW file does not fit: userdata has %d MiB free and begin keeps --reserve %d MiB free for the trial; "+
+		return refusef("refusing to begin: a %d MiB COW file does not fit: userdata has %d MiB free and begin keeps --reserve %d MiB free for the trial; "+
 			"pass a smaller --size (at most %d MiB here), lower --reserve, or free space in userdata",
 			want>>20, free>>20, reserve>>20, (free-min(free, reserve))>>20)
 	}
@@ -302,7 +320,7 @@ func checkCOWFits(want, free, reserve uint64) error {
 // the begin it runs for set-primary.
 type beginOpts struct {
 	size, slot, reserve string
-	tries               uint
+	tries               triesValue
 	// noActivate: arm the checkpoint, leave the bootloader to the update
 	// agent, which makes the slot active itself once it has written it
 	// (SWUpdate's bootenv, Mender's ArtifactInstall).
@@ -319,14 +337,54 @@ func (o *beginOpts) register(fs *flag.FlagSet, withSlot bool) {
 	if withSlot {
 		fs.StringVar(&o.slot, "slot", "", "slot the update will boot (default: the other slot, with misc)")
 	}
-	fs.UintVar(&o.tries, "tries", 0, "trial boots without an A/B counter (native counter; default 3)")
+	fs.Var(&o.tries, "tries", fmt.Sprintf("`N` trial boots without an A/B counter (native counter): 1 to %d (default %d)", bootstate.MaxNativeTries, bootstate.DefaultNativeTries))
 	fs.StringVar(&o.reserve, "reserve", "128M", "free space to leave in userdata after allocating")
+}
+
+// check checks the flags' values, before anything is opened: a bad one is
+// a usage error.
+func (o *beginOpts) check() error {
+	if _, err := parseSize(o.reserve); err != nil {
+		return usagef("--reserve %q: %v; want a size such as 128M", o.reserve, err)
+	}
+	if o.size != "" {
+		if _, err := parseCOWSize(o.size); err != nil {
+			return usagef("--size %q: %v", o.size, err)
+		}
+	}
+	if o.slot != "" && bootstate.SlotIndex(o.slot) < 0 {
+		return usagef("--slot %q: want _a or _b", o.slot)
+	}
+	return nil
+}
+
+// triesValue is --tries: the native counter's start. The record keeps it
+// in a byte, and bootstate caps it at MaxNativeTries (Apply refuses more),
+// like the 3-bit counter of Android's boot control; 0, the flag's default,
+// stands for DefaultNativeTries. An explicit --tries 0 is refused: a trial
+// of no boot would never start the update.
+type triesValue uint8
+
+func (v *triesValue) String() string { return strconv.Itoa(int(*v)) }
+
+func (v *triesValue) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil || n < 1 || n > bootstate.MaxNativeTries {
+		return fmt.Errorf("want 1 to %d trial boots (the native counter's range)", bootstate.MaxNativeTries)
+	}
+	*v = triesValue(n)
+	return nil
 }
 
 func cmdBegin(args []string, stdout io.Writer) error {
 	var o beginOpts
-	sc, err := openCmd("begin", "begin [--size N] [--slot S] [--tries N] [--reserve N] [--no-activate]", args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("begin", args, func(fs *flag.FlagSet) {
 		o.register(fs, true)
+	}, func(rest []string) error {
+		if err := noArgs(rest); err != nil {
+			return err
+		}
+		return o.check()
 	})
 	if err != nil {
 		return err
@@ -348,10 +406,10 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 		return err
 	}
 	if r.State != bootstate.StateFresh {
-		return fmt.Errorf("refusing to begin: %s", beginBlocker(r))
+		return refusef("refusing to begin: %s", beginBlocker(r))
 	}
 	if r.COWPath != "" {
-		return fmt.Errorf("refusing to begin: the COW file %s of an earlier checkpoint awaits cleanup; reboot first", r.COWPath)
+		return refusef("refusing to begin: the COW file %s of an earlier checkpoint awaits cleanup; reboot first", r.COWPath)
 	}
 
 	// Which slot, and who counts.
@@ -362,7 +420,7 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 		if target == "" {
 			cur := bootstate.SlotIndex(sc.bootedSlot())
 			if cur < 0 {
-				return fmt.Errorf("refusing to begin: booted slot unknown (no cpinit.slot= or androidboot.slot_suffix=); pass --slot")
+				return refusef("refusing to begin: booted slot unknown (no cpinit.slot= or androidboot.slot_suffix=); pass --slot")
 			}
 			target = bootstate.SlotSuffixes[1-cur%2]
 		}
@@ -384,7 +442,7 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 	}
 	want := req.resolve(free, reserve)
 	if want < minCOW {
-		return fmt.Errorf("refusing to begin: a %d MiB checkpoint (%s) is too small to be useful: userdata has %d MiB free and begin keeps --reserve %d MiB; "+
+		return refusef("refusing to begin: a %d MiB checkpoint (%s) is too small to be useful: userdata has %d MiB free and begin keeps --reserve %d MiB; "+
 			"the trial's writes, new files included, must fit in the COW (docs/cow-sizing.md): free some space in userdata",
 			want>>20, req, free>>20, reserve>>20)
 	}
@@ -396,7 +454,7 @@ func (sc *sysCtx) begin(o beginOpts, stdout io.Writer) error {
 	}
 	want = want / unit * unit
 	if want < minCOW {
-		return fmt.Errorf("refusing to begin: a %d MiB checkpoint is too small to be useful (whole %d-byte allocation units of userdata)", want>>20, unit)
+		return refusef("refusing to begin: a %d MiB checkpoint is too small to be useful (whole %d-byte allocation units of userdata)", want>>20, unit)
 	}
 	if err := checkCOWFits(want, free, reserve); err != nil {
 		return err
@@ -659,9 +717,9 @@ func (sc *sysCtx) bindToPartition(m *fiemap.Map) (*fiemap.Map, error) {
 
 func cmdCommit(args []string, stdout io.Writer) error {
 	var ifTrial *bool
-	sc, err := openCmd("commit", "commit [--if-trial]", args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("commit", args, func(fs *flag.FlagSet) {
 		ifTrial = fs.Bool("if-trial", false, "commit only on the update's trial boot; otherwise do nothing and succeed")
-	})
+	}, nil)
 	if *ifTrial && errors.Is(err, errNoMetadata) {
 		fmt.Fprintln(stdout, "nothing to commit: checkpoints are off (no cpinit.metadata=)")
 		return nil
@@ -693,13 +751,13 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "nothing to commit: no checkpoint")
 		return nil
 	case bootstate.StateRollbackPending:
-		return fmt.Errorf("refusing to commit: a rollback is pending (%s); it runs at the next boot", r.Reason)
+		return refusef("refusing to commit: a rollback is pending (%s); it runs at the next boot", r.Reason)
 	case bootstate.StateCheckpointing:
 		if !bootstate.SameSlot(sc.bootedSlot(), r.TargetSlot) {
-			return fmt.Errorf("refusing to commit: running slot %q is not the update's slot %q", sc.bootedSlot(), r.TargetSlot)
+			return refusef("refusing to commit: running slot %q is not the update's slot %q", sc.bootedSlot(), r.TargetSlot)
 		}
 		if !r.Active {
-			return fmt.Errorf("refusing to commit: the checkpoint is armed but the update has not booted yet")
+			return refusef("refusing to commit: the checkpoint is armed but the update has not booted yet")
 		}
 		if err := sc.needMisc(r, "refusing to commit", fmt.Sprintf(
 			"slot %s cannot be marked successful (the bootloader would count its tries down and fall back to the old slot, with the update's data)", r.TargetSlot)); err != nil {
@@ -713,7 +771,7 @@ func (sc *sysCtx) commit(r *bootstate.Record, stdout io.Writer) error {
 		// committed data.
 		if r.Counter.Bootloader() {
 			if err := sc.updateMisc(func(s bootstate.ABState) error { return s.MarkSuccessful(sc.bootedSlot()) }); err != nil {
-				return fmt.Errorf("refusing to commit: marking slot %s successful in %s failed, nothing recorded: %w", r.TargetSlot, bootDesc(sc.bl), err)
+				return refusef("refusing to commit: marking slot %s successful in %s failed, nothing recorded: %w", r.TargetSlot, bootDesc(sc.bl), err)
 			}
 		}
 		if r, err = sc.save(r, bootstate.Step{Event: bootstate.EventCommit}); err != nil {
@@ -753,13 +811,13 @@ func (sc *sysCtx) needMisc(r *bootstate.Record, refusing, what string) error {
 	case !r.Counter.Bootloader(), r.Counter == counterOf(sc.bl):
 		return nil
 	case r.Counter == bootstate.CounterAndroid && sc.bl == nil:
-		return fmt.Errorf("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
+		return refusef("%s: the checkpoint counts trial boots in misc (android counter), but no misc partition is configured here, so %s; "+
 			"pass --misc or fix cpinit.misc= on the kernel command line; nothing recorded", refusing, what)
 	case sc.bl == nil:
-		return fmt.Errorf("%s: the checkpoint's trial boots are counted by the bootloader (%v counter), but no bootloader is configured here, so %s; "+
+		return refusef("%s: the checkpoint's trial boots are counted by the bootloader (%v counter), but no bootloader is configured here, so %s; "+
 			"fix cpinit.bootloader= on the kernel command line; nothing recorded", refusing, r.Counter, what)
 	}
-	return fmt.Errorf("%s: the checkpoint was begun with the %v counter, but this system is configured for %s, so %s; "+
+	return refusef("%s: the checkpoint was begun with the %v counter, but this system is configured for %s, so %s; "+
 		"fix cpinit.bootloader= or cpinit.misc= on the kernel command line; nothing recorded", refusing, r.Counter, sc.bl.Describe(), what)
 }
 
@@ -774,7 +832,7 @@ func (sc *sysCtx) snapshotUsable(m *bootstate.ExtentMap) error {
 	if err != nil || snap.State == dmsnap.SnapActive {
 		return nil
 	}
-	return fmt.Errorf("refusing to roll back: the snapshot is %s (the COW overflowed or hit an I/O error), so the saved data is incomplete and there is nothing to restore; "+
+	return refusef("refusing to roll back: the snapshot is %s (the COW overflowed or hit an I/O error), so the saved data is incomplete and there is nothing to restore; "+
 		"the update's data stays. Keep it with `cpinit commit`", snapStateName(snap.State))
 }
 
@@ -798,7 +856,7 @@ func notATrial(r *bootstate.Record, booted string) string {
 }
 
 func cmdRollback(args []string, stdout io.Writer) error {
-	sc, r, err := openCmdRecord("rollback", "rollback", args)
+	sc, r, err := openCmdRecord("rollback", args)
 	if err != nil {
 		return err
 	}
@@ -815,7 +873,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "rollback already pending: reboot to run it")
 		return nil
 	case r.State != bootstate.StateCheckpointing:
-		return fmt.Errorf("refusing to roll back: %s", noRollbackWhy(r))
+		return refusef("refusing to roll back: %s", noRollbackWhy(r))
 	}
 	// Make the old slot active first, then record the rollback. A power cut
 	// in between then boots the old slot on a checkpointing record, which
@@ -839,7 +897,7 @@ func (sc *sysCtx) rollback(r *bootstate.Record, stdout io.Writer) error {
 			if err := sc.updateMisc(func(s bootstate.ABState) error {
 				return s.FallBackFrom(r.TargetSlot)
 			}); err != nil {
-				return fmt.Errorf("refusing to roll back: making the old slot %s active in %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], bootDesc(sc.bl), err)
+				return refusef("refusing to roll back: making the old slot %s active in %s failed, nothing recorded: %w", bootstate.SlotSuffixes[1-target%2], bootDesc(sc.bl), err)
 			}
 		}
 	}

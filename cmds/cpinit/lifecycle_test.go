@@ -140,9 +140,9 @@ func TestExitStatus(t *testing.T) {
 	}{
 		{nil, 0},
 		{errors.New("refusing to commit: a rollback is pending"), 1},
-		{usageErr("status [--json]"), 2},
+		{usagef("unexpected argument %q", "x"), 2},
 		{errUsage, 2},
-		{fmt.Errorf("wrapped: %w", usageErr("x")), 2},
+		{fmt.Errorf("wrapped: %w", usagef("x")), 2},
 	} {
 		if got := exitStatus(c.err); got != c.want {
 			t.Errorf("exitStatus(%v) = %d, want %d", c.err, got, c.want)

@@ -93,14 +93,23 @@ func (l *lockFlags) register(fs *flag.FlagSet, cmd string) {
 }
 
 func registerLockWait(fs *flag.FlagSet, dst *time.Duration) {
-	fs.DurationVar(dst, "lock-wait", defaultLockWait,
-		"how long to wait for another cpinit process to finish with the metadata store (0: do not wait)")
+	*dst = defaultLockWait
+	fs.Var((*waitValue)(dst), "lock-wait",
+		"how long (a `duration`) to wait for another cpinit process to finish with the metadata store (0: do not wait)")
 }
 
-func checkLockWait(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("--lock-wait %s: want a duration of 0 or more: %w", d, errUsage)
+// waitValue is --lock-wait: a duration of 0 or more. A negative one fails
+// the parse (a usage error, before anything is opened).
+type waitValue time.Duration
+
+func (v *waitValue) String() string { return time.Duration(*v).String() }
+
+func (v *waitValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want a duration of 0 or more, such as 30s or 0")
 	}
+	*v = waitValue(d)
 	return nil
 }
 
@@ -108,9 +117,6 @@ func checkLockWait(d time.Duration) error {
 // commands that hold it throughout, and keeps the wait for those that take
 // it later (sysCtx.lockStore).
 func (sc *sysCtx) lockAtOpen(l lockFlags) error {
-	if err := checkLockWait(l.wait); err != nil {
-		return err
-	}
 	sc.lockWait = l.wait
 	if l.mode != lockWholeCommand {
 		return nil

@@ -473,7 +473,7 @@ func TestLockHelperProcess(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	for i := 0; i < rounds; i++ {
-		sc, err := openCmd("begin", "helper", []string{"--metadata", store, "--userdata", userdata, "--cmdline", cmdline}, nil)
+		sc, err := openCmd("begin", []string{"--metadata", store, "--userdata", userdata, "--cmdline", cmdline}, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"path"
@@ -14,9 +13,8 @@ import (
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 )
 
-const recoverUsage = `usage: cpinit recover keep-current [--yes] [--cow-path PATH] [--metadata DEV] [--cmdline LINE] [--lock-wait D]
-
-keep-current declares the current userdata authoritative: it writes a
+// recoverAbout is recover's --help.
+const recoverAbout = `keep-current declares the current userdata authoritative: it writes a
 "committed by the operator" record to both copies of the metadata store,
 whatever cpinit record they hold now (an unreadable one included), so the
 next normal boot mounts userdata as it is, deletes the COW file (--cow-path,
@@ -56,7 +54,7 @@ func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCur
 			return keepCurrentPlan{Explain: "the metadata store is blank: there is no checkpoint, nothing to recover (the next boot initialises the store)"}
 		case errors.Is(loadErr, bootstate.ErrStoreForeign):
 			// checkStoreDevice refused it already; Format would too.
-			return keepCurrentPlan{Err: fmt.Errorf("refusing to recover: %w; this is not a cpinit metadata store: check --metadata / cpinit.metadata=", loadErr)}
+			return keepCurrentPlan{Err: refusef("refusing to recover: %w; this is not a cpinit metadata store: check --metadata / cpinit.metadata=", loadErr)}
 		case errors.As(loadErr, &se):
 			return keepCurrentPlan{Write: true, Explain: fmt.Sprintf(
 				"the metadata store is unreadable (%v): cpinit cannot tell which state the checkpoint was in. "+
@@ -64,7 +62,7 @@ func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCur
 					"If a rollback merge had already started, userdata is inconsistent: check it with e2fsck after that boot", loadErr, cowPath)}
 		}
 		// Not a verdict on the contents: the device could not be read.
-		return keepCurrentPlan{Err: fmt.Errorf("refusing to recover: %w; fix access to the metadata store first", loadErr)}
+		return keepCurrentPlan{Err: refusef("refusing to recover: %w; fix access to the metadata store first", loadErr)}
 	}
 	switch r.State {
 	case bootstate.StateFresh:
@@ -77,7 +75,7 @@ func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCur
 		return keepCurrentPlan{Explain: fmt.Sprintf("already committed (%s): the next boot deletes %s", r.Reason, r.COWPath)}
 	case bootstate.StateRollbackPending:
 		if r.MergeTries > 0 {
-			return keepCurrentPlan{Err: fmt.Errorf("refusing to keep the current data: a rollback merge has started (%d attempts, %s); "+
+			return keepCurrentPlan{Err: refusef("refusing to keep the current data: a rollback merge has started (%d attempts, %s); "+
 				"userdata is now part old, part new and only finishing the merge makes it consistent: fix the cause shown at boot and run `cpinit merge`",
 				r.MergeTries, r.Reason)}
 		}
@@ -93,24 +91,38 @@ func planKeepCurrent(r *bootstate.Record, loadErr error, cowPath string) keepCur
 }
 
 func cmdRecover(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "keep-current" {
-		fmt.Fprint(stdout, recoverUsage)
-		return errUsage
-	}
-	fs := flag.NewFlagSet("recover keep-current", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("recover keep-current")
 	cmdline := fs.String("cmdline", "", "kernel command line to take cpinit.metadata= from (default /proc/cmdline)")
 	metadata := fs.String("metadata", "", "metadata store device (default cpinit.metadata=)")
 	cowPath := fs.String("cow-path", DefaultCOWPath, "the COW file, relative to the root of userdata")
 	yes := fs.Bool("yes", false, "really write the store")
 	var lockWait time.Duration
 	registerLockWait(fs, &lockWait)
-	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || checkLockWait(lockWait) != nil {
-		fmt.Fprint(stdout, recoverUsage)
-		return errUsage
+	switch {
+	case len(args) == 0:
+		return usagef("no verb: recover has one, keep-current")
+	case strings.HasPrefix(args[0], "-"):
+		// recover --help; any other flag is out of place.
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		return usagef("the verb keep-current comes first")
+	case args[0] != "keep-current":
+		return usagef("unknown verb %q: recover has one, keep-current", args[0])
+	}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if err := noArgs(fs.Args()); err != nil {
+		return err
 	}
 	if !path.IsAbs(*cowPath) || path.Clean(*cowPath) != *cowPath || *cowPath == "/" {
-		return fmt.Errorf("--cow-path %q: want a clean absolute path inside userdata, such as %s", *cowPath, DefaultCOWPath)
+		return usagef("--cow-path %q: want a clean absolute path inside userdata, such as %s", *cowPath, DefaultCOWPath)
+	}
+	if *metadata != "" {
+		if _, err := devspec.Parse(*metadata); err != nil {
+			return usagef("--metadata: %v", err)
+		}
 	}
 	storeDev, err := metadataDevice(*cmdline, *metadata)
 	if err != nil {
@@ -140,7 +152,7 @@ func cmdRecover(args []string, stdout io.Writer) error {
 		return err
 	}
 	if !*yes {
-		return fmt.Errorf("refusing to write the metadata store %s without --yes: this gives up the rollback; rerun as `%s --yes`", storeDev, bootstate.CmdKeepCurrent)
+		return refusef("refusing to write the metadata store %s without --yes: this gives up the rollback; rerun as `%s --yes`", storeDev, bootstate.CmdKeepCurrent)
 	}
 	rec := bootstate.RecoveryKeepCurrent(*cowPath)
 	gen, err := store.Format(&rec)
@@ -171,7 +183,7 @@ func metadataDevice(cmdline, flagVal string) (string, error) {
 		}
 	}
 	if spec == "" {
-		return "", errors.New("no metadata store: set cpinit.metadata= on the kernel command line or pass --metadata")
+		return "", errNoMetadata
 	}
 	s, err := devspec.Parse(spec)
 	if err != nil {
@@ -198,7 +210,7 @@ func noMergeMapped() error {
 	}
 	for _, t := range tbl {
 		if t.Type == "snapshot-merge" {
-			return fmt.Errorf("refusing to keep the current data: %s is merging (%s); let the merge finish (`cpinit status` shows progress)",
+			return refusef("refusing to keep the current data: %s is merging (%s); let the merge finish (`cpinit status` shows progress)",
 				dmsnap.DefaultNames.Origin, dmsnap.FormatTable(tbl))
 		}
 	}

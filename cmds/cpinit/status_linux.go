@@ -140,9 +140,14 @@ func addRollback(st *Status, path string, now time.Time) {
 func cmdStatus(args []string, stdout io.Writer) error {
 	var asJSON *bool
 	var window *time.Duration
-	sc, err := openCmd("status", "status [--json]", args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("status", args, func(fs *flag.FlagSet) {
 		asJSON = fs.Bool("json", false, "machine-readable output (schema in docs)")
 		window = fs.Duration("window", time.Second, "during a trial without cpinit watch: sample the COW over this long for its fill rate (0: don't)")
+	}, func(rest []string) error {
+		if *window < 0 {
+			return usagef("--window %s: want a duration of 0 or more", *window)
+		}
+		return noArgs(rest)
 	})
 	if err != nil {
 		return err
@@ -298,7 +303,7 @@ func rollbackLine(r *RollbackProgress) string {
 // terminal. Userdata must not be mounted.
 func cmdMerge(args []string, stdout io.Writer) error {
 	var method string
-	sc, err := openCmd("merge", "merge [--method restore|kernel]", args, func(fs *flag.FlagSet) {
+	sc, err := openCmd("merge", args, func(fs *flag.FlagSet) {
 		// A bad value fails the parse: exit 2 before any device is opened.
 		fs.Func("method", "how to copy the saved chunks back: restore (offline, by cpinit) or kernel (snapshot-merge); default: cpinit.merge=, else "+defaultMergeMethod,
 			func(v string) error {
@@ -308,7 +313,7 @@ func cmdMerge(args []string, stdout io.Writer) error {
 				method = v
 				return nil
 			})
-	})
+	}, nil)
 	if err != nil {
 		return err
 	}
@@ -322,7 +327,7 @@ func cmdMerge(args []string, stdout io.Writer) error {
 		return err
 	}
 	if r.State != bootstate.StateRollbackPending {
-		return fmt.Errorf("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
+		return refusef("refusing to merge: no rollback pending (state %s); `cpinit rollback` requests one", r.State)
 	}
 	tmp, err := mergeScratch()
 	if err != nil {

@@ -9,7 +9,9 @@ import (
 //
 //	go build -ldflags "-X main.version=$(git describe --tags --always --dirty)" ./cmds/cpinit
 //
-// (make install and the initramfs builder do it). Unstamped, it is taken
+// (mkinitramfs, `make initramfs`, does it through u-root, by the package's
+// import path: initramfs.BuildOptions.Version; the tests' cached images
+// are not stamped). Unstamped, it is taken
 // from the build information the go command records (runtime/debug: the
 // module version of `go install ...@v1.2.3`, or the VCS revision of a build
 // in a git checkout), and "unknown" when there is none.

@@ -43,7 +43,8 @@ func cmdWatch(args []string, stdout io.Writer) error {
 	var warn, act *float64
 	var interval, lead *time.Duration
 	var once, noReboot *bool
-	sc, err := openCmd("watch", "watch [--policy abort|commit|warn] [--warn P] [--act P] [--interval D] [--lead D] [--once]", args, func(fs *flag.FlagSet) {
+	var cfg watchConfig
+	sc, err := openCmd("watch", args, func(fs *flag.FlagSet) {
 		policyS = fs.String("policy", "abort", "at the action threshold: abort (roll back: reboot into the old slot), commit (keep the data, give up the rollback) or warn")
 		warn = fs.Float64("warn", 75, "warn when the COW is this many percent full")
 		act = fs.Float64("act", 90, "apply the policy when the COW is this many percent full")
@@ -51,6 +52,16 @@ func cmdWatch(args []string, stdout io.Writer) error {
 		lead = fs.Duration("lead", 30*time.Second, "also act when the current rate would fill the COW within this time")
 		once = fs.Bool("once", false, "take one decision and exit (needs an earlier sample for a rate)")
 		noReboot = fs.Bool("no-reboot", false, "abort: record the rollback and freeze userdata, but leave the reboot to the caller")
+	}, func(rest []string) error {
+		policy, err := parseWatchPolicy(*policyS)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		cfg = watchConfig{Warn: *warn, Act: *act, Interval: *interval, Lead: *lead, Policy: policy}
+		if err := cfg.validate(); err != nil {
+			return usagef("%v", err)
+		}
+		return noArgs(rest)
 	})
 	logf := func(format string, a ...any) { fmt.Fprintf(stdout, "cpinit watch: "+format+"\n", a...) }
 	if errors.Is(err, errNoMetadata) {
@@ -61,14 +72,6 @@ func cmdWatch(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer sc.close()
-	policy, err := parseWatchPolicy(*policyS)
-	if err != nil {
-		return err
-	}
-	cfg := watchConfig{Warn: *warn, Act: *act, Interval: *interval, Lead: *lead, Policy: policy}
-	if err := cfg.validate(); err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
 

@@ -50,6 +50,7 @@ func run() error {
 	flag.StringVar(&o.Out, "o", "", "output cpio file (required)")
 	flag.StringVar(&o.InitCmd, "initcmd", "cpinit", "command run as /init (basename of one of the packages)")
 	flag.StringVar(&o.Base, "base", "", "existing uncompressed cpio initramfs to add cpinit to (its /init is kept as /inito; boot with cpinit.init=/inito and no cpinit.root=)")
+	flag.StringVar(&o.Version, "version", initramfs.RepoVersion(initramfs.RepoRoot()), "version stamped into cpinit (default: git describe --tags --always --dirty of the repository; none without git)")
 	flag.Var(&files, "files", "extra host:guest file for u-root -files (repeatable); u-root adds the shared libraries of ELF binaries")
 	flag.Parse()
 	if o.Out == "" || flag.NArg() == 0 {
