@@ -48,7 +48,7 @@ commands:
                      (75), and at P% (90), or past the warning when it
                      would be full within --lead (30s), roll back and
                      reboot (abort, the default), commit, or only warn;
-                     exits at once when there is no trial, 1 if the COW
+                     exits at once when there is no trial, 3 if the COW
                      overflowed
   merge [--method restore|kernel]
                      run a pending rollback now (recovery mode; userdata
@@ -84,7 +84,7 @@ commands:
   help               this text
 
 exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage;
-boot-step also 3 (reboot) and 4 (power off).
+boot-step also 3 (reboot) and 4 (power off), watch 3 (the COW overflowed).
 `
 
 var errUsage = errors.New("bad usage (see cpinit help)")
@@ -99,6 +99,9 @@ const (
 	exitOK    = 0 // done, or nothing to do
 	exitError = 1 // failed or refused; what was on disk is unchanged or resumable
 	exitUsage = 2 // bad command line; nothing was done
+	// watch: the COW overflowed, the rollback is lost; no restart helps
+	// (cpinit-watch.service's RestartPreventExitStatus=).
+	exitOverflow = 3
 )
 
 // exitStatus maps runCLI's error to the process exit status.
@@ -109,6 +112,8 @@ func exitStatus(err error) int {
 		return exitOK
 	case errors.Is(err, errUsage):
 		return exitUsage
+	case errors.Is(err, errCOWOverflowed):
+		return exitOverflow
 	case errors.As(err, &bs):
 		return bs.status
 	}
