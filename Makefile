@@ -199,3 +199,93 @@ bench: kernel
 
 clean:
 	rm -rf out
+
+# make install / make uninstall (issue 20): what a distribution's package
+# of cpinit holds, under DESTDIR (a staging root) and PREFIX (GNU
+# conventions: PREFIX=/usr for a package, /usr/local by hand). Nothing
+# here builds a kernel or boots QEMU. Where each file goes and why:
+# docs/integration.md, "Installing: make install".
+#
+#   BINDIR      the static binary cpinit (CGO_ENABLED=0), VERSION stamped
+#   UNITDIR     dist/systemd's cpinit-commit.service, cpinit-watch.service
+#               (not enabled: `systemctl enable` is the administrator's)
+#   DRACUTMODDIR, INITRAMFSTOOLSDIR
+#               the initramfs integrations (dist/dracut/90cpinit,
+#               dist/initramfs-tools); dracut and initramfs-tools read only
+#               /usr/lib/dracut/modules.d and /usr/share/initramfs-tools, so
+#               with another PREFIX point these there or they stay inert
+#   DATADIR/cpinit/agents/{rauc,mender,swupdate}
+#               the update agents' integrations with their install.sh,
+#               which an integrator runs for the one agent the device uses
+#   DOCDIR      README.md, LICENSE, docs/, examples/ (the health check)
+#
+# Installed text files name the binary $(BINDIR)/cpinit (sed; the same
+# text for PREFIX=/usr), except the initramfs-tools boot script, which
+# runs cpinit where the hook copies it inside the image, /usr/bin/cpinit.
+# make uninstall removes exactly the files of INSTALL_FILES (the list
+# install uses), then the directories only cpinit's files were in.
+PREFIX ?= /usr
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+DATADIR ?= $(PREFIX)/share
+UNITDIR ?= $(LIBDIR)/systemd/system
+DRACUTMODDIR ?= $(LIBDIR)/dracut/modules.d
+INITRAMFSTOOLSDIR ?= $(DATADIR)/initramfs-tools
+DOCDIR ?= $(DATADIR)/doc/cpinit
+AGENTDIR = $(DATADIR)/cpinit/agents
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+
+# DESTINATION:SOURCE:MODE[:raw] (raw: installed as it is, no sed; a
+# symbolic link is installed as the same link)
+INSTALL_FILES = \
+	$(BINDIR)/cpinit:out/install/cpinit:755:raw \
+	$(UNITDIR)/cpinit-commit.service:dist/systemd/cpinit-commit.service:644 \
+	$(UNITDIR)/cpinit-watch.service:dist/systemd/cpinit-watch.service:644 \
+	$(foreach f,$(wildcard dist/dracut/90cpinit/*.sh),$(DRACUTMODDIR)/90cpinit/$(notdir $(f)):$(f):755) \
+	$(DRACUTMODDIR)/90cpinit/cpinit-boot-step.service:dist/dracut/90cpinit/cpinit-boot-step.service:644 \
+	$(INITRAMFSTOOLSDIR)/hooks/cpinit:dist/initramfs-tools/hooks/cpinit:755 \
+	$(INITRAMFSTOOLSDIR)/scripts/local-bottom/cpinit:dist/initramfs-tools/scripts/local-bottom/cpinit:755:raw \
+	$(foreach f,$(filter-out %_test.go,$(wildcard dist/rauc/* dist/mender/* dist/swupdate/*)),$(AGENTDIR)/$(f:dist/%=%):$(f):$(if $(shell test -x $(f) && echo x),755,644)) \
+	$(DOCDIR)/README.md:README.md:644 \
+	$(DOCDIR)/LICENSE:LICENSE:644 \
+	$(foreach f,$(wildcard docs/*),$(DOCDIR)/$(f):$(f):644) \
+	$(DOCDIR)/examples/cpinit-health-check.service:dist/systemd/examples/cpinit-health-check.service:644
+
+# The directories install makes that hold nothing but cpinit's files:
+# uninstall removes them once empty (deepest first).
+INSTALL_OWNDIRS := $(DOCDIR)/examples $(DOCDIR)/docs $(DOCDIR) \
+	$(AGENTDIR)/rauc $(AGENTDIR)/mender $(AGENTDIR)/swupdate $(AGENTDIR) $(DATADIR)/cpinit \
+	$(DRACUTMODDIR)/90cpinit
+
+.PHONY: build install uninstall
+
+# The binary make install installs: static, stamped with VERSION
+# (cmds/cpinit/version.go; go version -m shows the -X flag, which
+# -trimpath would leave out of the build settings).
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o out/install/cpinit ./cmds/cpinit
+
+install: build
+	@set -e; for e in $(INSTALL_FILES); do \
+		dst=$$(echo "$$e" | cut -d: -f1); src=$$(echo "$$e" | cut -d: -f2); \
+		mode=$$(echo "$$e" | cut -d: -f3); raw=$$(echo "$$e" | cut -d: -f4); \
+		mkdir -p "$(DESTDIR)$$(dirname "$$dst")"; \
+		if [ -L "$$src" ]; then \
+			ln -sfn "$$(readlink "$$src")" "$(DESTDIR)$$dst"; \
+		elif [ -n "$$raw" ]; then \
+			install -m "$$mode" "$$src" "$(DESTDIR)$$dst"; \
+		else \
+			sed 's|/usr/bin/cpinit|$(BINDIR)/cpinit|g' "$$src" >"$(DESTDIR)$$dst.tmp"; \
+			chmod "$$mode" "$(DESTDIR)$$dst.tmp"; mv -f "$(DESTDIR)$$dst.tmp" "$(DESTDIR)$$dst"; \
+		fi; \
+		echo "installed $(DESTDIR)$$dst"; \
+	done
+
+uninstall:
+	@set -e; for e in $(INSTALL_FILES); do \
+		dst=$$(echo "$$e" | cut -d: -f1); \
+		if [ -e "$(DESTDIR)$$dst" ] || [ -L "$(DESTDIR)$$dst" ]; then rm -f "$(DESTDIR)$$dst"; echo "removed $(DESTDIR)$$dst"; fi; \
+	done; \
+	for d in $(INSTALL_OWNDIRS); do \
+		if [ -d "$(DESTDIR)$$d" ]; then rmdir "$(DESTDIR)$$d" 2>/dev/null || echo "kept $(DESTDIR)$$d: not empty"; fi; \
+	done

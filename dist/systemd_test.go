@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -148,5 +149,70 @@ func TestDocQuotesUnits(t *testing.T) {
 	}
 	for src := range quoted {
 		t.Errorf("docs/systemd.md quotes dist/%s, which is not a shipped unit", src)
+	}
+}
+
+// maxExposure is the highest `systemd-analyze security` exposure each
+// shipped unit may score (0 safest, 10 unsafe): what the sandbox in the
+// units achieves (docs/systemd.md, "The sandbox"), so that a change that
+// loosens it fails here.
+var maxExposure = map[string]float64{
+	"cpinit-commit.service":       2.0,
+	"cpinit-watch.service":        2.0,
+	"cpinit-health-check.service": 3.0,
+}
+
+// exposureRe is systemd-analyze security's last line.
+var exposureRe = regexp.MustCompile(`Overall exposure level for (\S+): (\d+\.\d) (\S+)`)
+
+// TestUnitsSecurity scores each shipped unit with systemd-analyze security
+// --offline (its unit file in a temporary root, nothing of the host's
+// systemd consulted or written), checks the score against maxExposure and
+// that docs/systemd.md's table shows exactly these scores.
+func TestUnitsSecurity(t *testing.T) {
+	analyze, _ := needSystemd(t)
+	root := unitRoot(t)
+	got := map[string]string{}
+	for src := range units {
+		name := filepath.Base(src)
+		out, err := exec.Command(analyze, "security", "--offline=true", "--root="+root, "--no-pager", name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", name, err, out)
+		}
+		m := exposureRe.FindStringSubmatch(string(out))
+		if m == nil || m[1] != name {
+			t.Fatalf("systemd-analyze security %s printed no exposure level:\n%s", name, out)
+		}
+		score, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		max, ok := maxExposure[name]
+		if !ok {
+			t.Fatalf("%s has no maxExposure", name)
+		}
+		if score > max {
+			t.Errorf("%s: exposure %.1f %s, more than its %.1f: the sandbox was loosened; systemd-analyze security says:\n%s", name, score, m[3], max, out)
+		}
+		got[name] = m[2] + " " + m[3]
+	}
+	doc, err := os.ReadFile("../docs/systemd.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| `([a-z-]+\\.service)` \\| (\\d+\\.\\d) \\| ([A-Z]+) \\|")
+	inDoc := map[string]string{}
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		inDoc[m[1]] = m[2] + " " + m[3]
+	}
+	for name, s := range got {
+		if inDoc[name] != s {
+			t.Errorf("docs/systemd.md's table shows %s as %q, systemd-analyze security says %q: update the table", name, inDoc[name], s)
+		}
+	}
+	for name := range inDoc {
+		if _, ok := got[name]; !ok {
+			t.Errorf("docs/systemd.md's table scores %s, which is not a shipped unit", name)
+		}
 	}
 }

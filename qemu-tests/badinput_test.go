@@ -415,7 +415,7 @@ func TestBadInputCOWDeletedBeforeTrial(t *testing.T) {
 }
 
 // TestBadInputOverflow: the trial writes more than the 16 MiB COW holds. The
-// snapshot goes Invalid; the running system's `cpinit status` says rollback
+// snapshot goes Invalid; `cpinit watch` exits 3; the running system's `cpinit status` says rollback
 // is no longer possible; the next boot records committed(overflow), warns on
 // the console, keeps the update's data and deletes the COW file. No merge is
 // attempted.
@@ -423,8 +423,11 @@ func TestBadInputOverflow(t *testing.T) {
 	t.Parallel()
 	d := NewTestDevice(t, 14)
 	OTABegin(t, d, "16M")
-	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40")
+	// cpinit watch, only warning, sees the overflow and exits 3: the
+	// status cpinit-watch.service does not restart on.
+	vm := TrialBoot(t, d, "sysinit.action=workload sysinit.seed=14 sysinit.mib=40 sysinit.watch=warn sysinit.watchargs=--interval,250ms")
 	vm.ExpectT(t, `sysinit: workload done`, SlotBootTimeout)
+	vm.ExpectT(t, `sysinit: watch exit=exit status 3\r?\n`, SlotBootTimeout)
 	vm.ExpectT(t, `COW used: +unusable: the snapshot is invalid \(the COW overflowed or hit an I/O error\)`, SlotBootTimeout)
 	vm.ExpectT(t, `rollback possible: false`, SlotBootTimeout)
 	vm.ExpectT(t, `note: +the COW overflowed: rollback is no longer possible`, SlotBootTimeout)

@@ -154,11 +154,16 @@ func (o *onBootPart) Describe() string {
 
 func (o *onBootPart) mount() (dir string, unmount func() error, err error) {
 	o.once.Do(func() {
-		base := "/run"
-		if _, err := os.Stat(base); err != nil {
+		// Under /run/cpinit, which cpinit's units may write (their
+		// ProtectSystem=strict leaves the rest of /run read-only).
+		base := "/run/cpinit"
+		if _, err := os.Stat("/run"); err != nil {
 			base = os.TempDir()
+		} else if err := os.MkdirAll(base, 0o755); err != nil {
+			o.err = err
+			return
 		}
-		o.dir, o.err = os.MkdirTemp(base, "cpinit-bootpart-")
+		o.dir, o.err = os.MkdirTemp(base, "bootpart-")
 	})
 	if o.err != nil {
 		return "", nil, fmt.Errorf("mount point for boot partition %s: %w", o.dev, o.err)

@@ -59,7 +59,7 @@ commands:
                      (75), and at P% (90), or past the warning when it
                      would be full within --lead (30s), roll back and
                      reboot (abort, the default), commit, or only warn;
-                     exits at once when there is no trial, 1 if the COW
+                     exits at once when there is no trial, 3 if the COW
                      overflowed
   merge [--method restore|kernel]
                      run a pending rollback now (recovery mode; userdata
@@ -98,8 +98,9 @@ commands:
 
 exit status: 0 done (or nothing to do), 1 failed or refused, 2 bad usage
 (checked before anything is read or opened); boot-step also 3 (reboot) and
-4 (power off). With --json (status, extents) a failure is also one JSON
-object on stdout: {"error":{"code":...,"message":...,"exit":...}}.
+4 (power off), watch 3 (the COW overflowed). With --json (status, extents,
+check) a failure is also one JSON object on stdout:
+{"error":{"code":...,"message":...,"exit":...}}.
 `
 
 // errUsage is a bad command line: exit status 2, like flag's own. Every
@@ -143,6 +144,9 @@ const (
 	exitOK    = 0 // done, or nothing to do
 	exitError = 1 // failed or refused; what was on disk is unchanged or resumable
 	exitUsage = 2 // bad command line; nothing was done
+	// watch: the COW overflowed, the rollback is lost; no restart helps
+	// (cpinit-watch.service's RestartPreventExitStatus=).
+	exitOverflow = 3
 )
 
 // exitStatus maps runCLI's error to the process exit status.
@@ -153,6 +157,8 @@ func exitStatus(err error) int {
 		return exitOK
 	case errors.Is(err, errUsage):
 		return exitUsage
+	case errors.Is(err, errCOWOverflowed):
+		return exitOverflow
 	case errors.As(err, &bs):
 		return bs.status
 	}
@@ -253,7 +259,11 @@ func (c *command) printHelp(w io.Writer, fs *flag.FlagSet) {
 	}
 	var st []string
 	for _, e := range c.exits {
-		st = append(st, fmt.Sprintf("%d %s", e, exitMeaning[e]))
+		m := exitMeaning[e]
+		if c.name == "watch" && e == exitOverflow {
+			m = "the COW overflowed (no restart helps)"
+		}
+		st = append(st, fmt.Sprintf("%d %s", e, m))
 	}
 	fmt.Fprintf(w, "\nexit status: %s\n", strings.Join(st, ", "))
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -9,6 +10,11 @@ import (
 // The policy of `cpinit watch`, pure so that it is tested without a
 // snapshot: from samples of the COW's usage, estimate how fast it fills and
 // decide when to warn and when to act.
+
+// errCOWOverflowed: the trial's COW overflowed, the kernel invalidated the
+// snapshot and the rollback is lost (the next boot keeps the data). watch
+// exits 3 with it (exitOverflow), which its unit does not restart.
+var errCOWOverflowed = errors.New("the checkpoint's COW overflowed: rollback is no longer possible")
 
 // usageSample is one reading of the snapshot's dm status and of userdata.
 type usageSample struct {

@@ -37,7 +37,8 @@ type watchState struct {
 // usage and userdata's free space, warns at one threshold and applies the
 // policy at the next, or earlier when the current rate would fill the COW
 // within --lead. It exits 0 when there is no trial to watch (so its unit can
-// run on every boot) or when the trial ends, and 1 if the COW overflowed.
+// run on every boot) or when the trial ends, and 3 (errCOWOverflowed) if
+// the COW overflowed.
 func cmdWatch(args []string, stdout io.Writer) error {
 	var policyS *string
 	var warn, act *float64
@@ -99,7 +100,7 @@ func cmdWatch(args []string, stdout io.Writer) error {
 		}
 		if snap.State != dmsnap.SnapActive {
 			logf("the COW overflowed (snapshot %s): rollback is no longer possible; the next boot keeps the current data, records reason overflow and deletes the COW file", snapStateName(snap.State))
-			return fmt.Errorf("the checkpoint's COW overflowed: rollback is no longer possible")
+			return errCOWOverflowed
 		}
 		var st unix.Statfs_t
 		if err := unix.Statfs(sc.dataDir, &st); err != nil {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -171,5 +173,18 @@ func TestWatcherDeterministic(t *testing.T) {
 	st := w.step(usageSample{At: t0.Add(time.Minute), Used: 3 * mibB, Total: 24 * mibB})
 	if !st.HaveRate || st.Est.Window != 59*time.Second {
 		t.Fatalf("after a pause: window %v (have %v), want 59s from the newest reading before the pause", st.Est.Window, st.HaveRate)
+	}
+}
+
+// TestWatchOverflowExitStatus: watch's overflow has its own exit status, 3,
+// so that cpinit-watch.service restarts watch after a failure but not
+// after an overflow (RestartPreventExitStatus=2 3), which no restart helps.
+func TestWatchOverflowExitStatus(t *testing.T) {
+	err := fmt.Errorf("cpinit watch: %w", errCOWOverflowed)
+	if got := exitStatus(err); got != exitOverflow || exitOverflow != 3 {
+		t.Fatalf("exit status of %q = %d, want 3 (exitOverflow = %d)", err, got, exitOverflow)
+	}
+	if got := exitStatus(errors.New("the metadata store is unreadable")); got != exitError {
+		t.Fatalf("exit status of another failure = %d, want %d", got, exitError)
 	}
 }
