@@ -248,7 +248,7 @@ INSTALL_FILES = \
 	$(foreach f,$(filter-out %_test.go,$(wildcard dist/rauc/* dist/mender/* dist/swupdate/*)),$(AGENTDIR)/$(f:dist/%=%):$(f):$(if $(shell test -x $(f) && echo x),755,644)) \
 	$(DOCDIR)/README.md:README.md:644 \
 	$(DOCDIR)/LICENSE:LICENSE:644 \
-	$(foreach f,$(wildcard docs/*),$(DOCDIR)/$(f):$(f):644) \
+	$(foreach f,$(filter-out %_test.go,$(wildcard docs/*)),$(DOCDIR)/$(f):$(f):644) \
 	$(DOCDIR)/examples/cpinit-health-check.service:dist/systemd/examples/cpinit-health-check.service:644
 
 # The directories install makes that hold nothing but cpinit's files:
