@@ -36,7 +36,11 @@ GO ?= go
 #                    signed with (qemu-tests/agentvm)
 #   fdisk            sfdisk, for the GPT disk whose partitions 2 and 3 are
 #                    the slots of the Mender and SWUpdate tests
-DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools openssl fdisk
+#   xz-utils, zstd   compress modules as the kernel's modules_install does,
+#                    for the tests of compressed modules (internal/pid1,
+#                    initramfs, qemu-tests TestBootCompressedModules), and
+#                    fetch-kernel.sh's decompression of the 6.12 kernel's
+DEB_PACKAGES := qemu-system-x86 e2fsprogs dmsetup xfsprogs util-linux cpio fio systemd f2fs-tools qemu-utils libubootenv-tool u-boot-tools grub-common systemd-boot ovmf grub-efi-amd64-bin mtools dosfstools u-boot-qemu qemu-user-static qemu-system-arm debootstrap squashfs-tools openssl fdisk xz-utils zstd
 
 # The whole suite runs within this bound (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 45m

@@ -43,6 +43,9 @@ func wantInstalled(t *testing.T, prefix string) (files map[string]os.FileMode, l
 		t.Fatalf("no docs found (%v)", err)
 	}
 	for _, d := range docs {
+		if strings.HasSuffix(d, "_test.go") {
+			continue // the docs' own checks (docs/links_test.go)
+		}
 		files[p+"/share/doc/cpinit/docs/"+filepath.Base(d)] = 0o644
 	}
 	for _, agent := range []string{"rauc", "mender", "swupdate"} {

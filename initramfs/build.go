@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/cpinit/cpinit/internal/pid1"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -205,6 +206,15 @@ type BuildOptions struct {
 	// It is part of the cache key when set: the tests leave it empty so
 	// that a commit that changes no source hits the cache (see cache.go).
 	Version string
+
+	// CompressedModules ships compressed modules (.ko.xz, .ko.zst,
+	// .ko.gz in Modules) compressed, modules.dep naming them so, for PID 1
+	// to decompress (pid1.LoadModuleFile). By default Build decompresses
+	// them into plain .ko files: PID 1 then loads every module with a
+	// plain finit_module on any kernel, the kernel decompresses nothing,
+	// and the image's only compression is the image's own. The QEMU test
+	// of PID 1's decompression (TestBootCompressedModules) sets it.
+	CompressedModules bool
 	// Cache is a directory of built images to reuse (see cache.go): an
 	// image whose inputs were all built before is copied from it instead
 	// of built again. The tests use it ("" builds every time, as
@@ -283,14 +293,20 @@ func Build(o BuildOptions) error {
 	// What Build adds to u-root's image, in a fixed order.
 	dir := "lib/modules/" + release + "/"
 	var add []cpio.Record
-	for _, m := range mods {
-		b, err := os.ReadFile(filepath.Join(o.Modules, m.RelPath))
+	inImage := InImage(mods, !o.CompressedModules)
+	for i, m := range mods {
+		var b []byte
+		if o.CompressedModules {
+			b, err = os.ReadFile(filepath.Join(o.Modules, m.RelPath))
+		} else {
+			b, err = pid1.ReadModuleFile(filepath.Join(o.Modules, m.RelPath))
+		}
 		if err != nil {
 			return err
 		}
-		add = append(add, cpio.StaticFile(dir+m.RelPath, string(b), 0o644))
+		add = append(add, cpio.StaticFile(dir+inImage[i].RelPath, string(b), 0o644))
 	}
-	add = append(add, cpio.StaticFile(dir+"modules.dep", string(ModulesDep(mods)), 0o644))
+	add = append(add, cpio.StaticFile(dir+"modules.dep", string(ModulesDep(inImage)), 0o644))
 	list, err := os.ReadFile(o.List)
 	if err != nil {
 		return err

@@ -360,3 +360,69 @@ func TestBuildStampsVersion(t *testing.T) {
 		t.Errorf("the image's cpinit version: %q, want %q", got, want)
 	}
 }
+
+// TestBuildCompressedModules builds from a module tree whose dm modules
+// are compressed (xz, zstd, gzip) as a distribution ships them: by
+// default the image holds them decompressed, byte for byte the plain .ko,
+// under .ko names that modules.dep uses; with CompressedModules it holds
+// the compressed files as they are, and modules.dep names them.
+func TestBuildCompressedModules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two initramfs images; not in -short")
+	}
+	k := pinnedKernel(t)
+	names, err := ReadList(k.ModuleList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp := map[string]string{}
+	for _, n := range names {
+		comp[n] = ""
+	}
+	comp["dm-mod"], comp["dm-bufio"], comp["dm-snapshot"] = ".ko.xz", ".ko.gz", ".ko.zst"
+	tree := compressedTree(t, k, comp)
+	md := "lib/modules/" + k.Release + "/"
+	for _, compressed := range []bool{false, true} {
+		out := filepath.Join(t.TempDir(), "img.cpio")
+		o := BuildOptions{Modules: tree, List: k.ModuleList, Out: out, InitCmd: "cpinit", Pkgs: []string{"./cmds/cpinit"}, Cache: SharedCache(), CompressedModules: compressed}
+		if err := Build(o); err != nil {
+			t.Fatal(err)
+		}
+		img, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := recordsByName(t, img)
+		dep, _ := readAll(have[md+"modules.dep"])
+		for _, m := range []string{"dm-mod.ko.xz", "dm-bufio.ko.gz", "dm-snapshot.ko.zst"} {
+			rel := "kernel/drivers/md/" + m
+			plainRel := "kernel/drivers/md/" + strings.SplitAfter(m, ".ko")[0]
+			wantRel, wantFile := plainRel, filepath.Join(k.Modules, plainRel)
+			if compressed {
+				wantRel, wantFile = rel, filepath.Join(tree, rel)
+			}
+			want, err := os.ReadFile(wantFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, ok := have[md+wantRel]
+			if !ok {
+				t.Errorf("compressed=%v: image lacks %s", compressed, md+wantRel)
+				continue
+			}
+			if got, _ := readAll(r); got != string(want) {
+				t.Errorf("compressed=%v: %s differs from %s", compressed, wantRel, wantFile)
+			}
+			other := rel
+			if compressed {
+				other = plainRel
+			}
+			if _, ok := have[md+other]; ok {
+				t.Errorf("compressed=%v: image holds %s too", compressed, other)
+			}
+			if !strings.Contains(dep, wantRel+":") {
+				t.Errorf("compressed=%v: modules.dep does not name %s:\n%s", compressed, wantRel, dep)
+			}
+		}
+	}
+}

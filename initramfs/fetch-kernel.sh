@@ -21,9 +21,10 @@
 # with a private apt configuration under the cache (its own sources.list,
 # package lists and cache, and its own `apt-get update`), so the host's apt
 # setup is neither read for sources nor changed. Newer Debian kernels ship
-# compressed modules (.ko.xz); they are decompressed after unpacking, since
-# the initramfs build reads .modinfo from plain ELF .ko files and the guest
-# loads them with finit_module without decompression flags.
+# compressed modules (.ko.xz); they are decompressed after unpacking. The
+# initramfs build reads compressed modules too since issue 20 (and puts
+# them in the image decompressed), so this is no longer needed; it stays
+# so that a tree unpacked before looks the same as one unpacked now.
 #
 # Idempotent: when the unpacked tree is there and its stamp names the pinned
 # sha256, it does nothing but print the paths.

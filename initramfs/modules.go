@@ -19,8 +19,11 @@ import (
 
 // Module is one kernel module file in a kernel's module tree.
 type Module struct {
-	Name    string   // canonical name, '-' replaced by '_' as the kernel does
-	RelPath string   // relative to /lib/modules/<release>, e.g. kernel/drivers/md/dm-mod.ko
+	Name string // canonical name, '-' replaced by '_' as the kernel does
+	// RelPath is the module file's path relative to
+	// /lib/modules/<release> in the kernel's tree, e.g.
+	// kernel/drivers/md/dm-mod.ko or kernel/drivers/md/dm-mod.ko.xz.
+	RelPath string
 	Depends []string // canonical names from the module's .modinfo depends=
 	// Machine is the module's ELF machine (EM_X86_64, EM_AARCH64, ...):
 	// the kernel's architecture.
@@ -56,15 +59,19 @@ func ParseModinfo(b []byte) (map[string][]string, error) {
 	return info, nil
 }
 
-// ReadModule reads a module's dependencies from its .modinfo section. It
-// needs uncompressed .ko files, which is what Debian ships.
+// ReadModule reads a module's dependencies from its .modinfo section. A
+// compressed module (.ko.xz, .ko.zst, .ko.gz: Debian since 6.10, Fedora)
+// is decompressed in memory first, as PID 1 does (pid1.ReadModuleFile).
 func ReadModule(modDir, relPath string) (Module, error) {
 	path := filepath.Join(modDir, relPath)
-	f, err := elf.Open(path)
+	img, err := pid1.ReadModuleFile(path)
 	if err != nil {
 		return Module{}, fmt.Errorf("read module %s: %w", path, err)
 	}
-	defer f.Close()
+	f, err := elf.NewFile(bytes.NewReader(img))
+	if err != nil {
+		return Module{}, fmt.Errorf("read module %s: %w", path, err)
+	}
 	sec := f.Section(".modinfo")
 	if sec == nil {
 		return Module{}, fmt.Errorf("module %s has no .modinfo section", path)
@@ -88,25 +95,48 @@ func ReadModule(modDir, relPath string) (Module, error) {
 	return m, nil
 }
 
-// IndexModules finds every .ko file under modDir/kernel and returns its
-// relative path by canonical name.
+// IndexModules finds every module file under modDir/kernel (.ko, or
+// compressed: .ko.xz, .ko.zst, .ko.gz) and returns its relative path by
+// canonical name. Where a tree holds a module both plain and compressed,
+// the plain .ko is taken.
 func IndexModules(modDir string) (map[string]string, error) {
 	idx := map[string]string{}
 	err := filepath.WalkDir(filepath.Join(modDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || !strings.HasSuffix(p, ".ko") {
+		comp, ok := pid1.ModuleFile(p)
+		if d.IsDir() || !ok {
 			return nil
 		}
 		rel, err := filepath.Rel(modDir, p)
 		if err != nil {
 			return err
 		}
-		idx[CanonicalName(p)] = rel
+		name := CanonicalName(p)
+		if prev, seen := idx[name]; seen && comp != pid1.CompressNone {
+			if c, _ := pid1.ModuleFile(prev); c == pid1.CompressNone {
+				return nil // the plain .ko wins
+			}
+		}
+		idx[name] = rel
 		return nil
 	})
 	return idx, err
+}
+
+// InImage returns mods as an image holds them: with decompress, each
+// compressed module becomes a plain .ko of the same name (RelPath's
+// compression suffix dropped), so ModulesDep names what the image holds.
+func InImage(mods []Module, decompress bool) []Module {
+	out := make([]Module, len(mods))
+	for i, m := range mods {
+		if decompress {
+			m.RelPath = pid1.UncompressedName(m.RelPath)
+		}
+		out[i] = m
+	}
+	return out
 }
 
 // Resolve reads the listed modules from the kernel module tree and checks

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cpinit/cpinit/internal/testutil"
 	"github.com/u-root/u-root/pkg/kmodule"
 )
 
@@ -357,5 +358,116 @@ func checkResolved(t *testing.T, k Kernel, mods []Module, machine elf.Machine, w
 		if !reflect.DeepEqual(sortedCopy(loaded), sortedCopy(want)) || loaded[len(loaded)-1] != want[len(want)-1] {
 			t.Errorf("kmodule loads %s as %v, want %v with %s last", mod, loaded, want, want[len(want)-1])
 		}
+	}
+}
+
+// compressedTree copies the pinned kernel's modules named in comp into a
+// module tree under t's temporary directory (…/lib/modules/<release>),
+// each compressed as its suffix in comp says ("" keeps it plain), as
+// Debian since 6.10 and Fedora ship them. It returns the tree.
+func compressedTree(t *testing.T, k Kernel, comp map[string]string) string {
+	t.Helper()
+	idx, err := IndexModules(k.Modules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(t.TempDir(), "lib", "modules", k.Release)
+	for name, suffix := range comp {
+		rel, ok := idx[CanonicalName(name)]
+		if !ok {
+			t.Fatalf("%s not in %s", name, k.Modules)
+		}
+		dst := filepath.Join(tree, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		src := filepath.Join(k.Modules, rel)
+		if suffix == "" {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		testutil.CompressModule(t, src, strings.TrimSuffix(dst, ".ko")+suffix)
+	}
+	return tree
+}
+
+// TestResolveCompressedModules: a module tree of compressed modules (the
+// pinned kernel's dm modules, xz with CRC32 as modules_install writes it,
+// zstd and gzip) resolves as the plain one does, with the dependencies
+// read from the decompressed .modinfo; modules.dep names the compressed
+// files for an image that ships them (kmodule finds and orders them), and
+// the plain .ko names for one that decompresses them (Build's default).
+func TestResolveCompressedModules(t *testing.T) {
+	k := pinnedKernel(t)
+	tree := compressedTree(t, k, map[string]string{"dm-mod": ".ko.xz", "dm-bufio": ".ko.gz", "dm-snapshot": ".ko.zst", "virtio_blk": ""})
+	// Both a plain and a compressed file of one module: the plain wins.
+	testutil.CompressModule(t, filepath.Join(tree, "kernel/drivers/block/virtio_blk.ko"), filepath.Join(tree, "kernel/drivers/block/virtio_blk.ko.xz"))
+
+	idx, err := IndexModules(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"dm_mod":      "kernel/drivers/md/dm-mod.ko.xz",
+		"dm_bufio":    "kernel/drivers/md/dm-bufio.ko.gz",
+		"dm_snapshot": "kernel/drivers/md/dm-snapshot.ko.zst",
+		"virtio_blk":  "kernel/drivers/block/virtio_blk.ko",
+	}
+	if !reflect.DeepEqual(idx, want) {
+		t.Fatalf("IndexModules = %v, want %v", idx, want)
+	}
+
+	mods, err := Resolve(tree, []string{"dm-mod", "dm-bufio", "dm-snapshot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := Resolve(k.Modules, []string{"dm-mod", "dm-bufio", "dm-snapshot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range mods {
+		p := plain[i]
+		if m.Name != p.Name || m.Machine != p.Machine || !reflect.DeepEqual(sortedCopy(m.Depends), sortedCopy(p.Depends)) {
+			t.Errorf("compressed %+v, plain %+v: want the same module", m, p)
+		}
+	}
+	if _, err := Resolve(tree, []string{"dm-snapshot"}); err == nil || !strings.Contains(err.Error(), "not in the module list") {
+		t.Errorf("dm-snapshot alone: err %v, want its unlisted dependencies named", err)
+	}
+
+	wantDep := "kernel/drivers/md/dm-bufio.ko.gz: kernel/drivers/md/dm-mod.ko.xz\n" +
+		"kernel/drivers/md/dm-mod.ko.xz:\n" +
+		"kernel/drivers/md/dm-snapshot.ko.zst: kernel/drivers/md/dm-bufio.ko.gz kernel/drivers/md/dm-mod.ko.xz\n"
+	if got := string(ModulesDep(InImage(mods, false))); got != wantDep {
+		t.Errorf("modules.dep, shipped compressed:\n%s\nwant\n%s", got, wantDep)
+	}
+	wantPlain := "kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko\n" +
+		"kernel/drivers/md/dm-mod.ko:\n" +
+		"kernel/drivers/md/dm-snapshot.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko\n"
+	if got := string(ModulesDep(InImage(mods, true))); got != wantPlain {
+		t.Errorf("modules.dep, decompressed:\n%s\nwant\n%s", got, wantPlain)
+	}
+	if mods[0].RelPath != "kernel/drivers/md/dm-mod.ko.xz" {
+		t.Errorf("InImage changed its argument: %s", mods[0].RelPath)
+	}
+
+	// kmodule (PID 1's dependency order) reads the compressed names.
+	if err := os.WriteFile(filepath.Join(tree, "modules.dep"), ModulesDep(mods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var loaded []string
+	opts := kmodule.ProbeOpts{RootDir: filepath.Dir(filepath.Dir(filepath.Dir(tree))), KVer: k.Release, IgnoreProcMods: true,
+		DryRunCB: func(p string) { loaded = append(loaded, filepath.Base(p)) }}
+	if err := kmodule.ProbeOptions("dm-snapshot", "", opts); err != nil {
+		t.Fatal(err)
+	}
+	if len(loaded) != 3 || loaded[2] != "dm-snapshot.ko.zst" {
+		t.Fatalf("kmodule load order %v, want dm-mod.ko.xz and dm-bufio.ko.gz before dm-snapshot.ko.zst", loaded)
 	}
 }

@@ -3,8 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/cpinit/cpinit/internal/cmdline"
 	"github.com/cpinit/cpinit/internal/pid1"
 )
 
@@ -59,17 +59,16 @@ func bootStepStatus(err error, onFatal pid1.StopAction) int {
 // cpinit's own initramfs uses: under a distribution's initramfs its init
 // mounts the root (root=, rootfstype=) and runs the next init (init=), and
 // boot-step mounts userdata under the root it is given.
-func bootStepIgnored(cmdline string) []string {
+func bootStepIgnored(line string) []string {
 	why := map[string]string{
 		"cpinit.root":       "the distribution's initramfs mounts the root (root=)",
 		"cpinit.rootfstype": "the distribution's initramfs mounts the root (rootfstype=)",
 		"cpinit.init":       "the distribution's initramfs runs the next init (init=)",
 	}
 	var warnings []string
-	for _, w := range SplitCmdline(cmdline) {
-		key, _, _ := strings.Cut(w, "=")
-		if r, ok := why[key]; ok {
-			warnings = append(warnings, fmt.Sprintf("ignoring kernel parameter %s under boot-step: %s", w, r))
+	for _, p := range cmdline.Parse(line).Last() {
+		if r, ok := why[p.Key]; ok {
+			warnings = append(warnings, fmt.Sprintf("ignoring kernel parameter %s under boot-step: %s", p, r))
 		}
 	}
 	return warnings

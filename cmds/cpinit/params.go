@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/internal/cmdline"
 	"github.com/cpinit/cpinit/internal/devspec"
 	"github.com/cpinit/cpinit/internal/pid1"
 	"github.com/cpinit/cpinit/pkg/bootstate"
@@ -139,49 +140,30 @@ const defaultMergeMethod = mergeRestore
 // validMergeMethod reports whether m names a rollback method.
 func validMergeMethod(m string) bool { return m == mergeKernel || m == mergeRestore }
 
-// SplitCmdline splits a kernel command line into words the way the kernel
-// does (lib/cmdline.c next_arg): whitespace separates, double quotes group,
-// and the quotes themselves are dropped.
-func SplitCmdline(s string) []string {
-	var words []string
-	var cur strings.Builder
-	inQuote, have := false, false
-	for _, r := range s {
-		switch {
-		case r == '"':
-			inQuote = !inQuote
-			have = true
-		case !inQuote && (r == ' ' || r == '\t' || r == '\n'):
-			if have {
-				words = append(words, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteRune(r)
-			have = true
-		}
-	}
-	if have {
-		words = append(words, cur.String())
-	}
-	return words
-}
-
 // ParseParams parses the cpinit.* parameters from a kernel command line
-// (the contents of /proc/cmdline). Other parameters are ignored. Unknown
-// cpinit.* keys are returned as warnings, not errors: a typo must not stop a
+// (the contents of /proc/cmdline), split as the kernel splits it
+// (internal/cmdline): quotes group and are dropped, the last occurrence of
+// a key is the one that counts (earlier ones are not even checked), and
+// words after "--" are init's arguments, not kernel parameters. Other
+// parameters are ignored. Unknown cpinit.* keys, and cpinit.* words after
+// "--", are returned as warnings, not errors: a typo must not stop a
 // device from booting, but it must be visible on the console.
 //
 // On error the returned Params still carry every value that did parse, so a
 // caller can honour cpinit.on_fatal when reporting the error.
-func ParseParams(cmdline string) (Params, []string, error) {
+func ParseParams(line string) (Params, []string, error) {
 	p := DefaultParams()
 	var warnings []string
 	var errs []error
 	haveUserdata := false
-	for _, w := range SplitCmdline(cmdline) {
-		key, val, hasVal := strings.Cut(w, "=")
+	c := cmdline.Parse(line)
+	for _, a := range c.Init {
+		if strings.HasPrefix(a.Key, "cpinit.") {
+			warnings = append(warnings, fmt.Sprintf("ignoring %s after \"--\" on the kernel command line: words after \"--\" are init's arguments, not kernel parameters; move it before \"--\"", a))
+		}
+	}
+	for _, a := range c.Last() {
+		key, val, hasVal, w := a.Key, a.Value, a.HasValue, a.String()
 		if !strings.HasPrefix(key, "cpinit.") {
 			continue
 		}

@@ -10,14 +10,6 @@ import (
 	"github.com/cpinit/cpinit/internal/pid1"
 )
 
-func TestSplitCmdline(t *testing.T) {
-	got := SplitCmdline(` console=ttyS0  cpinit.userdata="LABEL=my data" quiet` + "\n")
-	want := []string{"console=ttyS0", "cpinit.userdata=LABEL=my data", "quiet"}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %q, want %q", got, want)
-	}
-}
-
 func TestParseParamsDefaults(t *testing.T) {
 	p, warn, err := ParseParams("BOOT_IMAGE=/vmlinuz root=/dev/sda1 cpinit.userdata=/dev/vda quiet")
 	if err != nil || len(warn) != 0 {
@@ -104,5 +96,49 @@ func TestParseParamsWarnsOnUnknownKey(t *testing.T) {
 	}
 	if len(warn) != 1 || !strings.Contains(warn[0], "cpinit.usrdata=/dev/vdb") {
 		t.Fatalf("warnings %q", warn)
+	}
+}
+
+// The command line is split as the kernel splits it (internal/cmdline):
+// quotes group and are dropped, the last occurrence of a key is the one
+// that counts, and cpinit.* words after "--" are init's arguments, ignored
+// with a warning.
+func TestParseParamsKernelSplitting(t *testing.T) {
+	p, warn, err := ParseParams(`console=ttyS0 cpinit.userdata="LABEL=my data" cpinit.mountopts="noatime" quiet` + "\n")
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("err %v, warnings %q", err, warn)
+	}
+	if p.Userdata != (devspec.Spec{Kind: devspec.Label, Value: "my data"}) || p.MountOpts != "noatime" {
+		t.Fatalf("userdata %+v, mountopts %q", p.Userdata, p.MountOpts)
+	}
+
+	// An earlier bad value is overridden, not an error: the kernel and
+	// init take the last one too.
+	p, _, err = ParseParams("cpinit.userdata=bogus cpinit.rootwait=soon cpinit.userdata=/dev/vda cpinit.rootwait=3")
+	if err != nil || p.Userdata.Value != "/dev/vda" || p.RootWait != 3*time.Second {
+		t.Fatalf("err %v, userdata %+v, rootwait %v", err, p.Userdata, p.RootWait)
+	}
+	// And a later bad value is the one that counts.
+	if _, _, err := ParseParams("cpinit.userdata=/dev/vda cpinit.rootwait=3 cpinit.rootwait=soon"); err == nil || !strings.Contains(err.Error(), "cpinit.rootwait=soon") {
+		t.Fatalf("last bad value: err %v", err)
+	}
+
+	p, warn, err = ParseParams("cpinit.userdata=/dev/vda -- cpinit.root=/dev/vdb cpinit.userdata=/dev/vdc single")
+	if err != nil || p.Root != nil || p.Userdata.Value != "/dev/vda" {
+		t.Fatalf("after --: err %v, root %v, userdata %+v", err, p.Root, p.Userdata)
+	}
+	if len(warn) != 2 || !strings.Contains(warn[0], `cpinit.root=/dev/vdb after "--"`) {
+		t.Fatalf("after --: warnings %q", warn)
+	}
+	// Only after "--": cpinit.userdata= is missing.
+	if _, _, err := ParseParams("quiet -- cpinit.userdata=/dev/vda"); err == nil || !strings.Contains(err.Error(), "cpinit.userdata= is missing") {
+		t.Fatalf("only after --: err %v", err)
+	}
+}
+
+func TestBootStepIgnoredLastOnly(t *testing.T) {
+	w := bootStepIgnored(`cpinit.init=/a cpinit.init="/b" -- cpinit.root=/dev/vdb`)
+	if len(w) != 1 || !strings.Contains(w[0], "cpinit.init=/b under boot-step") {
+		t.Fatalf("warnings %q", w)
 	}
 }

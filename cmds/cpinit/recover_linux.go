@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cpinit/cpinit/internal/cmdline"
 	"github.com/cpinit/cpinit/internal/devspec"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
@@ -167,20 +168,16 @@ func cmdRecover(args []string, stdout io.Writer) error {
 // metadataDevice resolves the metadata store from --metadata or the kernel
 // command line. Unlike the other commands it needs nothing else: recovery
 // must work whatever else is wrong.
-func metadataDevice(cmdline, flagVal string) (string, error) {
+func metadataDevice(line, flagVal string) (string, error) {
 	spec := flagVal
 	if spec == "" {
-		if cmdline == "" {
+		if line == "" {
 			var err error
-			if cmdline, err = readCmdline(); err != nil {
+			if line, err = readCmdline(); err != nil {
 				return "", err
 			}
 		}
-		for _, w := range SplitCmdline(cmdline) {
-			if v, ok := strings.CutPrefix(w, "cpinit.metadata="); ok {
-				spec = v
-			}
-		}
+		spec = cmdline.Parse(line).Value("cpinit.metadata")
 	}
 	if spec == "" {
 		return "", errNoMetadata

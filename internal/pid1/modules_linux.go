@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
@@ -34,29 +35,110 @@ func ParseModuleList(r io.Reader) ([]string, error) {
 	return mods, s.Err()
 }
 
-// LoadModules loads each module (and what it depends on, from
-// /lib/modules/$(uname -r)/modules.dep) with u-root's kmodule. A module that
-// is already loaded or built in is fine. A module whose init returns ENODEV
-// found nothing to drive on this machine and the kernel has unloaded it
-// again: efivarfs does that on a machine not booted through UEFI
+// LoadModules loads each module and what it depends on, in dependency
+// order. The order comes from /lib/modules/$(uname -r)/modules.dep through
+// u-root's kmodule (a dry run: it also skips what /proc/modules and
+// modules.builtin say is there), and each file is loaded by LoadModuleFile,
+// which also takes compressed modules (.ko.xz, .ko.zst, .ko.gz, as a
+// distribution's root has them under boot-step). A module that is already
+// loaded or built in is fine. A module whose init returns ENODEV found
+// nothing to drive on this machine and the kernel has unloaded it again:
+// efivarfs does that on a machine not booted through UEFI
 // (fs/efivarfs/super.c, efivarfs_init). Such modules are returned in
 // absent, not as errors: whatever uses one checks for what it drives
 // (cpinit's systemd-boot backend reads EFI variables only when
 // /sys/firmware/efi exists, and a failed efivarfs mount names them). The
 // error names every module that failed to load for any other reason.
 func LoadModules(names []string) (absent []string, err error) {
+	var (
+		mu    sync.Mutex
+		order []string
+	)
+	// kmodule calls DryRunCB for a module after all its dependencies,
+	// siblings from parallel goroutines.
+	p, err := kmodule.NewProber(kmodule.ProbeOpts{DryRunCB: func(path string) {
+		mu.Lock()
+		order = append(order, path)
+		mu.Unlock()
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("load kernel modules %s: %w", strings.Join(names, " "), err)
+	}
 	var errs []error
 	for _, name := range names {
-		err := kmodule.Probe(name, "")
-		switch {
-		case err == nil, errors.Is(err, unix.EEXIST):
-		case errors.Is(err, unix.ENODEV):
-			absent = append(absent, name)
-		default:
+		order = nil
+		if err := p.Probe(name, ""); err != nil {
 			errs = append(errs, fmt.Errorf("load kernel module %s: %w", name, err))
+			continue
+		}
+	load:
+		for _, path := range order {
+			err := LoadModuleFile(path)
+			switch {
+			case err == nil, errors.Is(err, unix.EEXIST):
+			case errors.Is(err, unix.ENODEV):
+				absent = append(absent, name)
+				break load
+			default:
+				errs = append(errs, fmt.Errorf("load kernel module %s: %w", name, err))
+				break load
+			}
 		}
 	}
 	return absent, errors.Join(errs...)
+}
+
+// LoadModuleFile loads one module file with finit_module(2), so the kernel
+// reads it from the file (what module signing, IMA and LoadPin policies
+// see). A compressed one (.ko.xz, .ko.zst, .ko.gz) is handed over with
+// MODULE_INIT_COMPRESSED_FILE (include/uapi/linux/module.h, Linux 5.17;
+// zstd since 6.2) for the kernel to decompress. A kernel that cannot
+// returns EINVAL when it does not know the flag (kernel/module/main.c,
+// finit_module: flags outside the known ones) or the file is not in the
+// one format it decompresses (kernel/module/decompress.c, "not an xz
+// compressed module"), and EOPNOTSUPP when it was built without
+// CONFIG_MODULE_DECOMPRESS (kernel/module/internal.h, the
+// module_decompress stub), as the pinned Debian 6.1 kernel is. cpinit then
+// decompresses the file itself and loads the image with init_module(2).
+// ENOSYS (no finit_module) takes the same way.
+func LoadModuleFile(path string) error {
+	comp, ok := ModuleFile(path)
+	if !ok {
+		return fmt.Errorf("module %s: not a .ko, .ko.gz, .ko.xz or .ko.zst file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags := 0
+	if comp != CompressNone {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	ferr := unix.FinitModule(int(f.Fd()), "", flags)
+	switch {
+	case ferr == nil:
+		return nil
+	case errors.Is(ferr, unix.ENOSYS):
+	case comp != CompressNone && (errors.Is(ferr, unix.EINVAL) || errors.Is(ferr, unix.EOPNOTSUPP)):
+	default:
+		return &os.PathError{Op: "finit_module", Path: path, Err: ferr}
+	}
+	// finit_module reads at its own offset; seek anyway, cheaply sure.
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	img, err := DecompressModule(f, comp)
+	if err != nil {
+		return fmt.Errorf("module %s: %w", path, err)
+	}
+	if err := unix.InitModule(img, ""); err != nil {
+		if comp != CompressNone {
+			err = fmt.Errorf("decompressed by cpinit, as the kernel's finit_module said %v: %w", ferr, err)
+		}
+		return &os.PathError{Op: "init_module", Path: path, Err: err}
+	}
+	return nil
 }
 
 // SplitDeviceMapper separates the device-mapper modules (dm-*, dm_*) from

@@ -110,3 +110,31 @@ func Unmount(dir string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// CompressModule writes the kernel module src compressed to dst, in the
+// format dst's suffix names (.ko.xz, .ko.zst, .ko.gz), with the tools and
+// flags the kernel's modules_install uses (scripts/Makefile.modinst: xz
+// --check=crc32 --lzma2=dict=1MiB, zstd -T0, gzip -n).
+func CompressModule(t testing.TB, src, dst string) {
+	t.Helper()
+	var tool string
+	var args []string
+	switch {
+	case strings.HasSuffix(dst, ".ko.xz"):
+		tool, args = "xz", []string{"--check=crc32", "--lzma2=dict=1MiB"}
+	case strings.HasSuffix(dst, ".ko.zst"):
+		tool, args = "zstd", []string{"-T0", "-q"}
+	case strings.HasSuffix(dst, ".ko.gz"):
+		tool, args = "gzip", []string{"-n"}
+	default:
+		t.Fatalf("CompressModule: %s: want a .ko.xz, .ko.zst or .ko.gz name", dst)
+	}
+	LookPath(t, tool)
+	out, err := exec.Command(tool, append(args, "-c", src)...).Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v", tool, src, err)
+	}
+	if err := os.WriteFile(dst, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

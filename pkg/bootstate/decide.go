@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/cpinit/cpinit/internal/cmdline"
 )
 
 // ActionKind is what init must do this boot. Every kind except
@@ -415,17 +417,14 @@ func SameSlot(a, b string) bool {
 
 // SlotFromCmdline returns the booted slot from a kernel command line:
 // cpinit.slot=, else androidboot.slot_suffix=, else androidboot.slot=.
-// The last occurrence of a key wins, as in the kernel's own parsing.
-func SlotFromCmdline(cmdline string) string {
-	vals := map[string]string{}
-	for _, f := range strings.Fields(cmdline) {
-		k, v, ok := strings.Cut(f, "=")
-		if ok {
-			vals[k] = v
-		}
-	}
+// The line is split as the kernel splits it (internal/cmdline): quotes are
+// dropped, the last occurrence of a key wins, and words after "--" are
+// init's, not kernel parameters. An empty last value (cpinit.slot=) counts
+// as absent.
+func SlotFromCmdline(line string) string {
+	c := cmdline.Parse(line)
 	for _, k := range []string{"cpinit.slot", "androidboot.slot_suffix", "androidboot.slot"} {
-		if v, ok := vals[k]; ok && v != "" {
+		if v := c.Value(k); v != "" {
 			return v
 		}
 	}

@@ -114,6 +114,12 @@ func TestSlotFromCmdline(t *testing.T) {
 		"androidboot.slot_suffix=_a cpinit.slot=_b": "_b",
 		"cpinit.slot=_a cpinit.slot=_b":             "_b",
 		"cpinit.slot= androidboot.slot=a":           "a",
+		// Split as the kernel splits: quotes dropped, words after
+		// "--" are init's.
+		`cpinit.slot="_b"`:                     "_b",
+		"androidboot.slot=a\tcpinit.slot=b\n":  "b",
+		"androidboot.slot=a -- cpinit.slot=_b": "a",
+		"cpinit.slot=_b cpinit.slot":           "",
 	}
 	for in, want := range cases {
 		if got := SlotFromCmdline(in); got != want {
