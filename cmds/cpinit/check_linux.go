@@ -71,7 +71,11 @@ func cmdCheck(args []string, stdout io.Writer) error {
 		printCheck(stdout, r)
 	}
 	if !r.OK {
-		return fmt.Errorf("check: %d of %d checks failed", r.failed(), len(r.Checks))
+		err := fmt.Errorf("check: %d of %d checks failed", r.failed(), len(r.Checks))
+		if *asJSON {
+			return &taggedError{err, errJSONAnswered}
+		}
+		return err
 	}
 	return nil
 }

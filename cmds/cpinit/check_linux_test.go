@@ -23,6 +23,12 @@ func runCheck(t *testing.T, args ...string) (*CheckReport, map[string]CheckResul
 	if derr := dec.Decode(&r); derr != nil {
 		t.Fatalf("check %v: output is not a report (%v; err %v):\n%s", args, derr, err, out.String())
 	}
+	// One JSON object: a failed check's report is its answer, not
+	// followed by an error object (which a parser of the output would
+	// choke on).
+	if dec.More() {
+		t.Errorf("check %v --json printed more than the report:\n%s", args, out.String())
+	}
 	by := map[string]CheckResult{}
 	for _, c := range r.Checks {
 		by[c.Name] = c

@@ -133,6 +133,11 @@ func usageErr(synopsis string) error {
 	return usagef("bad arguments or flags for %s", strings.Fields(synopsis)[0])
 }
 
+// errJSONAnswered tags a failure whose JSON answer the command has
+// printed itself (check's report, with "ok": false): runCLI adds no error
+// object after it, so --json output stays one JSON object.
+var errJSONAnswered = errors.New("answered in JSON")
+
 // refusef is a refusal (exit status 1, code refused): the message starts
 // with "refusing to ...", says why and what to do.
 func refusef(format string, a ...any) error {
@@ -202,7 +207,7 @@ func runCLI(args []string, stdout io.Writer) error {
 	if errors.Is(err, errUsage) {
 		err = fmt.Errorf("%s: %w; usage: cpinit %s (cpinit %s --help explains)", c.name, err, c.synopsis, c.name)
 	}
-	if err != nil && c.json && jsonRequested(args[1:]) {
+	if err != nil && c.json && jsonRequested(args[1:]) && !errors.Is(err, errJSONAnswered) {
 		writeJSONError(stdout, err)
 	}
 	return err
