@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,33 +124,12 @@ func TestVerifyCatchesWarnings(t *testing.T) {
 // TestDocQuotesUnits: docs/systemd.md quotes every shipped unit, each in
 // the fenced block after a "<!-- file: dist/… -->" marker, exactly.
 func TestDocQuotesUnits(t *testing.T) {
-	doc, err := os.ReadFile("../docs/systemd.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile("(?s)<!-- file: dist/([^ ]+) -->\n```[a-z]*\n(.*?)```\n")
-	quoted := map[string]string{}
-	for _, m := range re.FindAllStringSubmatch(string(doc), -1) {
-		quoted[m[1]] = m[2]
-	}
+	var files []string
 	for src := range units {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q, ok := quoted[src]
-		if !ok {
-			t.Errorf("docs/systemd.md does not quote dist/%s (<!-- file: dist/%s --> and a fenced block)", src, src)
-			continue
-		}
-		if q != string(b) {
-			t.Errorf("docs/systemd.md quotes dist/%s differently from the file; copy the file into the doc", src)
-		}
-		delete(quoted, src)
+		files = append(files, src)
 	}
-	for src := range quoted {
-		t.Errorf("docs/systemd.md quotes dist/%s, which is not a shipped unit", src)
-	}
+	sort.Strings(files)
+	docQuotes(t, "../docs/systemd.md", files...)
 }
 
 // maxExposure is the highest `systemd-analyze security` exposure each
