@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -99,39 +98,11 @@ func TestMakeInstall(t *testing.T) {
 			dest := t.TempDir()
 			runMake(t, "install", "DESTDIR="+dest, "PREFIX="+prefix, "VERSION=v0.0.0-installtest")
 			files, links := wantInstalled(t, prefix)
-			var got []string
-			err := filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
-				if err != nil || fi.IsDir() {
-					return err
-				}
-				rel, _ := filepath.Rel(dest, p)
-				got = append(got, rel)
-				mode, ok := files[rel]
-				switch {
-				case !ok:
-					t.Errorf("make install installed %s, which is not expected", rel)
-				case mode == 0:
-					if l, err := os.Readlink(p); err != nil || l != links[rel] {
-						t.Errorf("%s: want a symbolic link to %s, got %q (%v)", rel, links[rel], l, err)
-					}
-				case fi.Mode()&os.ModeType != 0 || fi.Mode().Perm() != mode:
-					t.Errorf("%s: mode %v, want a regular file with mode %v", rel, fi.Mode(), mode)
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
+			want := map[string]inst{}
+			for f, mode := range files {
+				want[f] = inst{mode: mode, link: links[f]}
 			}
-			sort.Strings(got)
-			if len(got) != len(files) {
-				var missing []string
-				for f := range files {
-					if _, err := os.Lstat(filepath.Join(dest, f)); err != nil {
-						missing = append(missing, f)
-					}
-				}
-				t.Errorf("installed %d files, want %d; missing: %v", len(got), len(files), missing)
-			}
+			checkTree(t, "make install", dest, want)
 
 			bin := filepath.Join(dest, prefix, "bin/cpinit")
 			checkBinary(t, bin)
@@ -155,7 +126,7 @@ func TestMakeInstall(t *testing.T) {
 			}
 
 			runMake(t, "uninstall", "DESTDIR="+dest, "PREFIX="+prefix)
-			err = filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
+			err := filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
 				if err == nil && !fi.IsDir() {
 					t.Errorf("make uninstall left %s", p)
 				}

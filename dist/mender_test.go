@@ -1,7 +1,6 @@
 package dist
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -13,10 +12,7 @@ import (
 
 // menderInstalled is what dist/mender/install.sh installs (mode 0: a
 // symlink, to the target given).
-var menderInstalled = map[string]struct {
-	mode os.FileMode
-	link string
-}{
+var menderInstalled = map[string]inst{
 	"usr/share/cpinit/mender/ArtifactInstall_Enter_50_cpinit":          {0o755, ""},
 	"usr/share/cpinit/mender/ArtifactCommit_Enter_50_cpinit":           {0o755, ""},
 	"usr/share/cpinit/mender/ArtifactRollback_Enter_50_cpinit":         {0o755, ""},
@@ -30,32 +26,7 @@ func TestMenderInstallTree(t *testing.T) {
 	if out, err := exec.Command("sh", "mender/install.sh", dest).CombinedOutput(); err != nil {
 		t.Fatalf("mender/install.sh: %v\n%s", err, out)
 	}
-	n := 0
-	err := filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-		n++
-		rel, _ := filepath.Rel(dest, p)
-		want, ok := menderInstalled[rel]
-		switch {
-		case !ok:
-			t.Errorf("install.sh installed %s, which is not listed", rel)
-		case want.mode == 0:
-			if l, _ := os.Readlink(p); l != want.link {
-				t.Errorf("%s -> %q, want a link to %s", rel, l, want.link)
-			}
-		case fi.Mode().Perm() != want.mode:
-			t.Errorf("%s: mode %v, want %v", rel, fi.Mode().Perm(), want.mode)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(menderInstalled) {
-		t.Errorf("installed %d files, want %d", n, len(menderInstalled))
-	}
+	checkTree(t, "mender/install.sh", dest, menderInstalled)
 }
 
 // TestMenderScripts: Mender's state script names (State_Action_NN_name,

@@ -1,9 +1,7 @@
 package dist
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -16,30 +14,10 @@ func TestSWUpdateInstallTree(t *testing.T) {
 	if out, err := exec.Command("sh", "swupdate/install.sh", dest).CombinedOutput(); err != nil {
 		t.Fatalf("swupdate/install.sh: %v\n%s", err, out)
 	}
-	want := map[string]os.FileMode{
-		"usr/libexec/cpinit/cpinit-swupdate-preupdate": 0o755,
-		"etc/swupdate/conf.d/50-cpinit":                0o644,
-	}
-	n := 0
-	err := filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-		n++
-		rel, _ := filepath.Rel(dest, p)
-		if m, ok := want[rel]; !ok {
-			t.Errorf("install.sh installed %s, which is not listed", rel)
-		} else if fi.Mode().Perm() != m {
-			t.Errorf("%s: mode %v, want %v", rel, fi.Mode().Perm(), m)
-		}
-		return nil
+	checkTree(t, "swupdate/install.sh", dest, map[string]inst{
+		"usr/libexec/cpinit/cpinit-swupdate-preupdate": {mode: 0o755},
+		"etc/swupdate/conf.d/50-cpinit":                {mode: 0o644},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(want) {
-		t.Errorf("installed %d files, want %d", n, len(want))
-	}
 }
 
 // TestSWUpdateConfSourced: 50-cpinit, sourced as Debian's swupdate.sh
