@@ -203,18 +203,11 @@ func TestNewBootloaderSystemdBootOnBootPart(t *testing.T) {
 	mkfs := testutil.LookPath(t, "mkfs.ext4")
 	debugfs := testutil.LookPath(t, "debugfs")
 	tree := filepath.Join(t.TempDir(), "esp")
-	for name, body := range map[string]string{
+	writeTree(t, tree, map[string]string{
 		"a/vmlinuz": "kernel a", "b/vmlinuz": "kernel b",
 		"loader/entries/cpinit-1-a.conf":   "title Slot a\nlinux /a/vmlinuz\noptions cpinit.slot=a\n",
 		"loader/entries/cpinit-0-b+0.conf": "title Slot b\nlinux /b/vmlinuz\noptions cpinit.slot=b\n",
-	} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, name)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(tree, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	dev := loopDevice(t, "esp", 16<<20)
 	if out, err := exec.Command(mkfs, "-q", "-F", "-d", tree, dev).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
@@ -391,5 +384,20 @@ func TestLifecycleUBootRAUC(t *testing.T) {
 	// Cancelled; the next boot deletes the COW file.
 	if r := s.record(); r.State != bootstate.StateCommitted || r.Reason != bootstate.ReasonCancelled {
 		t.Fatalf("record after rolling back an armed checkpoint: %+v", r)
+	}
+}
+
+// writeTree writes files (path under dir: contents) into dir, making the
+// directories they need: the tree of a boot partition for mkfs -d.
+func writeTree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

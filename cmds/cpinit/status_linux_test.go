@@ -202,18 +202,11 @@ func TestStatusBootViewEveryScheme(t *testing.T) {
 			scheme: schemeSystemdBoot,
 			setup: func(t *testing.T, s *hostSystem) string {
 				tree := filepath.Join(s.dir, "esp")
-				for name, body := range map[string]string{
+				writeTree(t, tree, map[string]string{
 					"a/vmlinuz": "kernel a", "b/vmlinuz": "kernel b",
 					"loader/entries/cpinit-1-a.conf": "title Slot a\nlinux /a/vmlinuz\noptions cpinit.slot=a\n",
 					"loader/entries/cpinit-0-b.conf": "title Slot b\nlinux /b/vmlinuz\noptions cpinit.slot=b\n",
-				} {
-					if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, name)), 0o755); err != nil {
-						t.Fatal(err)
-					}
-					if err := os.WriteFile(filepath.Join(tree, name), []byte(body), 0o644); err != nil {
-						t.Fatal(err)
-					}
-				}
+				})
 				old := efiVarsDir
 				efiVarsDir = filepath.Join(t.TempDir(), "no-efi", "efivars") // not booted through UEFI
 				t.Cleanup(func() { efiVarsDir = old })
