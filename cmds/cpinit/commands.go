@@ -45,8 +45,9 @@ booted it cancels the checkpoint instead.
 `},
 		{name: "watch", synopsis: "watch [--policy abort|commit|warn] [--warn P] [--act P] [--interval D] [--lead D] [--once] [--no-reboot]", exits: []int{exitOK, exitError, exitUsage, exitOverflow}, run: cmdWatch, about: `During a trial, watch the COW fill up: warn at --warn percent, and at --act
 percent, or past the warning when it would be full within --lead, apply the
-policy: roll back and reboot (abort), commit, or only warn. It exits at once
-when there is no trial, and with status 3 if the COW overflowed.
+policy: roll back and reboot (abort), commit, or only warn (and keep
+watching). It exits at once when there is no trial, 0 when the trial
+ends, and with status 3 if the COW overflowed.
 `},
 		{name: "merge", synopsis: "merge [--method restore|kernel]", exits: exitsCommon, run: cmdMerge, about: `Run a pending rollback now, in recovery mode with userdata unmounted, with
 progress: restore copies the saved chunks home offline, kernel has the

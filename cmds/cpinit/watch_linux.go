@@ -77,7 +77,7 @@ func cmdWatch(args []string, stdout io.Writer) error {
 	defer stop()
 
 	w := newWatcher(cfg)
-	started := false
+	started, warnedAct := false, false
 	for {
 		r, err := sc.load()
 		if err != nil {
@@ -121,8 +121,16 @@ func cmdWatch(args []string, stdout io.Writer) error {
 		if step.Warning != "" {
 			logf("WARNING: %s", step.Warning)
 		}
-		switch step.Verdict {
-		case verdictAct:
+		switch {
+		case step.Verdict == verdictAct && cfg.Policy == policyWarn:
+			// Policy warn acts by saying so, once, and keeps watching:
+			// an overflow must still be seen and reported (exit 3,
+			// which cpinit-watch.service does not restart on).
+			if !warnedAct {
+				logf("WARNING: %s; policy warn: doing nothing, the checkpoint will be lost if the COW fills up", why)
+				warnedAct = true
+			}
+		case step.Verdict == verdictAct:
 			// Watch samples without the store lock (lock_linux.go) and
 			// takes it only to act: on the record as it is now, which a
 			// commit or rollback may have changed since the sample.
@@ -177,9 +185,6 @@ func (sc *sysCtx) observeSnapshot(m *bootstate.ExtentMap) (*dmsnap.SnapshotStatu
 // watchAct applies the policy, logging the numbers that caused it.
 func (sc *sysCtx) watchAct(p watchPolicy, r *bootstate.Record, why string, noReboot bool, logf func(string, ...any), stdout io.Writer) error {
 	switch p {
-	case policyWarn:
-		logf("WARNING: %s; policy warn: doing nothing, the checkpoint will be lost if the COW fills up", why)
-		return nil
 	case policyCommit:
 		logf("committing the update (policy commit; the rollback is given up to keep the data): %s", why)
 		return sc.commit(r, stdout)
