@@ -130,6 +130,10 @@ func inUseCopy(cs [2]bootstate.CopyStatus, gen uint64) int {
 }
 
 // storeWarning is status's line about a degraded store, "" if it is not.
+// It says "degraded", not "WARNING", as PID 1 says "warning:": a copy
+// left behind by a cut write is what the two copies are for, and the next
+// write repairs it. Capital WARNING is kept for data at risk (an
+// overflowed COW), which the power-cut campaigns fail on.
 // What repairs it is Store.Save: it writes both copies, the one that does
 // not hold the newest record first.
 func storeWarning(st *Status) string {
@@ -150,7 +154,7 @@ func storeWarning(st *Status) string {
 			bad = append(bad, fmt.Sprintf("copy %s holds an older record (generation %d: a write was cut short)", c.Copy, c.Generation))
 		}
 	}
-	return fmt.Sprintf("WARNING: only one copy of the metadata store holds the record: %s; using %s. "+
+	return fmt.Sprintf("degraded: only one copy of the metadata store holds the record: %s; using %s. "+
 		"The next change of the record (begin, commit, rollback, recover keep-current, or a boot that acts on a checkpoint) rewrites both copies; "+
 		"until then a fault in %s loses the record. If a copy goes bad again after a write, check the store's device (kernel log: I/O errors)",
 		strings.Join(bad, ", "), using, using)

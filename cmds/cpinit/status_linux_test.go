@@ -312,7 +312,7 @@ func TestStatusStoreDegraded(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := newHostSystem(t, false)
 			v, human := statusOf(t, s.args("status", "_a", false))
-			if v["store_degraded"] != false || strings.Contains(human, "WARNING") {
+			if v["store_degraded"] != false || strings.Contains(human, "degraded:") {
 				t.Errorf("blank store: store_degraded %v\n%s", v["store_degraded"], human)
 			}
 			if cs, _ := v["store_copies"].([]any); len(cs) != 2 || cs[0].(map[string]any)["state"] != copyBlank || cs[1].(map[string]any)["state"] != copyBlank {
@@ -326,7 +326,7 @@ func TestStatusStoreDegraded(t *testing.T) {
 			old := readStore(t, s.store, 0, 4096)
 			s.apply()
 			v, human = statusOf(t, s.args("status", "_a", false))
-			if v["store_degraded"] != false || strings.Contains(human, "WARNING") {
+			if v["store_degraded"] != false || strings.Contains(human, "degraded:") {
 				t.Errorf("healthy store: store_degraded %v\n%s", v["store_degraded"], human)
 			}
 			gen := s.record().Generation
@@ -348,7 +348,7 @@ func TestStatusStoreDegraded(t *testing.T) {
 			if b["copy"] != "B" || b["state"] != c.state || b["in_use"] != false || (b["generation"] != nil) != c.gen || (b["error"] != nil) != (c.state == copyInvalid) {
 				t.Errorf("copy B: %v, want %s", b, c.state)
 			}
-			for _, want := range []string{"metadata store:    WARNING: only one copy of the metadata store holds the record: " + c.wantHuman, "using copy A", "rewrites both copies"} {
+			for _, want := range []string{"metadata store:    degraded: only one copy of the metadata store holds the record: " + c.wantHuman, "using copy A", "rewrites both copies"} {
 				if !strings.Contains(human, want) {
 					t.Errorf("status says\n%s\nwant %q", human, want)
 				}
@@ -358,7 +358,7 @@ func TestStatusStoreDegraded(t *testing.T) {
 				t.Fatal(err)
 			}
 			v, human = statusOf(t, s.args("status", "_a", false))
-			if v["store_degraded"] != false || strings.Contains(human, "WARNING") {
+			if v["store_degraded"] != false || strings.Contains(human, "degraded:") {
 				t.Errorf("after a write: store_degraded %v\n%s", v["store_degraded"], human)
 			}
 		})
