@@ -116,10 +116,12 @@ func TestPowerCut(t *testing.T) {
 
 // TestArm64PowerCut is TestPowerCut on arm64 devices: the arm64 kernel on
 // qemu-system-aarch64's virt board, cpinit and the slots' programs built
-// for arm64; the same cycles, cuts and checks. Gated by CPINIT_ARM64=core
-// or 1 (NeedArm64Core: make test runs it); -powercuts.arm64 (CPINIT_ARM64_POWERCUTS) cuts, default 4.
+// for arm64; the same cycles, cuts and checks. Gated by CPINIT_ARM64=1
+// (NeedArm64: make test-arm64 and make soak run it; make test runs the
+// arm64 lifecycle only, for time); -powercuts.arm64
+// (CPINIT_ARM64_POWERCUTS) cuts, default 4.
 func TestArm64PowerCut(t *testing.T) {
-	NeedArm64Core(t)
+	NeedArm64(t)
 	t.Parallel()
 	testPowerCut(t, initramfs.Arm64Kernel, *flagArm64Powercuts)
 }
