@@ -258,9 +258,18 @@ func (c *command) printHelp(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
 		fmt.Fprintf(w, "\nflags:\n")
-		fs.SetOutput(w)
+		// flag.PrintDefaults names the flags "-json"; the usage lines and
+		// the docs say "--json" (flag accepts both): help says the same.
+		var b strings.Builder
+		fs.SetOutput(&b)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
+		for _, line := range strings.SplitAfter(b.String(), "\n") {
+			if strings.HasPrefix(line, "  -") {
+				line = "  --" + line[len("  -"):]
+			}
+			io.WriteString(w, line)
+		}
 	}
 	var st []string
 	for _, e := range c.exits {

@@ -236,7 +236,7 @@ func TestCommandHelp(t *testing.T) {
 		var want []string
 		fs.VisitAll(func(f *flag.Flag) {
 			_, u := flag.UnquoteUsage(f)
-			want = append(want, "  -"+f.Name, u)
+			want = append(want, "  --"+f.Name, u)
 		})
 		want = append(want, "usage: cpinit "+c.synopsis+"\n", c.about, "exit status: ")
 		var first string
