@@ -33,13 +33,7 @@ type Module struct {
 // CanonicalName maps a module name or file name to the kernel's form:
 // modules are named with underscores whatever their file is called
 // (scripts/Makefile.lib: modname = $(subst -,_,...)).
-func CanonicalName(s string) string {
-	s = filepath.Base(s)
-	for _, ext := range []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"} {
-		s = strings.TrimSuffix(s, ext)
-	}
-	return strings.ReplaceAll(s, "-", "_")
-}
+func CanonicalName(s string) string { return pid1.ModuleName(s) }
 
 // ParseModinfo parses the contents of a module's .modinfo ELF section: a
 // sequence of NUL-terminated "key=value" strings (include/linux/moduleparam.h

@@ -13,9 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"strings"
 
+	"github.com/cpinit/cpinit/internal/pid1"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"github.com/cpinit/cpinit/pkg/fiemap"
@@ -274,24 +274,15 @@ func decideDM(f dmFacts) CheckResult {
 // compression suffix) in a modules.dep or modules.builtin text, whose lines
 // start with the module's path relative to /lib/modules/<release>.
 func findModule(text, name string) (string, bool) {
-	want := moduleName(name)
+	want := pid1.ModuleName(name)
 	for _, line := range strings.Split(text, "\n") {
 		p, _, _ := strings.Cut(line, ":")
 		p = strings.TrimSpace(p)
-		if p != "" && moduleName(path.Base(p)) == want {
+		if p != "" && pid1.ModuleName(p) == want {
 			return p, true
 		}
 	}
 	return "", false
-}
-
-// moduleName is a module's name as the kernel compares them: the file name
-// without .ko and compression suffix, '-' as '_'.
-func moduleName(file string) string {
-	for _, s := range []string{".xz", ".zst", ".gz"} {
-		file = strings.TrimSuffix(file, s)
-	}
-	return strings.ReplaceAll(strings.TrimSuffix(file, ".ko"), "-", "_")
 }
 
 // fsFacts is what the userdata filesystem probe found.

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/cpinit/cpinit/internal/devspec"
+	"github.com/cpinit/cpinit/internal/pid1"
 	"github.com/cpinit/cpinit/pkg/bootstate"
 	"github.com/cpinit/cpinit/pkg/dmsnap"
 	"github.com/cpinit/cpinit/pkg/fiemap"
@@ -270,12 +271,12 @@ func findKernelModule(dir, name string) moduleFact {
 			return m
 		}
 	}
-	want := moduleName(name)
+	want := pid1.ModuleName(name)
 	err := filepath.WalkDir(filepath.Join(dir, "kernel"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && moduleName(d.Name()) == want {
+		if !d.IsDir() && pid1.ModuleName(d.Name()) == want {
 			m.Where = p
 			return fs.SkipAll
 		}

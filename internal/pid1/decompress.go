@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -50,6 +51,15 @@ func UncompressedName(name string) string {
 		}
 	}
 	return name
+}
+
+// ModuleName is the kernel's name of a module, from its name or its file's
+// name or path: the base name without .ko and compression suffix, '-' as
+// '_' (scripts/Makefile.lib: modname = $(subst -,_,...)), as modules.dep
+// and /sys/module compare them.
+func ModuleName(s string) string {
+	s = UncompressedName(path.Base(s))
+	return strings.ReplaceAll(strings.TrimSuffix(s, ".ko"), "-", "_")
 }
 
 // maxModuleSize bounds a decompressed module: the largest in a Debian
